@@ -1,0 +1,56 @@
+"""The click shell: parse options into plain data, call one library function, print.
+
+Every ``ExpoError`` raised below is caught here, once, and printed as one line.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.console import Console
+
+from .errors import ExpoError
+
+err_console = Console(stderr=True, highlight=False)
+
+
+class ExpoGroup(click.Group):
+    """A group that turns ``ExpoError`` and Ctrl+C into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except ExpoError as e:
+            err_console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted[/]")
+            ctx.exit(130)
+
+
+@click.group(cls=ExpoGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="expo-gguf")
+def cli() -> None:
+    """Build Starling-LM-7B-beta-ExPO (or any ExPO pair) as GGUF and chat with it offline.
+
+    \b
+      expo-gguf build --quant q8_0        extrapolate + write GGUF in one pass
+      expo-gguf info FILE.gguf            what a GGUF holds
+      expo-gguf quantize FILE.gguf -q q4_k_m
+      expo-gguf chat                      talk to the newest model in ./models
+    """
+
+
+# Commands live in their own modules and register themselves on ``cli``.
+from . import cli_build  # noqa: E402,F401
+from . import cli_chat  # noqa: E402,F401
+
+
+def main() -> None:
+    cli(prog_name="expo-gguf")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+    sys.exit(0)
