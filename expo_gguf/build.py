@@ -1,0 +1,173 @@
+"""Executing a plan: one streaming pass over both checkpoints, every block-format output at once.
+
+Work items are row chunks of one tensor. Worker threads read a chunk from each checkpoint,
+widen it to float32, extrapolate, permute Q/K rows, and quantize it for every output (numpy and
+ggml release the GIL, so this uses every core); the main thread writes results in plan order.
+A bounded window of chunks in flight keeps memory flat whatever the model size. K-quants follow
+from the 16-bit output through llama.cpp.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .checkpoint import DTYPES, RowReader
+from .errors import ExpoError
+from .extrapolate import extrapolate, widen
+from .mapping import permute_rows
+from .plan import Plan, TensorJob
+from .quantize import llama_quantize, quantize_rows
+from .writer import GGUFStream, part_path, sha256_file, verify
+
+
+@dataclass(frozen=True)
+class BuiltFile:
+    path: Path
+    quant: str
+    nbytes: int
+    seconds: float
+    sha256: str
+
+
+class Progress:
+    """What the build reports; the CLI draws it, tests ignore it."""
+
+    def advance(self, nbytes: int) -> None: ...
+
+    def stage(self, text: str) -> None: ...
+
+
+def _chunks(plan: Plan) -> Iterator[tuple[int, TensorJob, int, int]]:
+    for i, job in enumerate(plan.tensors):
+        for start in range(0, job.rlhf.rows, job.chunk_rows):
+            yield i, job, start, min(start + job.chunk_rows, job.rlhf.rows)
+
+
+class _Worker:
+    """Per-thread readers, so each thread keeps at most one shard of each checkpoint open."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.local = threading.local()
+        self.readers: list[RowReader] = []
+        self.lock = threading.Lock()
+
+    def _readers(self) -> tuple[RowReader, RowReader]:
+        if not hasattr(self.local, "pair"):
+            self.local.pair = (RowReader(), RowReader())
+            with self.lock:
+                self.readers.extend(self.local.pair)
+        return self.local.pair
+
+    def __call__(self, i: int, job: TensorJob, start: int, stop: int) -> list[np.ndarray]:
+        read_r, read_s = self._readers()
+        n = (stop - start) * job.rlhf.row_elems
+        r = widen(read_r.read_rows(job.rlhf, start, stop, np.empty(n, DTYPES[job.rlhf.dtype])),
+                  job.rlhf.dtype, np.empty(n, np.float32))
+        s = widen(read_s.read_rows(job.sft, start, stop, np.empty(n, DTYPES[job.sft.dtype])),
+                  job.sft.dtype, np.empty(n, np.float32))
+        x = extrapolate(r, s, self.plan.request.alpha, out=r)
+        if not np.isfinite(x).all():
+            raise ExpoError(
+                f"{job.rlhf.name}: NaN or Inf in the result (rows {start}-{stop}); "
+                "are both checkpoints intact?", exit_code=1,
+            )
+        x = x.reshape(stop - start, -1) if len(job.shape) > 1 else x.reshape(1, -1)
+        if job.rope_rows:
+            x = permute_rows(x, job.rope_rows)
+        return [quantize_rows(x, out.types[i]) for out in self.plan.streamed]  # type: ignore[index]
+
+    def close(self) -> None:
+        for reader in self.readers:
+            reader.close()
+
+
+def _disk_error(plan: Plan, path: Path, e: OSError) -> ExpoError:
+    if e.errno == errno.ENOSPC:
+        return ExpoError(
+            f"disk full writing {path.name}: the build needs {plan.disk_needed / 1e9:.2f} GB, "
+            f"{plan.disk_free / 1e9:.2f} GB was free at the start", exit_code=1,
+        )
+    return ExpoError(f"cannot write {path}: {e.strerror}", exit_code=1)
+
+
+def stream_pass(plan: Plan, progress: Progress) -> list[BuiltFile]:
+    """The extrapolation pass; writes every block-format output (and the K-quant intermediate)."""
+    t0 = time.perf_counter()
+    streams: list[GGUFStream] = []
+    worker = _Worker(plan)
+    try:
+        for out in plan.streamed:
+            streams.append(GGUFStream(plan, out))
+        window = max(2, plan.request.threads * 2)
+        with ThreadPoolExecutor(plan.request.threads, thread_name_prefix="expo") as pool:
+            pending: deque[tuple[Future[list[np.ndarray]], int]] = deque()
+            try:
+                for i, job, start, stop in _chunks(plan):
+                    if len(pending) >= window:
+                        _drain(pending.popleft(), streams, progress)
+                    nbytes = (stop - start) * job.rlhf.row_elems * (DTYPES[job.rlhf.dtype].itemsize + DTYPES[job.sft.dtype].itemsize)
+                    pending.append((pool.submit(worker, i, job, start, stop), nbytes))
+                while pending:
+                    _drain(pending.popleft(), streams, progress)
+            except BaseException:
+                for fut, _ in pending:
+                    fut.cancel()
+                raise
+        seconds = time.perf_counter() - t0
+        return [BuiltFile(s.out.path, s.out.quant.label, s.out.nbytes, seconds, s.finish()) for s in streams]
+    except OSError as e:
+        for s in streams:
+            s.abort()
+        raise _disk_error(plan, Path(getattr(e, "filename", None) or plan.request.outdir), e) from None
+    except BaseException:
+        for s in streams:
+            s.abort()
+        raise
+    finally:
+        worker.close()
+
+
+def _drain(item: tuple[Future[list[np.ndarray]], int], streams: list[GGUFStream], progress: Progress) -> None:
+    fut, nbytes = item
+    for stream, chunk in zip(streams, fut.result()):
+        stream.write(chunk)
+    progress.advance(nbytes)
+
+
+def run_build(plan: Plan, progress: Progress | None = None) -> list[BuiltFile]:
+    """Execute ``plan``: the streaming pass, then each K-quant from the 16-bit file."""
+    progress = progress or Progress()
+    if plan.disk_free < plan.disk_needed:
+        raise ExpoError(f"not enough disk in {plan.request.outdir}: the build needs {plan.disk_needed / 1e9:.2f} GB, "
+                        f"{plan.disk_free / 1e9:.2f} GB free", exit_code=1)
+    built = stream_pass(plan, progress)
+    try:
+        for out in plan.derived:
+            assert out.source is not None
+            progress.stage(f"llama.cpp quantize -> {out.path.name}")
+            t0 = time.perf_counter()
+            tmp = part_path(out.path)
+            try:
+                llama_quantize(out.source, tmp, out.quant, plan.request.threads)
+                verify(tmp, plan)
+                tmp.replace(out.path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            built.append(BuiltFile(out.path, out.quant.label, out.path.stat().st_size,
+                                   time.perf_counter() - t0, sha256_file(out.path)))
+    finally:
+        for out in plan.streamed:
+            if out.temporary:
+                out.path.unlink(missing_ok=True)
+    return [b for b in built if not any(o.temporary and o.path == b.path for o in plan.streamed)]

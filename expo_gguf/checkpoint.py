@@ -1,0 +1,246 @@
+"""Reading checkpoints: find them (local dir or offline HF cache), index their safetensors, read rows.
+
+Nothing here loads a whole tensor, let alone a shard: the planner needs only headers, and the build
+reads row ranges with ``os.preadv`` into buffers it owns, so resident memory stays at the size of
+those buffers however large the model is (a memory map would count every touched page in RSS).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from .errors import ExpoError
+
+# safetensors dtype -> (numpy storage dtype, bytes per element). BF16 is stored as uint16 and
+# widened by shifting; the rest are read as themselves.
+DTYPES: dict[str, np.dtype] = {
+    "BF16": np.dtype("<u2"),
+    "F16": np.dtype("<f2"),
+    "F32": np.dtype("<f4"),
+}
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """Where one tensor's bytes live: absolute offset in its shard, shape as stored (rows first)."""
+
+    name: str
+    file: Path
+    offset: int
+    nbytes: int
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0] if len(self.shape) > 1 else 1
+
+    @property
+    def row_elems(self) -> int:
+        return math.prod(self.shape[1:]) if len(self.shape) > 1 else math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint as planned from: its files, config and tensor table, no weights."""
+
+    path: Path
+    repo_id: str | None
+    config: dict
+    tensors: dict[str, TensorRef] = field(repr=False)
+
+    @property
+    def label(self) -> str:
+        return self.repo_id or self.path.name
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+
+def hub_cache_dir() -> Path:
+    """The HF hub cache the same way huggingface_hub finds it, without importing it."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    return Path("~/.cache/huggingface/hub").expanduser()
+
+
+def resolve_source(spec: str) -> tuple[Path, str | None]:
+    """A local directory, or a repo id looked up offline in the HF cache; returns (dir, repo_id)."""
+    local = Path(spec).expanduser()
+    if local.is_dir():
+        return local, None
+    if not REPO_ID.match(spec) or spec.startswith((".", "/", "~")):
+        raise ExpoError(f"{spec}: no such directory (and not a Hugging Face repo id)")
+    cache = hub_cache_dir()
+    repo_dir = cache / ("models--" + spec.replace("/", "--"))
+    snapshot = None
+    ref = repo_dir / "refs" / "main"
+    if ref.is_file():
+        snapshot = repo_dir / "snapshots" / ref.read_text().strip()
+    elif (repo_dir / "snapshots").is_dir():
+        snaps = sorted((repo_dir / "snapshots").iterdir(), key=lambda p: p.stat().st_mtime)
+        snapshot = snaps[-1] if snaps else None
+    if snapshot is None or not snapshot.is_dir():
+        raise ExpoError(
+            f"{spec} is not in the Hugging Face cache ({cache}); download it first with: "
+            f"hf download {spec} --include '*.json' '*.safetensors' 'tokenizer.model'"
+        )
+    return snapshot, spec
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise ExpoError(f"{path}: missing ({what})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ExpoError(f"{path}: not valid JSON ({what}): {e}") from None
+    if not isinstance(data, dict):
+        raise ExpoError(f"{path}: expected a JSON object ({what})")
+    return data
+
+
+def _shard_path(root: Path, written: object) -> Path:
+    """Judge the path as written in the index, not where a symlink (HF cache blobs) resolves."""
+    if not isinstance(written, str) or not written:
+        raise ExpoError(f"{root / INDEX_NAME}: a shard name is not a string: {written!r}")
+    p = PurePosixPath(written)
+    if p.is_absolute() or ".." in p.parts or "\\" in written:
+        raise ExpoError(f"{root / INDEX_NAME}: shard path {written!r} leaves the checkpoint directory")
+    return root / p
+
+
+def read_header(path: Path) -> dict[str, TensorRef]:
+    """Parse and validate one safetensors header so later reads can trust every offset."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ExpoError(f"{path}: truncated safetensors file ({size} bytes)")
+            n = int.from_bytes(head, "little")
+            if n > MAX_HEADER_BYTES or n + 8 > size:
+                raise ExpoError(f"{path}: corrupt safetensors header (header length {n}, file {size} bytes)")
+            raw = f.read(n)
+    except FileNotFoundError:
+        raise ExpoError(f"{path}: missing shard") from None
+    except IsADirectoryError:
+        raise ExpoError(f"{path}: is a directory, expected a safetensors shard") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise ExpoError(f"{path}: corrupt safetensors header (not JSON)") from None
+    if not isinstance(header, dict):
+        raise ExpoError(f"{path}: corrupt safetensors header (not an object)")
+    base, data_len = 8 + n, size - 8 - n
+    refs: dict[str, TensorRef] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        refs[name] = _tensor_ref(path, name, info, base, data_len)
+    spans = sorted((r.offset, r.offset + r.nbytes, r.name) for r in refs.values() if r.nbytes)
+    for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+        if start < end:
+            raise ExpoError(f"{path}: tensors {a} and {b} overlap in the file")
+    return refs
+
+
+def _tensor_ref(path: Path, name: str, info: object, base: int, data_len: int) -> TensorRef:
+    bad = f"{path}: tensor {name!r}"
+    if not isinstance(info, dict):
+        raise ExpoError(f"{bad} has a corrupt header entry")
+    dtype, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype not in DTYPES:
+        raise ExpoError(f"{bad} has dtype {dtype!r}; supported: {', '.join(DTYPES)}")
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise ExpoError(f"{bad} has an invalid shape {shape!r}")
+    if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)):
+        raise ExpoError(f"{bad} has invalid data_offsets {offs!r}")
+    begin, end = offs
+    if not 0 <= begin <= end:
+        raise ExpoError(f"{bad} has invalid data_offsets {offs!r}")
+    if end > data_len:
+        raise ExpoError(f"{path}: truncated shard: tensor {name!r} ends at byte {base + end}, file has {base + data_len}")
+    if end - begin != math.prod(shape) * DTYPES[dtype].itemsize:
+        raise ExpoError(f"{bad}: shape {shape} {dtype} does not match its {end - begin} bytes")
+    return TensorRef(name, path, base + begin, end - begin, dtype, tuple(shape))
+
+
+def load_checkpoint(spec: str) -> Checkpoint:
+    """Resolve, then index every tensor of a checkpoint from its headers alone."""
+    root, repo_id = resolve_source(spec)
+    pickles = [p.name for p in root.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+    config = _read_json(root / "config.json", "model config")
+    index_path = root / INDEX_NAME
+    if index_path.exists():
+        weight_map = _read_json(index_path, "shard index").get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ExpoError(f"{index_path}: no weight_map")
+        shards: dict[Path, list[str]] = {}
+        for name, shard in weight_map.items():
+            shards.setdefault(_shard_path(root, shard), []).append(name)
+    elif (root / SINGLE_NAME).exists():
+        shards = {root / SINGLE_NAME: []}
+    elif pickles:
+        raise ExpoError(
+            f"{root}: only pickle weights ({pickles[0]}); expo-gguf never unpickles. "
+            "Download the safetensors files instead (most repos ship them)"
+        )
+    else:
+        raise ExpoError(f"{root}: no {INDEX_NAME} or {SINGLE_NAME} found")
+    tensors: dict[str, TensorRef] = {}
+    for shard, names in shards.items():
+        refs = read_header(shard)
+        missing = [n for n in names if n not in refs]
+        if missing:
+            raise ExpoError(f"{index_path}: names {missing[0]!r} in {shard.name}, which does not hold it")
+        tensors.update(refs if not names else {n: refs[n] for n in names})
+    return Checkpoint(root, repo_id, config, tensors)
+
+
+class RowReader:
+    """Reads row ranges of tensors, keeping at most one shard open at a time."""
+
+    def __init__(self) -> None:
+        self._path: Path | None = None
+        self._fd: int | None = None
+
+    def _open(self, path: Path) -> int:
+        if path != self._path:
+            self.close()
+            self._fd, self._path = os.open(path, os.O_RDONLY), path
+        assert self._fd is not None
+        return self._fd
+
+    def read_rows(self, ref: TensorRef, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """Fill ``out`` (storage dtype, flat) with rows [start, stop); returns the filled view."""
+        row_bytes = ref.row_elems * DTYPES[ref.dtype].itemsize
+        want = (stop - start) * row_bytes
+        view = out[: want // out.itemsize]
+        offset = ref.offset + start * row_bytes
+        try:
+            got = os.preadv(self._open(ref.file), [memoryview(view).cast("B")], offset)
+        except OSError as e:
+            raise ExpoError(f"{ref.file}: read error at byte {offset}: {e.strerror}") from None
+        if got != want:
+            raise ExpoError(f"{ref.file}: truncated shard: wanted {want} bytes at {offset}, got {got}")
+        return view
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = self._path = None

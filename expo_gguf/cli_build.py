@@ -1,0 +1,123 @@
+"""``build``, ``info`` and ``quantize``: option parsing and printing around the library."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import (BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn,
+                           TimeRemainingColumn, TransferSpeedColumn)
+from rich.table import Table
+
+from . import build as build_mod
+from .cli import cli
+from .gguf_info import describe, render_info
+from .plan import BuildRequest, Plan, make_plan
+from .quantize import QUANTS, parse_quants
+from .requantize import requantize
+
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+class RichProgress(build_mod.Progress):
+    def __init__(self, progress: Progress, total: int) -> None:
+        self.p = progress
+        self.task = progress.add_task("extrapolating", total=total)
+
+    def advance(self, nbytes: int) -> None:
+        self.p.advance(self.task, nbytes)
+
+    def stage(self, text: str) -> None:
+        self.p.console.print(f"[dim]{text}[/]")
+
+
+def print_plan(plan: Plan) -> None:
+    r = plan.request
+    console.print(f"[bold]{plan.name}[/]  alpha={r.alpha:g}  ({plan.hparams.architecture}, "
+                  f"{plan.hparams.block_count} layers, vocab {plan.hparams.vocab_size})")
+    console.print(f"  RLHF {plan.rlhf.label}  ({plan.rlhf.path})")
+    console.print(f"  SFT  {plan.sft.label}  ({plan.sft.path})")
+    console.print(f"  {len(plan.tensors)} tensors, input {_gb(plan.input_bytes)} read once, "
+                  f"{r.threads} threads, peak RAM ~{_gb(plan.peak_ram)}")
+    t = Table(box=None, pad_edge=False)
+    for col in ("output", "written by", "size"):
+        t.add_column(col)
+    for o in plan.streamed + plan.derived:
+        who = "llama.cpp quantize" if o.types is None else "stream pass"
+        t.add_row(str(o.path) + (" (temporary)" if o.temporary else ""), who, ("~" if o.types is None else "") + _gb(o.nbytes))
+    console.print(t)
+    ok = plan.disk_free >= plan.disk_needed
+    console.print(f"  disk: needs ~{_gb(plan.disk_needed)}, {_gb(plan.disk_free)} free "
+                  + ("[green]ok[/]" if ok else "[red]NOT ENOUGH[/]"))
+
+
+@cli.command()
+@click.option("--sft", default="openchat/openchat-3.5-0106", show_default=True,
+              help="SFT checkpoint: a local directory or a Hugging Face repo id (looked up in the local HF cache, never downloaded).")
+@click.option("--rlhf", default="Nexusflow/Starling-LM-7B-beta", show_default=True,
+              help="RLHF (aligned) checkpoint: a local directory or a repo id in the HF cache.")
+@click.option("--alpha", type=float, default=0.5, show_default=True,
+              help="Extrapolation strength: theta = rlhf + alpha * (rlhf - sft). 0 gives RLHF, -1 gives SFT.")
+@click.option("-q", "--quant", "quant_text", default="q8_0", show_default=True, metavar="LIST",
+              help=f"Comma-separated quant types, case-insensitive: {', '.join(QUANTS)}. "
+                   "All come from one extrapolation pass.")
+@click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("models"), show_default=True)
+@click.option("--name", default=None, help="Output base name [default: <RLHF name>-ExPO]; files are OUTDIR/NAME-QUANT.gguf.")
+@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@click.option("--dry-run", is_flag=True, help="Check both checkpoints and print the plan (sizes, RAM, disk); write nothing.")
+@click.option("--threads", type=click.IntRange(1), default=os.cpu_count() or 1, show_default=True)
+def build(sft: str, rlhf: str, alpha: float, quant_text: str, outdir: Path, name: str | None,
+          force: bool, dry_run: bool, threads: int) -> None:
+    """Extrapolate SFT -> RLHF and write GGUF files that llama.cpp runs.
+
+    Reads both checkpoints once, tensor by tensor (memory stays flat), and writes every requested
+    quantization from that single pass; K-quants (q4_k_m, ...) are then made by llama.cpp's own
+    quantizer from a 16-bit intermediate, removed afterwards unless f16 was asked for.
+    """
+    req = BuildRequest(sft, rlhf, alpha, tuple(parse_quants(quant_text)), outdir, name, force, threads)
+    plan = make_plan(req)
+    for w in plan.warnings:
+        err.print(f"[yellow]warning:[/] {w}")
+    print_plan(plan)
+    if dry_run:
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), DownloadColumn(),
+               TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=False, disable=not err.is_terminal) as p:
+        built = build_mod.run_build(plan, RichProgress(p, plan.input_bytes))
+    t = Table(title="built")
+    for col in ("file", "type", "size", "seconds", "sha256"):
+        t.add_column(col, overflow="fold")
+    for b in built:
+        t.add_row(str(b.path), b.quant, _gb(b.nbytes), f"{b.seconds:.1f}", b.sha256)
+    console.print(t)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+def info(path: Path) -> None:
+    """What a GGUF holds: architecture, provenance, types, context, special tokens, template, RAM."""
+    render_info(describe(path), console)
+
+
+@cli.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option("-q", "--quant", "quant_text", required=True, help=f"Target type: {', '.join(QUANTS)}.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
+              help="Output file [default: SRC with its quant suffix replaced].")
+@click.option("--force", is_flag=True, help="Overwrite the output file.")
+@click.option("--threads", type=click.IntRange(1), default=os.cpu_count() or 1, show_default=True)
+def quantize(src: Path, quant_text: str, out: Path | None, force: bool, threads: int) -> None:
+    """GGUF to GGUF with llama.cpp's quantizer (e.g. F16 -> Q4_K_M, or any type -> F32)."""
+    quants = parse_quants(quant_text)
+    if len(quants) != 1:
+        raise click.UsageError("quantize takes one --quant")
+    result = requantize(src, quants[0], out, force, threads)
+    console.print(f"{result.path}  {result.quant}  {_gb(result.nbytes)}  {result.seconds:.1f}s  sha256 {result.sha256}")

@@ -1,0 +1,107 @@
+"""``expo-gguf info``: what a GGUF file holds, read with gguf-py (header only, no weights)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gguf
+from rich.console import Console
+from rich.table import Table
+
+from .gguf_check import open_gguf
+
+SPECIALS = ("bos", "eos", "eot", "eom", "unk", "pad", "sep")
+
+
+@dataclass(frozen=True)
+class GGUFInfo:
+    path: Path
+    nbytes: int
+    architecture: str
+    name: str | None
+    file_type: str | None
+    base_models: list[str]
+    expo: dict[str, object]
+    tensor_types: dict[str, int]
+    n_tensors: int
+    context_length: int | None
+    block_count: int | None
+    kv_width: int | None  # n_head_kv * head_dim: what one token costs per layer in the KV cache
+    special_tokens: dict[str, tuple[int, str]]
+    chat_template: str | None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def ram_estimate(self, n_ctx: int) -> int:
+        """Weights plus an F16 K and V cache for ``n_ctx`` tokens, plus ~10% compute buffers."""
+        kv = 2 * 2 * (self.block_count or 0) * n_ctx * (self.kv_width or 0)
+        return int(self.nbytes * 1.1) + kv
+
+
+def describe(path: Path) -> GGUFInfo:
+    r = open_gguf(path)
+
+    def get(key: str):  # noqa: ANN202
+        f = r.get_field(key)
+        return None if f is None else f.contents()
+
+    arch = get(gguf.Keys.General.ARCHITECTURE) or "?"
+    ft = get(gguf.Keys.General.FILE_TYPE)
+    try:
+        file_type = gguf.LlamaFileType(ft).name.removeprefix("MOSTLY_") if ft is not None else None
+    except ValueError:
+        file_type = str(ft)
+    bases = []
+    for i in range(get(gguf.Keys.General.BASE_MODEL_COUNT) or 0):
+        org = get(gguf.Keys.General.BASE_MODEL_ORGANIZATION.format(id=i))
+        nm = get(gguf.Keys.General.BASE_MODEL_NAME.format(id=i)) or "?"
+        bases.append(f"{org}/{nm}" if org else nm)
+    tokens = get(gguf.Keys.Tokenizer.LIST) or []
+    specials = {}
+    for kind in SPECIALS:
+        tid = get(f"tokenizer.ggml.{kind}_token_id")
+        if tid is not None:
+            specials[kind] = (tid, tokens[tid] if 0 <= tid < len(tokens) else "?")
+    n_head = get(f"{arch}.attention.head_count")
+    n_kv = get(f"{arch}.attention.head_count_kv") or n_head
+    n_embd = get(f"{arch}.embedding_length")
+    head_dim = get(f"{arch}.attention.key_length") or (n_embd // n_head if n_embd and n_head else None)
+    return GGUFInfo(
+        path=Path(path),
+        nbytes=Path(path).stat().st_size,
+        architecture=arch,
+        name=get(gguf.Keys.General.NAME),
+        file_type=file_type,
+        base_models=bases,
+        expo={k.removeprefix("expo."): get(k) for k in r.fields if k.startswith("expo.")},
+        tensor_types=dict(Counter(t.tensor_type.name for t in r.tensors)),
+        n_tensors=len(r.tensors),
+        context_length=get(f"{arch}.context_length"),
+        block_count=get(f"{arch}.block_count"),
+        kv_width=(n_kv * head_dim) if n_kv and head_dim else None,
+        special_tokens=specials,
+        chat_template=get(gguf.Keys.Tokenizer.CHAT_TEMPLATE),
+    )
+
+
+def render_info(info: GGUFInfo, console: Console) -> None:
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_column(style="bold")
+    t.add_column(overflow="fold")
+    t.add_row("file", f"{info.path}  ({info.nbytes / 1e9:.2f} GB)")
+    t.add_row("architecture", info.architecture)
+    t.add_row("name", info.name or "-")
+    t.add_row("file type", info.file_type or "-")
+    t.add_row("base models", ", ".join(info.base_models) or "-")
+    if info.expo:
+        t.add_row("ExPO", "  ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.expo.items()))
+    t.add_row("tensors", f"{info.n_tensors}: " + ", ".join(f"{n} {k}" for k, n in sorted(info.tensor_types.items())))
+    t.add_row("context length", str(info.context_length or "-"))
+    t.add_row("special tokens", "  ".join(f"{k}={i} {s!r}" for k, (i, s) in info.special_tokens.items()) or "-")
+    if info.context_length:
+        n = min(4096, info.context_length)
+        t.add_row("est. RAM", f"{info.ram_estimate(n) / 1e9:.2f} GB at ctx {n}")
+    console.print(t)
+    console.print("[bold]chat template[/]")
+    console.print(info.chat_template or "(none)", markup=False, soft_wrap=True)

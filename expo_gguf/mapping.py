@@ -1,0 +1,117 @@
+"""From Hugging Face Mistral/Llama to what llama.cpp's ``llama`` architecture reads.
+
+Names come from gguf-py's own table, hyper-parameters from config.json, and the Q/K row
+permutation is the one llama.cpp's converter applies (HF stores rotary halves, llama.cpp
+interleaves them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gguf
+import numpy as np
+
+from .errors import ExpoError
+
+ARCH = gguf.MODEL_ARCH.LLAMA
+ARCH_NAME = gguf.MODEL_ARCH_NAMES[ARCH]
+SUPPORTED_ARCHITECTURES = ("MistralForCausalLM", "LlamaForCausalLM")
+
+
+@dataclass(frozen=True)
+class HParams:
+    """The config.json numbers llama.cpp needs; equal across SFT and RLHF or we refuse."""
+
+    architecture: str
+    context_length: int
+    embedding_length: int
+    block_count: int
+    feed_forward_length: int
+    head_count: int
+    head_count_kv: int
+    head_dim: int
+    rope_freq_base: float
+    rms_eps: float
+    vocab_size: int
+    tie_word_embeddings: bool
+
+
+def hparams_from_config(config: dict, where: str) -> HParams:
+    archs = config.get("architectures") or []
+    arch = archs[0] if archs else "?"
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ExpoError(f"{where}: architecture {arch}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+    try:
+        n_head = int(config["num_attention_heads"])
+        hidden = int(config["hidden_size"])
+        return HParams(
+            architecture=arch,
+            context_length=int(config.get("max_position_embeddings", 4096)),
+            embedding_length=hidden,
+            block_count=int(config["num_hidden_layers"]),
+            feed_forward_length=int(config["intermediate_size"]),
+            head_count=n_head,
+            head_count_kv=int(config.get("num_key_value_heads") or n_head),
+            head_dim=int(config.get("head_dim") or hidden // n_head),
+            rope_freq_base=float(config.get("rope_theta", 10000.0)),
+            rms_eps=float(config.get("rms_norm_eps", 1e-5)),
+            vocab_size=int(config["vocab_size"]),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        )
+    except KeyError as e:
+        raise ExpoError(f"{where}: config.json lacks {e.args[0]}") from None
+    except (TypeError, ValueError) as e:
+        raise ExpoError(f"{where}: config.json has a bad value: {e}") from None
+
+
+def tensor_names(names: list[str], block_count: int) -> dict[str, str]:
+    """HF name -> GGUF name for every tensor; an unmapped name is an error, never a skip."""
+    tmap = gguf.get_tensor_name_map(ARCH, block_count)
+    out, unmapped = {}, []
+    for name in names:
+        if name.endswith(".rotary_emb.inv_freq"):  # buffers some exporters save; recomputed by llama.cpp
+            continue
+        new = tmap.get_name(name, try_suffixes=(".weight", ".bias"))
+        if new is None:
+            unmapped.append(name)
+        else:
+            out[name] = new
+    if unmapped:
+        more = f" and {len(unmapped) - 3} more" if len(unmapped) > 3 else ""
+        raise ExpoError(f"tensors with no llama.cpp name: {', '.join(unmapped[:3])}{more}")
+    return out
+
+
+def rope_heads(gguf_name: str, hp: HParams) -> int | None:
+    """How many heads to permute a tensor's rows over: Q by n_head, K by n_head_kv (GQA), else None."""
+    if gguf_name.endswith("attn_q.weight"):
+        return hp.head_count
+    if gguf_name.endswith("attn_k.weight"):
+        return hp.head_count_kv
+    return None
+
+
+def permute_rows(rows: np.ndarray, n_rows_per_head: int) -> np.ndarray:
+    """llama.cpp's ``LlamaModel.permute`` for a block of whole heads: interleave each head's halves."""
+    n, cols = rows.shape
+    heads = n // n_rows_per_head
+    return (
+        rows.reshape(heads, 2, n_rows_per_head // 2, cols).swapaxes(1, 2).reshape(n, cols)
+    )
+
+
+def add_hparams(w: gguf.GGUFWriter, hp: HParams) -> None:
+    w.add_context_length(hp.context_length)
+    w.add_embedding_length(hp.embedding_length)
+    w.add_block_count(hp.block_count)
+    w.add_feed_forward_length(hp.feed_forward_length)
+    w.add_head_count(hp.head_count)
+    w.add_head_count_kv(hp.head_count_kv)
+    w.add_rope_freq_base(hp.rope_freq_base)
+    w.add_layer_norm_rms_eps(hp.rms_eps)
+    w.add_rope_dimension_count(hp.head_dim)
+    w.add_vocab_size(hp.vocab_size)
+    if hp.head_dim != hp.embedding_length // hp.head_count:
+        w.add_key_length(hp.head_dim)
+        w.add_value_length(hp.head_dim)
