@@ -92,11 +92,11 @@ def build(sft: str, rlhf: str, alpha: float, quant_text: str, outdir: Path, name
                TransferSpeedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=False, disable=not err.is_terminal) as p:
         built = build_mod.run_build(plan, RichProgress(p, plan.input_bytes))
-    t = Table(title="built")
+    t = Table(title=f"built in {plan.request.outdir}")
     for col in ("file", "type", "size", "seconds", "sha256"):
         t.add_column(col, overflow="fold")
     for b in built:
-        t.add_row(str(b.path), b.quant, _gb(b.nbytes), f"{b.seconds:.1f}", b.sha256)
+        t.add_row(b.path.name, b.quant, _gb(b.nbytes), f"{b.seconds:.1f}", b.sha256)
     console.print(t)
 
 

