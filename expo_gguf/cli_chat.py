@@ -1,0 +1,175 @@
+"""``expo-gguf chat`` and ``expo-gguf serve``: option parsing only; the work is in runtime/repl."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from .cli import cli
+from .errors import ExpoError
+from .gguf_check import check_header
+from .repl import Backend, run_repl
+from .runtime import ChatModel, LoadOptions, Sampling, find_default_model, load_model, resolve_gpu_layers
+
+DEFAULTS = Sampling()
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def _model_options(f):
+    """Options shared by chat and serve: which model and how to load it."""
+    f = click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: llama.cpp's choice).")(f)
+    f = click.option("--ctx", default=4096, show_default=True, type=click.IntRange(min=64),
+                     help="Context length in tokens, capped at the model's trained length.")(f)
+    f = click.option("-ngl", "--n-gpu-layers", default="auto", show_default=True,
+                     help="Layers to offload to the GPU: N, -1 for all, or auto.")(f)
+    f = click.option("--verbose", is_flag=True, help="Show llama.cpp's log.")(f)
+    return click.argument("model", required=False, type=click.Path(path_type=Path))(f)
+
+
+def _backend(session: ChatModel, sampling: Sampling) -> Backend:
+    """Bind a loaded model to the REPL's callbacks; ``sampling`` is shared, so /set applies."""
+    info = session.info
+
+    def stats() -> dict[str, str]:
+        s = session.last_stats
+        if s is None:
+            return {}
+        return {
+            "prompt tokens": f"{s.prompt_tokens} ({s.prompt_evaluated} evaluated, rest from cache)",
+            "generated": f"{s.generated} tokens (stopped: {s.stop})",
+            "time to first token": f"{s.ttft_s:.3f} s",
+            "prompt speed": f"{s.prompt_tps:.1f} tok/s",
+            "generation speed": f"{s.gen_tps:.1f} tok/s",
+            "context": f"{s.ctx_used}/{s.n_ctx} tokens",
+        }
+
+    def show() -> dict[str, str]:
+        used = session.last_stats.ctx_used if session.last_stats else 0
+        return {
+            "model": f"{info.name} ({info.path})", "quant": info.quant,
+            "size": _size(info.size_bytes), "device": info.device,
+            "context": f"{used}/{info.n_ctx} used (trained {info.n_ctx_train})",
+            "stop ids": ", ".join(map(str, sorted(session.stop_ids))),
+        }
+
+    return Backend(
+        reply=lambda messages: session.stream(messages, sampling),
+        fit=lambda messages: session.fit(messages, sampling),
+        status=lambda: session.last_stats.line() if session.last_stats else None,
+        stats=stats,
+        show=show,
+    )
+
+
+@cli.command()
+@_model_options
+@click.option("-p", "--prompt", help="Answer this once and exit (piped stdin is appended).")
+@click.option("-i", "--interactive", is_flag=True, help="Chat even when stdin is not a terminal.")
+@click.option("--system", help="System message.")
+@click.option("--temp", type=float, default=DEFAULTS.temp, show_default=True, help="0 = greedy.")
+@click.option("--top-p", type=float, default=DEFAULTS.top_p, show_default=True)
+@click.option("--top-k", type=int, default=DEFAULTS.top_k, show_default=True)
+@click.option("--min-p", type=float, default=DEFAULTS.min_p, show_default=True)
+@click.option("--repeat-penalty", type=float, default=DEFAULTS.repeat_penalty, show_default=True)
+@click.option("--max-tokens", type=int, default=-1, show_default=True, help="-1 = until the model stops.")
+@click.option("--seed", type=int, default=-1, help="Sampling seed (default: random).")
+@click.option("--plain", is_flag=True, help="Print replies as plain text, not markdown.")
+def chat(model: Path | None, verbose: bool, n_gpu_layers: str, ctx: int, threads: int | None,
+         prompt: str | None, interactive: bool, system: str | None, temp: float, top_p: float,
+         top_k: int, min_p: float, repeat_penalty: float, max_tokens: int, seed: int,
+         plain: bool) -> None:
+    """Chat with a GGUF model (default: the newest under ./models).
+
+    \b
+      expo-gguf chat models/Starling-LM-7B-beta-ExPO-Q4_K_M.gguf -ngl auto
+      expo-gguf chat MODEL -p "Summarise this" < notes.txt    one reply on stdout
+      echo "hi" | expo-gguf chat MODEL                        piped stdin: one reply too
+    """
+    seed = seed if seed >= 0 else DEFAULTS.seed
+    sampling = Sampling(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p,
+                        repeat_penalty=repeat_penalty, max_tokens=max_tokens, seed=seed)
+    path = check_header(model if model is not None else find_default_model())
+    one_shot = prompt is not None or (not sys.stdin.isatty() and not interactive)
+    question = ""
+    if one_shot:
+        piped = "" if sys.stdin.isatty() else sys.stdin.read()
+        question = "\n\n".join(part for part in (prompt, piped.strip()) if part)
+        if not question.strip():
+            raise ExpoError("nothing to answer: give -p TEXT or pipe text on stdin")
+    err = Console(stderr=True, highlight=False)
+    session = load_model(LoadOptions(model=path, n_ctx=ctx, n_gpu_layers=n_gpu_layers,
+                                     threads=threads, seed=seed, verbose=verbose))
+    for warning in session.info.warnings:
+        err.print(f"warning: {warning}", style="yellow", markup=False, soft_wrap=True)
+    messages = [{"role": "system", "content": system}] if system else []
+    try:
+        if one_shot:
+            _one_shot(session, sampling, messages + [{"role": "user", "content": question}], err, verbose)
+        else:
+            _interactive(session, sampling, messages, plain)
+    finally:
+        session.close()
+
+
+def _one_shot(session: ChatModel, sampling: Sampling, messages: list[dict[str, str]],
+              err: Console, verbose: bool) -> None:
+    """The reply alone on stdout, streamed, so it pipes cleanly into other tools."""
+    kept, _ = session.fit(messages, sampling)
+    for chunk in session.stream(kept, sampling):
+        click.echo(chunk, nl=False)
+    click.echo()
+    if verbose and session.last_stats:
+        err.print(session.last_stats.line(), style="dim", markup=False)
+
+
+def _interactive(session: ChatModel, sampling: Sampling, messages: list[dict[str, str]],
+                 plain: bool) -> None:
+    console = Console(highlight=False)
+    info = session.info
+    if sys.stdin.isatty():
+        import readline  # noqa: F401  (line editing and history for input())
+    console.print(f"[bold]{info.name}[/] · {info.quant} · {_size(info.size_bytes)}"
+                  f" · ctx {info.n_ctx} · {info.device}")
+    for note in info.notes:
+        console.print(f"note: {note}", style="dim", markup=False)
+    console.print("/help for commands, Ctrl+D or /exit to leave", style="dim")
+    run_repl(_backend(session, sampling), sampling, console=console, messages=messages,
+             markdown=not plain and console.is_terminal)
+
+
+@cli.command()
+@_model_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+def serve(model: Path | None, verbose: bool, n_gpu_layers: str, ctx: int, threads: int | None,
+          host: str, port: int) -> None:
+    """Serve a GGUF over an OpenAI-compatible HTTP API (llama-cpp-python's server).
+
+    The prompt comes from the GGUF's own chat template. Needs the server extra:
+    pip install 'llama-cpp-python[server]'.
+    """
+    path = check_header(model if model is not None else find_default_model())
+    try:
+        import uvicorn
+        from llama_cpp.server.app import create_app
+        from llama_cpp.server.settings import ModelSettings, ServerSettings
+    except ImportError as e:
+        raise ExpoError(f"serve needs llama-cpp-python's server extra ({e.name} is missing):"
+                        " pip install 'llama-cpp-python[server]'") from None
+    ngl, warning = resolve_gpu_layers(n_gpu_layers)
+    err = Console(stderr=True, highlight=False)
+    if warning:
+        err.print(f"warning: {warning}", style="yellow", markup=False, soft_wrap=True)
+    extra = {"n_threads": threads, "n_threads_batch": threads} if threads else {}
+    model_settings = ModelSettings(model=str(path), n_gpu_layers=ngl, n_ctx=ctx,
+                                   verbose=verbose, **extra)
+    app = create_app(server_settings=ServerSettings(host=host, port=port),
+                     model_settings=[model_settings])
+    err.print(f"serving {path} at http://{host}:{port}/v1 (Ctrl+C stops)")
+    uvicorn.run(app, host=host, port=port, log_level="info" if verbose else "warning")

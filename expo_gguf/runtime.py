@@ -1,0 +1,371 @@
+"""One llama.cpp model per chat session: load, render prompts, stream replies, keep the KV cache.
+
+The prompt is rendered from the GGUF's own ``tokenizer.chat_template`` (never
+llama-cpp-python's built-in "openchat" format, which renders a malformed prompt) and the whole
+history is re-rendered every turn. Because the rendering is a pure function of the history,
+turn N's tokens start with turn N-1's, and ``Llama.generate`` reuses that common prefix of its
+KV cache: only the new message is evaluated.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import gguf
+import llama_cpp
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from .errors import ExpoError
+from .gguf_check import check_header, open_gguf
+
+Message = dict[str, str]
+
+# llama.cpp's own fallback when a GGUF carries no template.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% endif %}"
+)
+# Turn terminators some vocabularies carry without flagging them end-of-generation.
+EXTRA_STOP_TEXTS = ("<|end_of_turn|>", "<|im_end|>", "<|eot_id|>", "<end_of_turn>")
+CUDA_HINT = (
+    'CMAKE_ARGS="-DGGML_CUDA=on" pip install llama-cpp-python --force-reinstall --no-cache-dir'
+)
+MIN_REPLY_TOKENS = 8
+_show_llama_log = False
+
+
+@llama_cpp.llama_log_callback
+def _llama_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    """Quiet by default: llama-cpp-python's own filter maps ggml's WARN level to ERROR and
+    lets warnings through; --verbose shows everything."""
+    if _show_llama_log:
+        sys.stderr.write(text.decode("utf-8", errors="replace"))
+
+
+def _set_llama_log(verbose: bool) -> None:
+    global _show_llama_log
+    _show_llama_log = verbose
+    llama_cpp.llama_log_set(_llama_log, ctypes.c_void_p(0))
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What ``load_model`` needs; built by the CLI from its options."""
+
+    model: Path
+    n_ctx: int = 4096
+    n_gpu_layers: str = "auto"
+    threads: int | None = None
+    seed: int = llama_cpp.LLAMA_DEFAULT_SEED
+    verbose: bool = False
+
+
+@dataclass
+class Sampling:
+    """Sampling settings, mutable so ``/set`` in the REPL changes the next reply.
+
+    Defaults are llama.cpp's; ``max_tokens`` -1 means until end of turn or a full context.
+    """
+
+    temp: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    max_tokens: int = -1
+    seed: int = llama_cpp.LLAMA_DEFAULT_SEED
+
+    def __post_init__(self) -> None:
+        checks = {
+            "temp": self.temp >= 0,
+            "top_p": 0 < self.top_p <= 1,
+            "top_k": self.top_k >= 0,
+            "min_p": 0 <= self.min_p <= 1,
+            "repeat_penalty": self.repeat_penalty > 0,
+            "max_tokens": self.max_tokens == -1 or self.max_tokens > 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ExpoError(f"invalid sampling setting: {', '.join(bad)}")
+
+
+@dataclass(frozen=True)
+class TurnStats:
+    """One reply's figures, from llama.cpp's perf counters and our own clock."""
+
+    prompt_tokens: int  # length of the rendered prompt
+    prompt_evaluated: int  # prompt tokens llama.cpp decoded in batches (the rest came from cache)
+    prompt_ms: float
+    generated: int
+    gen_ms: float
+    ttft_s: float
+    ctx_used: int
+    n_ctx: int
+    stop: str  # "eog", "max_tokens", "context", "interrupted"
+
+    @property
+    def prompt_tps(self) -> float:
+        return self.prompt_evaluated / self.prompt_ms * 1000 if self.prompt_ms > 0 else 0.0
+
+    @property
+    def gen_tps(self) -> float:
+        # The first generated token is sampled from the prompt's logits; the rest cost one decode.
+        return max(self.generated - 1, 0) / self.gen_ms * 1000 if self.gen_ms > 0 else 0.0
+
+    def line(self) -> str:
+        return (
+            f"ttft {self.ttft_s:.2f}s · prompt {self.prompt_tps:.1f} tok/s"
+            f" · gen {self.gen_tps:.1f} tok/s · ctx {self.ctx_used}/{self.n_ctx}"
+        )
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the start-up banner and ``/show`` print."""
+
+    name: str
+    path: Path
+    quant: str
+    size_bytes: int
+    n_ctx: int
+    n_ctx_train: int
+    n_layers: int
+    gpu_layers: int
+    notes: tuple[str, ...] = field(default_factory=tuple)  # for the interactive banner
+    warnings: tuple[str, ...] = field(default_factory=tuple)  # always shown: a request was not met
+
+    @property
+    def device(self) -> str:
+        if self.gpu_layers == 0:
+            return "CPU only"
+        return f"{self.gpu_layers}/{self.n_layers + 1} layers on GPU"
+
+
+def resolve_gpu_layers(value: str | int, supports_gpu: bool | None = None) -> tuple[int, str | None]:
+    """``-ngl`` to a layer count for llama.cpp, plus a warning when the request cannot be met.
+
+    A CPU-only build silently ignores offload requests, so say so once and how to fix it.
+    """
+    if supports_gpu is None:
+        supports_gpu = bool(llama_cpp.llama_supports_gpu_offload())
+    text = str(value).strip().lower()
+    if text == "auto":
+        return (-1 if supports_gpu else 0), None
+    try:
+        n = int(text)
+    except ValueError:
+        raise ExpoError(f"-ngl takes a layer count, -1 (all) or auto, not {value!r}") from None
+    if n < -1:
+        raise ExpoError(f"-ngl takes a layer count, -1 (all) or auto, not {value!r}")
+    if n != 0 and not supports_gpu:
+        return 0, f"this llama-cpp-python build has no GPU support, -ngl {n} ignored; for CUDA: {CUDA_HINT}"
+    return n, None
+
+
+def find_default_model(models_dir: Path = Path("models")) -> Path:
+    """The newest ``.gguf`` under ``models_dir``: what ``expo-gguf build`` wrote last."""
+    found = [p for p in models_dir.rglob("*.gguf") if p.is_file()] if models_dir.is_dir() else []
+    if not found:
+        raise ExpoError(f"no .gguf in ./{models_dir}; run `expo-gguf build --quant q8_0` first")
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def _quant_name(file_type: str | None) -> str:
+    try:
+        return gguf.LlamaFileType(int(file_type or "")).name.removeprefix("MOSTLY_")
+    except ValueError:
+        return "unknown"
+
+
+class ChatModel:
+    """A loaded model plus everything needed to chat with it; one per session."""
+
+    def __init__(self, llama: llama_cpp.Llama, info: ModelInfo, template: str) -> None:
+        self.llama = llama
+        self.info = info
+        self.vocab = llama_cpp.llama_model_get_vocab(llama.model)
+        bos, eos = llama.token_bos(), llama.token_eos()
+        self._bos = bos
+        self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self.stop_ids = self._find_stop_ids()
+        self._formatter = Jinja2ChatFormatter(
+            template,
+            eos_token=self._text(eos) if eos >= 0 else "",
+            bos_token=self._text(bos) if bos >= 0 else "",
+            add_generation_prompt=True,
+        )
+        self.last_stats: TurnStats | None = None
+
+    def _text(self, token: int) -> str:
+        return self._piece(token, special=True).decode("utf-8", errors="replace")
+
+    def _piece(self, token: int, special: bool = False) -> bytes:
+        """Bytes of one token; control tokens give b"" unless ``special``."""
+        buf = ctypes.create_string_buffer(256)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        if n < 0:  # piece longer than the buffer: llama.cpp returns minus the size it needs
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def _find_stop_ids(self) -> frozenset[int]:
+        """Every end-of-generation id: llama.cpp's eog set, eos, eot, and known turn ends."""
+        n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        ids = {t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)}
+        ids |= {t for t in (self.llama.token_eos(), llama_cpp.llama_vocab_eot(self.vocab)) if t >= 0}
+        for text in EXTRA_STOP_TEXTS:
+            toks = self.llama.tokenize(text.encode(), add_bos=False, special=True)
+            if len(toks) == 1 and llama_cpp.llama_vocab_is_control(self.vocab, toks[0]):
+                ids.add(toks[0])
+        return frozenset(ids)
+
+    def render(self, messages: list[Message]) -> str:
+        """The prompt text, exactly as the model's template lays it out."""
+        try:
+            return self._formatter(messages=messages).prompt
+        except Exception as e:  # jinja raises a zoo of types; a template bug is the user's GGUF
+            raise ExpoError(f"the model's chat template failed: {e}") from None
+
+    def tokenize(self, messages: list[Message]) -> list[int]:
+        """Prompt tokens; BOS only where the vocab wants one and the template did not write it."""
+        toks = self.llama.tokenize(self.render(messages).encode(), add_bos=False, special=True)
+        if self._add_bos and self._bos >= 0 and (not toks or toks[0] != self._bos):
+            toks.insert(0, self._bos)
+        return toks
+
+    def fit(self, messages: list[Message], sampling: Sampling) -> tuple[list[Message], int]:
+        """Drop the oldest turns until the prompt leaves room for a reply.
+
+        The system message and the latest message always stay; if those alone leave no room to
+        answer, the message is refused. Returns the kept messages and how many were dropped.
+        """
+        n_ctx = self.info.n_ctx
+        reserve = sampling.max_tokens if sampling.max_tokens > 0 else n_ctx // 4
+        budget = n_ctx - min(reserve, n_ctx // 2)
+        head = messages[:1] if messages and messages[0]["role"] == "system" else []
+        rest = messages[len(head):]
+        dropped = 0
+        n = len(self.tokenize(head + rest))
+        while n > budget and len(rest) > 1:
+            rest = rest[1:]
+            dropped += 1
+            while len(rest) > 1 and rest[0]["role"] != "user":  # keep turns starting with a user
+                rest = rest[1:]
+                dropped += 1
+            n = len(self.tokenize(head + rest))
+        if n > n_ctx - MIN_REPLY_TOKENS:
+            raise ExpoError(
+                f"message too long: the prompt is {n} tokens and the context holds {n_ctx};"
+                " shorten it or raise --ctx"
+            )
+        return head + rest, dropped
+
+    def stream(self, messages: list[Message], sampling: Sampling) -> Iterator[str]:
+        """Yield the reply's text as it is generated; ``last_stats`` is set when it ends.
+
+        Stops on any stop id, ``max_tokens`` or a full context. Closing the iterator early
+        (Ctrl+C in the REPL) keeps the KV cache consistent: the next prompt starts with this one.
+        """
+        llama, ctx = self.llama, self.llama.ctx
+        prompt = self.tokenize(messages)
+        n_ctx = self.info.n_ctx
+        llama.set_seed(sampling.seed)
+        llama_cpp.llama_perf_context_reset(ctx)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        start, ttft, generated, stop, leading = time.perf_counter(), 0.0, 0, "interrupted", True
+        try:
+            tokens = llama.generate(
+                prompt, temp=sampling.temp, top_p=sampling.top_p, top_k=sampling.top_k,
+                min_p=sampling.min_p, repeat_penalty=sampling.repeat_penalty,
+            )
+            for token in tokens:
+                if token in self.stop_ids:
+                    stop = "eog"
+                    break
+                generated += 1
+                if not ttft:
+                    ttft = time.perf_counter() - start
+                text = decoder.decode(self._piece(token))
+                if leading:  # templates end on "Assistant:"; the reply's first space is layout
+                    text = text.lstrip()
+                    leading = not text
+                if text:
+                    yield text
+                if 0 < sampling.max_tokens <= generated:
+                    stop = "max_tokens"
+                    break
+                if len(prompt) + generated >= n_ctx:
+                    stop = "context"
+                    break
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                yield tail
+        except RuntimeError as e:  # llama_decode failures surface as RuntimeError
+            raise ExpoError(f"generation failed: {e}") from None
+        finally:
+            perf = llama_cpp.llama_perf_context(ctx)
+            self.last_stats = TurnStats(
+                prompt_tokens=len(prompt), prompt_evaluated=perf.n_p_eval,
+                prompt_ms=perf.t_p_eval_ms, generated=generated, gen_ms=perf.t_eval_ms,
+                ttft_s=ttft, ctx_used=llama.n_tokens, n_ctx=n_ctx, stop=stop,
+            )
+
+    def close(self) -> None:
+        self.llama.close()
+
+
+def _new_llama(opts: LoadOptions, path: Path, n_ctx: int, n_gpu_layers: int) -> llama_cpp.Llama:
+    return llama_cpp.Llama(
+        str(path), n_ctx=n_ctx, n_batch=min(512, n_ctx), n_gpu_layers=n_gpu_layers,
+        n_threads=opts.threads, n_threads_batch=opts.threads, seed=opts.seed,
+        verbose=opts.verbose,
+    )
+
+
+def load_model(opts: LoadOptions) -> ChatModel:
+    """Load ``opts.model`` once for the session; bad files end in one ``ExpoError`` line."""
+    path = check_header(opts.model)
+    _set_llama_log(opts.verbose)
+    n_gpu_layers, warning = resolve_gpu_layers(opts.n_gpu_layers)
+    warnings, notes = [warning] if warning else [], []
+    if not llama_cpp.llama_supports_gpu_offload() and not warning:
+        notes.append(f"CPU-only llama-cpp-python build; for a GPU: {CUDA_HINT}")
+    try:
+        llama = _new_llama(opts, path, opts.n_ctx, n_gpu_layers)
+    except (ValueError, RuntimeError) as e:
+        open_gguf(path)  # names the actual defect (truncation, damage) when there is one
+        raise ExpoError(f"llama.cpp could not load {path} ({e}); --verbose shows its log") from None
+    n_ctx_train = llama_cpp.llama_model_n_ctx_train(llama.model)
+    n_ctx = opts.n_ctx
+    if 0 < n_ctx_train < n_ctx:
+        llama.close()
+        n_ctx = n_ctx_train
+        warnings.append(f"--ctx {opts.n_ctx} is above the trained length; using {n_ctx}")
+        llama = _new_llama(opts, path, n_ctx, n_gpu_layers)
+    meta = llama.metadata
+    template = meta.get("tokenizer.chat_template")
+    if not template:
+        template = CHATML_TEMPLATE
+        notes.append("the GGUF has no chat template; using ChatML")
+    n_layers = llama_cpp.llama_model_n_layer(llama.model)
+    offloaded = 0 if n_gpu_layers == 0 else n_layers + 1 if n_gpu_layers < 0 else min(n_gpu_layers, n_layers + 1)
+    info = ModelInfo(
+        name=meta.get("general.name") or path.stem,
+        path=path,
+        quant=_quant_name(meta.get("general.file_type")),
+        size_bytes=path.stat().st_size,
+        n_ctx=llama.n_ctx(),
+        n_ctx_train=n_ctx_train,
+        n_layers=n_layers,
+        gpu_layers=offloaded,
+        notes=tuple(notes),
+        warnings=tuple(warnings),
+    )
+    return ChatModel(llama, info, template)

@@ -1,0 +1,171 @@
+"""The REPL on its own, driven by a scripted fake model: commands, multi-line input, Ctrl+C."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from expo_gguf.errors import ExpoError
+from expo_gguf.repl import Backend, read_message, run_repl
+from expo_gguf.runtime import Sampling
+
+Message = dict[str, str]
+
+
+class Fake:
+    """A model that answers "echo: <last message>" word by word and records what it saw."""
+
+    def __init__(self, interrupt_after: int | None = None) -> None:
+        self.seen: list[list[Message]] = []
+        self.closed = 0
+        self.interrupt_after = interrupt_after
+
+    def reply(self, messages: list[Message]) -> Iterator[str]:
+        self.seen.append([dict(m) for m in messages])
+        try:
+            for i, word in enumerate(["echo:", *messages[-1]["content"].split()]):
+                if self.interrupt_after is not None and i == self.interrupt_after:
+                    os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl+C, caught by the REPL
+                yield word + " "
+        finally:
+            self.closed += 1
+
+
+def script(*lines: str | BaseException):
+    """A ``read_line`` replaying ``lines``; exceptions are raised; EOF (Ctrl+D) at the end."""
+    queue = list(lines)
+
+    def read_line(prompt: str) -> str:
+        if not queue:
+            raise EOFError
+        item = queue.pop(0)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    return read_line
+
+
+def chat(backend: Backend, *lines: str | BaseException, messages: list[Message] | None = None,
+         settings: Sampling | None = None) -> tuple[list[Message], str]:
+    out = io.StringIO()
+    console = Console(file=out, width=200, highlight=False)
+    history = run_repl(backend, settings or Sampling(), console=console, messages=messages,
+                       markdown=False, read_line=script(*lines))
+    return history, out.getvalue()
+
+
+def test_message_reply_and_history() -> None:
+    fake = Fake()
+    history, out = chat(Backend(reply=fake.reply), "hello there", "second one")
+    assert history == [
+        {"role": "user", "content": "hello there"},
+        {"role": "assistant", "content": "echo: hello there "},
+        {"role": "user", "content": "second one"},
+        {"role": "assistant", "content": "echo: second one "},
+    ]
+    assert "echo: hello there" in out and fake.closed == 2
+    assert fake.seen[1][:2] == history[:2]  # the model sees the whole conversation
+
+
+def test_multiline_block_and_backslash() -> None:
+    assert read_message(script('"""', "line one", "", "line two", '"""')) == "line one\n\nline two"
+    assert read_message(script('"""first', 'last"""')) == "first\nlast"
+    assert read_message(script('"""one line"""')) == "one line"
+    assert read_message(script("a \\", "b\\", "c")) == "a \nb\nc"
+    history, _ = chat(Backend(reply=Fake().reply), '"""', "x", "y", '"""')
+    assert history[0]["content"] == "x\ny"
+
+
+def test_slash_commands(tmp_path: Path) -> None:
+    fake = Fake()
+    settings = Sampling()
+    saved = tmp_path / "conv.json"
+    history, out = chat(
+        Backend(reply=fake.reply, show=lambda: {"model": "fake-model"},
+                stats=lambda: {"generated": "3 tokens"}, status=lambda: "STATUS-LINE"),
+        "/help", "/system be brief", "/system", "/set temp 0.25", "/set top_k 7", "/set temp -1",
+        "/set temp hot", "/set nope 1", "/set", "hi", "/regen", "/show", "/stats", f"/save {saved}",
+        "/clear", "/frobnicate", "//not a command", f"/load {saved}", "/exit", "never read",
+        settings=settings,
+    )
+    assert "/regen" in out and "Multi-line" in out  # /help
+    assert "be brief" in out  # /system without text shows it
+    assert (settings.temp, settings.top_k) == (0.25, 7)  # /set changed the shared settings
+    assert "invalid sampling setting: temp" in out and "takes a float" in out and "usage: /set" in out
+    assert "fake-model" in out and "3 tokens" in out and "STATUS-LINE" in out
+    assert "unknown command /frobnicate" in out
+    # /regen answered the same message again, replacing the first answer
+    assert [m[-1]["content"] for m in fake.seen[:2]] == ["hi", "hi"]
+    assert fake.seen[1][0] == {"role": "system", "content": "be brief"}
+    data = json.loads(saved.read_text())
+    assert [m["role"] for m in data["messages"]] == ["system", "user", "assistant"]
+    assert data["settings"]["temp"] == 0.25
+    # after /clear (system kept) and "//..." sent as text, /load brought the saved three back
+    assert fake.seen[2] == [{"role": "system", "content": "be brief"},
+                            {"role": "user", "content": "/not a command"}]
+    assert history == data["messages"]
+    assert "never read" not in json.dumps(history)
+
+
+def test_load_rejects_bad_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"messages": [{"role": "wizard", "content": "x"}]}))
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    history, out = chat(Backend(reply=Fake().reply), "hi", f"/load {bad}", f"/load {broken}",
+                        f"/load {tmp_path / 'missing.json'}", "/load", "/save")
+    assert out.count("error:") == 5
+    assert "is not a conversation" in out and "cannot read" in out
+    assert len(history) == 2  # unchanged
+
+
+def test_ctrl_c_at_prompt() -> None:
+    fake = Fake()
+    history, out = chat(Backend(reply=fake.reply), KeyboardInterrupt(), "still here",
+                        KeyboardInterrupt(), KeyboardInterrupt(), "never read")
+    assert "Ctrl+C again" in out
+    assert [m["content"] for m in history] == ["still here", "echo: still here "]
+
+
+def test_ctrl_c_during_reply_keeps_partial_reply() -> None:
+    fake = Fake(interrupt_after=2)
+    history, out = chat(Backend(reply=fake.reply), "one two three four five", "next")
+    assert history[1]["role"] == "assistant"
+    assert history[1]["content"].startswith("echo: one") and "five" not in history[1]["content"]
+    assert "(interrupted)" in out and fake.closed == 2  # the generator was closed, not leaked
+    assert history[2]["content"] == "next" and len(history) == 4  # the session went on
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_context_trim_told_once_and_refusal() -> None:
+    fake = Fake()
+
+    def fit(messages: list[Message]) -> tuple[list[Message], int]:
+        if "huge" in messages[-1]["content"]:
+            raise ExpoError("message too long: the prompt is 999 tokens and the context holds 64")
+        head = [m for m in messages[:1] if m["role"] == "system"]
+        rest = messages[len(head):]
+        return head + rest[-3:], max(len(rest) - 3, 0)
+
+    history, out = chat(Backend(reply=fake.reply, fit=fit), "a", "b", "c", "huge message", "d",
+                        messages=[{"role": "system", "content": "sys"}])
+    assert out.count("context full") == 1
+    assert "message too long" in out
+    assert history[0] == {"role": "system", "content": "sys"}
+    assert [m["content"] for m in history[1:]] == ["c", "echo: c ", "d", "echo: d "]
+    assert all("huge" not in m["content"] for m in history)
+
+
+def test_settings_validation() -> None:
+    with pytest.raises(ExpoError, match="top_p"):
+        Sampling(top_p=0)
+    with pytest.raises(ExpoError, match="max_tokens"):
+        Sampling(max_tokens=0)
