@@ -9,6 +9,7 @@ import sys
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import ExpoError
 
@@ -22,7 +23,7 @@ class ExpoGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ExpoError as e:
-            err_console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]")
