@@ -46,12 +46,13 @@ def print_plan(plan: Plan) -> None:
     console.print(f"  SFT  {plan.sft.label}  ({plan.sft.path})")
     console.print(f"  {len(plan.tensors)} tensors, input {_gb(plan.input_bytes)} read once, "
                   f"{r.threads} threads, peak RAM ~{_gb(plan.peak_ram)}")
+    console.print(f"  writing into {r.outdir}/")
     t = Table(box=None, pad_edge=False)
-    for col in ("output", "written by", "size"):
-        t.add_column(col)
+    for col in ("  file", "written by", "size"):
+        t.add_column(col, overflow="fold")
     for o in plan.streamed + plan.derived:
         who = "llama.cpp quantize" if o.types is None else "stream pass"
-        t.add_row(str(o.path) + (" (temporary)" if o.temporary else ""), who, ("~" if o.types is None else "") + _gb(o.nbytes))
+        t.add_row("  " + o.path.name + (" (temporary)" if o.temporary else ""), who, ("~" if o.types is None else "") + _gb(o.nbytes))
     console.print(t)
     ok = plan.disk_free >= plan.disk_needed
     console.print(f"  disk: needs ~{_gb(plan.disk_needed)}, {_gb(plan.disk_free)} free "

