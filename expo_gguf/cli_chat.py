@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from .cli import cli
 from .errors import ExpoError
@@ -134,7 +135,7 @@ def _interactive(session: ChatModel, sampling: Sampling, messages: list[dict[str
     info = session.info
     if sys.stdin.isatty():
         import readline  # noqa: F401  (line editing and history for input())
-    console.print(f"[bold]{info.name}[/] · {info.quant} · {_size(info.size_bytes)}"
+    console.print(f"[bold]{escape(info.name)}[/] · {info.quant} · {_size(info.size_bytes)}"
                   f" · ctx {info.n_ctx} · {info.device}")
     for note in info.notes:
         console.print(f"note: {note}", style="dim", markup=False)

