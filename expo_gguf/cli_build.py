@@ -73,16 +73,17 @@ def print_plan(plan: Plan) -> None:
 @click.option("--name", default=None, help="Output base name [default: <RLHF name>-ExPO]; files are OUTDIR/NAME-QUANT.gguf.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @click.option("--dry-run", is_flag=True, help="Check both checkpoints and print the plan (sizes, RAM, disk); write nothing.")
-@click.option("--threads", type=click.IntRange(1), default=os.cpu_count() or 1, show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=None, help="Worker threads [default: all cores].")
 def build(sft: str, rlhf: str, alpha: float, quant_text: str, outdir: Path, name: str | None,
-          force: bool, dry_run: bool, threads: int) -> None:
+          force: bool, dry_run: bool, threads: int | None) -> None:
     """Extrapolate SFT -> RLHF and write GGUF files that llama.cpp runs.
 
     Reads both checkpoints once, tensor by tensor (memory stays flat), and writes every requested
     quantization from that single pass; K-quants (q4_k_m, ...) are then made by llama.cpp's own
     quantizer from a 16-bit intermediate, removed afterwards unless f16 was asked for.
     """
-    req = BuildRequest(sft, rlhf, alpha, tuple(parse_quants(quant_text)), outdir, name, force, threads)
+    req = BuildRequest(sft, rlhf, alpha, tuple(parse_quants(quant_text)), outdir, name, force,
+                       threads or os.cpu_count() or 1)
     plan = make_plan(req)
     for w in plan.warnings:
         err.print(f"[yellow]warning:[/] {w}")
@@ -114,11 +115,11 @@ def info(path: Path) -> None:
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
               help="Output file [default: SRC with its quant suffix replaced].")
 @click.option("--force", is_flag=True, help="Overwrite the output file.")
-@click.option("--threads", type=click.IntRange(1), default=os.cpu_count() or 1, show_default=True)
-def quantize(src: Path, quant_text: str, out: Path | None, force: bool, threads: int) -> None:
+@click.option("--threads", type=click.IntRange(1), default=None, help="Threads [default: all cores].")
+def quantize(src: Path, quant_text: str, out: Path | None, force: bool, threads: int | None) -> None:
     """GGUF to GGUF with llama.cpp's quantizer (e.g. F16 -> Q4_K_M, or any type -> F32)."""
     quants = parse_quants(quant_text)
     if len(quants) != 1:
         raise click.UsageError("quantize takes one --quant")
-    result = requantize(src, quants[0], out, force, threads)
+    result = requantize(src, quants[0], out, force, threads or os.cpu_count() or 1)
     console.print(f"{result.path}  {result.quant}  {_gb(result.nbytes)}  {result.seconds:.1f}s  sha256 {result.sha256}")
