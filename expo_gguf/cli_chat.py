@@ -13,9 +13,17 @@ from .cli import cli
 from .errors import ExpoError
 from .gguf_check import check_header
 from .repl import Backend, run_repl
-from .runtime import ChatModel, LoadOptions, Sampling, find_default_model, load_model, resolve_gpu_layers
+from .runtime import ChatModel, LoadOptions, Sampling, load_model, resolve_gpu_layers
 
 DEFAULTS = Sampling()
+
+
+def find_default_model(models_dir: Path = Path("models")) -> Path:
+    """The newest ``.gguf`` under ``models_dir``: what ``expo-gguf build`` wrote last."""
+    found = [p for p in models_dir.rglob("*.gguf") if p.is_file()] if models_dir.is_dir() else []
+    if not found:
+        raise ExpoError(f"no .gguf in ./{models_dir}; run `expo-gguf build --quant q8_0` first")
+    return max(found, key=lambda p: p.stat().st_mtime)
 
 
 def _size(n: int) -> str:
@@ -27,7 +35,7 @@ def _model_options(f):
     f = click.option("--threads", type=click.IntRange(min=1), help="CPU threads (default: llama.cpp's choice).")(f)
     f = click.option("--ctx", default=4096, show_default=True, type=click.IntRange(min=64),
                      help="Context length in tokens, capped at the model's trained length.")(f)
-    f = click.option("-ngl", "--n-gpu-layers", default="auto", show_default=True,
+    f = click.option("-ngl", "--n-gpu-layers", default="auto", show_default=True, metavar="N|-1|auto",
                      help="Layers to offload to the GPU: N, -1 for all, or auto.")(f)
     f = click.option("--verbose", is_flag=True, help="Show llama.cpp's log.")(f)
     return click.argument("model", required=False, type=click.Path(path_type=Path))(f)
@@ -153,7 +161,9 @@ def serve(model: Path | None, verbose: bool, n_gpu_layers: str, ctx: int, thread
     """Serve a GGUF over an OpenAI-compatible HTTP API (llama-cpp-python's server).
 
     The prompt comes from the GGUF's own chat template. Needs the server extra:
-    pip install 'llama-cpp-python[server]'.
+
+    \b
+      pip install 'llama-cpp-python[server]'
     """
     path = check_header(model if model is not None else find_default_model())
     try:

@@ -280,28 +280,42 @@ class Repl:
         pressed_ctrl_c = False
         while True:
             try:
-                text = read_message(read_line)
-            except EOFError:
-                self.console.print()
-                return
-            except KeyboardInterrupt:
-                self.console.print()
-                if pressed_ctrl_c:
-                    return
-                pressed_ctrl_c = True
-                self.note("(Ctrl+C again or /exit to leave)")
-                continue
-            pressed_ctrl_c = False
-            if not text.strip():
-                continue
-            if text.startswith("/") and not text.startswith("//"):
                 try:
-                    self.command(text.strip())
-                except Exit:
+                    text = read_message(read_line)
+                except EOFError:
+                    self.console.print()
                     return
-                continue
-            self.messages.append({"role": "user", "content": text.removeprefix("/")})
-            self.respond()
+                except KeyboardInterrupt:
+                    self.console.print()
+                    if pressed_ctrl_c:
+                        return
+                    pressed_ctrl_c = True
+                    self.note("(Ctrl+C again or /exit to leave)")
+                    continue
+            except KeyboardInterrupt:  # the second press landed while the first was handled
+                return
+            pressed_ctrl_c = False
+            try:
+                if not self.handle(text):
+                    return
+            except KeyboardInterrupt:  # outside a reply's own handling: drop a dangling question
+                if self.messages and self.messages[-1]["role"] == "user":
+                    self.messages.pop()
+                self.note("(interrupted)")
+
+    def handle(self, text: str) -> bool:
+        """Act on one input; False to leave."""
+        if not text.strip():
+            return True
+        if text.startswith("/") and not text.startswith("//"):
+            try:
+                self.command(text.strip())
+            except Exit:
+                return False
+            return True
+        self.messages.append({"role": "user", "content": text.removeprefix("/")})
+        self.respond()
+        return True
 
 
 def run_repl(backend: Backend, settings: Any, *, console: Console,

@@ -169,14 +169,6 @@ def resolve_gpu_layers(value: str | int, supports_gpu: bool | None = None) -> tu
     return n, None
 
 
-def find_default_model(models_dir: Path = Path("models")) -> Path:
-    """The newest ``.gguf`` under ``models_dir``: what ``expo-gguf build`` wrote last."""
-    found = [p for p in models_dir.rglob("*.gguf") if p.is_file()] if models_dir.is_dir() else []
-    if not found:
-        raise ExpoError(f"no .gguf in ./{models_dir}; run `expo-gguf build --quant q8_0` first")
-    return max(found, key=lambda p: p.stat().st_mtime)
-
-
 def _quant_name(file_type: str | None) -> str:
     try:
         return gguf.LlamaFileType(int(file_type or "")).name.removeprefix("MOSTLY_")

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from expo_gguf.cli import cli
 from expo_gguf.errors import ExpoError
 from expo_gguf.gguf_check import open_gguf
-from expo_gguf.runtime import find_default_model
+from expo_gguf.cli_chat import find_default_model
 
 
 def smollm_path() -> Path:
