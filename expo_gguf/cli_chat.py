@@ -146,7 +146,7 @@ def _interactive(session: ChatModel, sampling: Sampling, messages: list[dict[str
     console.print(f"[bold]{escape(info.name)}[/] · {info.quant} · {_size(info.size_bytes)}"
                   f" · ctx {info.n_ctx} · {info.device}")
     for note in info.notes:
-        console.print(f"note: {note}", style="dim", markup=False)
+        console.print(f"note: {note}", style="dim", markup=False, soft_wrap=True)
     console.print("/help for commands, Ctrl+D or /exit to leave", style="dim")
     run_repl(_backend(session, sampling), sampling, console=console, messages=messages,
              markdown=not plain and console.is_terminal)

@@ -120,8 +120,10 @@ class TurnStats:
         return max(self.generated - 1, 0) / self.gen_ms * 1000 if self.gen_ms > 0 else 0.0
 
     def line(self) -> str:
+        cached = self.prompt_evaluated <= 1 or self.prompt_ms <= 0  # /regen replays one token
+        prompt = "cached" if cached else f"{self.prompt_tps:.1f} tok/s"
         return (
-            f"ttft {self.ttft_s:.2f}s · prompt {self.prompt_tps:.1f} tok/s"
+            f"ttft {self.ttft_s:.2f}s · prompt {prompt}"
             f" · gen {self.gen_tps:.1f} tok/s · ctx {self.ctx_used}/{self.n_ctx}"
         )
 

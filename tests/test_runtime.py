@@ -63,7 +63,8 @@ def test_greedy_reply_is_deterministic_and_clean(model: ChatModel) -> None:
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     first = "".join(model.stream(messages, GREEDY))
     stats = model.last_stats
-    second = "".join(model.stream(messages, GREEDY))
+    model.llama.reset()  # from a warm cache the last prompt token is re-decoded alone, which can
+    second = "".join(model.stream(messages, GREEDY))  # shift logits by float noise: compare cold
     assert first and first == second
     assert "<|" not in first and not first[0].isspace()
     assert stats is not None and 0 < stats.generated <= GREEDY.max_tokens
