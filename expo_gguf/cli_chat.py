@@ -182,5 +182,5 @@ def serve(model: Path | None, verbose: bool, n_gpu_layers: str, ctx: int, thread
                                    verbose=verbose, **extra)
     app = create_app(server_settings=ServerSettings(host=host, port=port),
                      model_settings=[model_settings])
-    err.print(f"serving {path} at http://{host}:{port}/v1 (Ctrl+C stops)")
+    err.print(f"serving {path} at http://{host}:{port}/v1 (Ctrl+C stops)", soft_wrap=True)
     uvicorn.run(app, host=host, port=port, log_level="info" if verbose else "warning")
