@@ -10,7 +10,6 @@ from the 16-bit output through llama.cpp.
 from __future__ import annotations
 
 import errno
-import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -53,27 +52,17 @@ def _chunks(plan: Plan) -> Iterator[tuple[int, TensorJob, int, int]]:
 
 
 class _Worker:
-    """Per-thread readers, so each thread keeps at most one shard of each checkpoint open."""
+    """One chunk from read to quantized bytes; called from many threads at once."""
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.local = threading.local()
-        self.readers: list[RowReader] = []
-        self.lock = threading.Lock()
-
-    def _readers(self) -> tuple[RowReader, RowReader]:
-        if not hasattr(self.local, "pair"):
-            self.local.pair = (RowReader(), RowReader())
-            with self.lock:
-                self.readers.extend(self.local.pair)
-        return self.local.pair
+        self.reader = RowReader()
 
     def __call__(self, i: int, job: TensorJob, start: int, stop: int) -> list[np.ndarray]:
-        read_r, read_s = self._readers()
         n = (stop - start) * job.rlhf.row_elems
-        r = widen(read_r.read_rows(job.rlhf, start, stop, np.empty(n, DTYPES[job.rlhf.dtype])),
+        r = widen(self.reader.read_rows(job.rlhf, start, stop, np.empty(n, DTYPES[job.rlhf.dtype])),
                   job.rlhf.dtype, np.empty(n, np.float32))
-        s = widen(read_s.read_rows(job.sft, start, stop, np.empty(n, DTYPES[job.sft.dtype])),
+        s = widen(self.reader.read_rows(job.sft, start, stop, np.empty(n, DTYPES[job.sft.dtype])),
                   job.sft.dtype, np.empty(n, np.float32))
         x = extrapolate(r, s, self.plan.request.alpha, out=r)
         if not np.isfinite(x).all():
@@ -87,8 +76,7 @@ class _Worker:
         return [quantize_rows(x, out.types[i]) for out in self.plan.streamed]  # type: ignore[index]
 
     def close(self) -> None:
-        for reader in self.readers:
-            reader.close()
+        self.reader.close()
 
 
 def _disk_error(plan: Plan, path: Path, e: OSError) -> ExpoError:

