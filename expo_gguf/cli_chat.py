@@ -13,14 +13,24 @@ from .cli import cli
 from .errors import ExpoError
 from .gguf_check import check_header
 from .repl import Backend, run_repl
-from .runtime import ChatModel, LoadOptions, Sampling, load_model, resolve_gpu_layers
+from .gguf_header import trained_context_length
+from .loader import LoadOptions, cap_context, load_model
+from .runtime import ChatModel, Sampling, resolve_gpu_layers
 
 DEFAULTS = Sampling()
 
 
 def find_default_model(models_dir: Path = Path("models")) -> Path:
-    """The newest ``.gguf`` under ``models_dir``: what ``expo-gguf build`` wrote last."""
-    found = [p for p in models_dir.rglob("*.gguf") if p.is_file()] if models_dir.is_dir() else []
+    """The newest visible ``.gguf`` under ``models_dir``: what ``expo-gguf build`` wrote last.
+
+    A build in progress writes ``NAME.gguf.part`` and a hidden ``.NAME-F16.intermediate.gguf``
+    there; both are newer than any finished file and neither is a model to chat with, so
+    hidden files (and anything in a hidden folder) and non-``.gguf`` names are skipped.
+    """
+    found = [
+        p for p in (models_dir.rglob("*.gguf") if models_dir.is_dir() else ())
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(models_dir).parts)
+    ]
     if not found:
         raise ExpoError(f"no .gguf in ./{models_dir}; run `expo-gguf build --quant q8_0` first")
     return max(found, key=lambda p: p.stat().st_mtime)
@@ -174,11 +184,13 @@ def serve(model: Path | None, verbose: bool, n_gpu_layers: str, ctx: int, thread
         raise ExpoError(f"serve needs llama-cpp-python's server extra ({e.name} is missing):"
                         " pip install 'llama-cpp-python[server]'") from None
     ngl, warning = resolve_gpu_layers(n_gpu_layers)
+    warnings = [warning] if warning else []
+    n_ctx = cap_context(ctx, trained_context_length(path), warnings)  # as chat does
     err = Console(stderr=True, highlight=False)
-    if warning:
-        err.print(f"warning: {warning}", style="yellow", markup=False, soft_wrap=True)
+    for text in warnings:
+        err.print(f"warning: {text}", style="yellow", markup=False, soft_wrap=True)
     extra = {"n_threads": threads, "n_threads_batch": threads} if threads else {}
-    model_settings = ModelSettings(model=str(path), n_gpu_layers=ngl, n_ctx=ctx,
+    model_settings = ModelSettings(model=str(path), n_gpu_layers=ngl, n_ctx=n_ctx,
                                    verbose=verbose, **extra)
     app = create_app(server_settings=ServerSettings(host=host, port=port),
                      model_settings=[model_settings])

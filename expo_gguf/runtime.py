@@ -1,10 +1,10 @@
-"""One llama.cpp model per chat session: load, render prompts, stream replies, keep the KV cache.
+"""One llama.cpp model per chat session: render prompts, stream replies, keep the KV cache.
 
 The prompt is rendered from the GGUF's own ``tokenizer.chat_template`` (never
 llama-cpp-python's built-in "openchat" format, which renders a malformed prompt) and the whole
 history is re-rendered every turn. Because the rendering is a pure function of the history,
 turn N's tokens start with turn N-1's, and ``Llama.generate`` reuses that common prefix of its
-KV cache: only the new message is evaluated.
+KV cache: only the new message is evaluated. Loading (GPU layers, context cap) is ``loader``'s.
 """
 
 from __future__ import annotations
@@ -22,22 +22,15 @@ import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from .errors import ExpoError
-from .gguf_check import check_header, open_gguf
 
 Message = dict[str, str]
 
-# llama.cpp's own fallback when a GGUF carries no template.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
-    " + '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
-    "{% endif %}"
-)
 # Turn terminators some vocabularies carry without flagging them end-of-generation.
 EXTRA_STOP_TEXTS = ("<|end_of_turn|>", "<|im_end|>", "<|eot_id|>", "<end_of_turn>")
+MIN_REPLY_TOKENS = 8
 CUDA_HINT = (
     'CMAKE_ARGS="-DGGML_CUDA=on" pip install llama-cpp-python --force-reinstall --no-cache-dir'
 )
-MIN_REPLY_TOKENS = 8
 _show_llama_log = False
 
 
@@ -53,19 +46,6 @@ def _set_llama_log(verbose: bool) -> None:
     global _show_llama_log
     _show_llama_log = verbose
     llama_cpp.llama_log_set(_llama_log, ctypes.c_void_p(0))
-
-
-@dataclass(frozen=True)
-class LoadOptions:
-    """What ``load_model`` needs; built by the CLI from its options."""
-
-    model: Path
-    n_ctx: int = 4096
-    n_gpu_layers: str = "auto"
-    threads: int | None = None
-    seed: int = llama_cpp.LLAMA_DEFAULT_SEED
-    verbose: bool = False
-
 
 @dataclass
 class Sampling:
@@ -176,6 +156,7 @@ def _quant_name(file_type: str | None) -> str:
         return gguf.LlamaFileType(int(file_type or "")).name.removeprefix("MOSTLY_")
     except ValueError:
         return "unknown"
+
 
 
 class ChatModel:
@@ -313,53 +294,3 @@ class ChatModel:
 
     def close(self) -> None:
         self.llama.close()
-
-
-def _new_llama(opts: LoadOptions, path: Path, n_ctx: int, n_gpu_layers: int) -> llama_cpp.Llama:
-    return llama_cpp.Llama(
-        str(path), n_ctx=n_ctx, n_batch=min(512, n_ctx), n_gpu_layers=n_gpu_layers,
-        n_threads=opts.threads, n_threads_batch=opts.threads, seed=opts.seed,
-        verbose=opts.verbose,
-    )
-
-
-def load_model(opts: LoadOptions) -> ChatModel:
-    """Load ``opts.model`` once for the session; bad files end in one ``ExpoError`` line."""
-    path = check_header(opts.model)
-    _set_llama_log(opts.verbose)
-    n_gpu_layers, warning = resolve_gpu_layers(opts.n_gpu_layers)
-    warnings, notes = [warning] if warning else [], []
-    if not llama_cpp.llama_supports_gpu_offload() and not warning:
-        notes.append(f"CPU-only llama-cpp-python build; for a GPU: {CUDA_HINT}")
-    try:
-        llama = _new_llama(opts, path, opts.n_ctx, n_gpu_layers)
-    except (ValueError, RuntimeError) as e:
-        open_gguf(path)  # names the actual defect (truncation, damage) when there is one
-        raise ExpoError(f"llama.cpp could not load {path} ({e}); --verbose shows its log") from None
-    n_ctx_train = llama_cpp.llama_model_n_ctx_train(llama.model)
-    n_ctx = opts.n_ctx
-    if 0 < n_ctx_train < n_ctx:
-        llama.close()
-        n_ctx = n_ctx_train
-        warnings.append(f"--ctx {opts.n_ctx} is above the trained length; using {n_ctx}")
-        llama = _new_llama(opts, path, n_ctx, n_gpu_layers)
-    meta = llama.metadata
-    template = meta.get("tokenizer.chat_template")
-    if not template:
-        template = CHATML_TEMPLATE
-        notes.append("the GGUF has no chat template; using ChatML")
-    n_layers = llama_cpp.llama_model_n_layer(llama.model)
-    offloaded = 0 if n_gpu_layers == 0 else n_layers + 1 if n_gpu_layers < 0 else min(n_gpu_layers, n_layers + 1)
-    info = ModelInfo(
-        name=meta.get("general.name") or path.stem,
-        path=path,
-        quant=_quant_name(meta.get("general.file_type")),
-        size_bytes=path.stat().st_size,
-        n_ctx=llama.n_ctx(),
-        n_ctx_train=n_ctx_train,
-        n_layers=n_layers,
-        gpu_layers=offloaded,
-        notes=tuple(notes),
-        warnings=tuple(warnings),
-    )
-    return ChatModel(llama, info, template)

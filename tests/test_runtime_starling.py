@@ -14,7 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from expo_gguf.cli import cli
-from expo_gguf.runtime import ChatModel, LoadOptions, Sampling, load_model
+from expo_gguf.loader import LoadOptions, load_model
+from expo_gguf.runtime import ChatModel, Sampling
 
 ROOT = Path(__file__).resolve().parents[1]
 END_OF_TURN = 32000
