@@ -5,6 +5,7 @@ Every ``ExpoError`` raised below is caught here, once, and printed as one line.
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import click
@@ -46,9 +47,17 @@ def cli() -> None:
 # Commands live in their own modules and register themselves on ``cli``.
 from . import cli_build  # noqa: E402,F401
 from . import cli_chat  # noqa: E402,F401
+from . import cli_modelfile  # noqa: E402,F401
+from . import cli_eval  # noqa: E402,F401
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM behaves as Ctrl+C: temporaries removed, one line, non-zero exit."""
+    raise KeyboardInterrupt
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     cli(prog_name="expo-gguf")
 
 
