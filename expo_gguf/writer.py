@@ -16,6 +16,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from .checkpoint import Checkpoint
 from .errors import ExpoError
 from .mapping import ARCH_NAME, add_hparams
 from .plan import Output, Plan
@@ -33,7 +34,7 @@ def part_path(path: Path) -> Path:
     return path.with_name(path.name + ".part")
 
 
-def _source_id(ckpt) -> str:  # noqa: ANN001 (a Checkpoint)
+def _source_id(ckpt: Checkpoint) -> str:
     """A repo id where we know one (HF cache, or config.json's _name_or_path), else the folder name."""
     guess = ckpt.config.get("_name_or_path")
     if ckpt.repo_id:
@@ -133,7 +134,7 @@ def verify(path: Path, plan: Plan) -> None:
     except (ValueError, OSError) as e:
         raise ExpoError(f"{path}: the written file does not read back: {e}", exit_code=1) from None
 
-    def field(key: str):  # noqa: ANN202
+    def field(key: str) -> object:
         f = r.get_field(key)
         return None if f is None else f.contents()
 
