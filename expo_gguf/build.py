@@ -23,6 +23,7 @@ from .checkpoint import DTYPES, RowReader
 from .errors import ExpoError
 from .extrapolate import extrapolate, widen
 from .mapping import permute_rows
+from .modelfile import write_modelfile
 from .plan import Plan, TensorJob
 from .quantize import llama_quantize, quantize_rows
 from .writer import GGUFStream, part_path, sha256_file, verify
@@ -158,4 +159,7 @@ def run_build(plan: Plan, progress: Progress | None = None) -> list[BuiltFile]:
         for out in plan.streamed:
             if out.temporary:
                 out.path.unlink(missing_ok=True)
-    return [b for b in built if not any(o.temporary and o.path == b.path for o in plan.streamed)]
+    kept = [b for b in built if not any(o.temporary and o.path == b.path for o in plan.streamed)]
+    for b in kept:  # for `ollama create -f NAME-QUANT.Modelfile`; derived from the file just written
+        write_modelfile(b.path, force=True)
+    return kept

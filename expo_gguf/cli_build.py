@@ -80,7 +80,8 @@ def build(sft: str, rlhf: str, alpha: float, quant_text: str, outdir: Path, name
 
     Reads both checkpoints once, tensor by tensor (memory stays flat), and writes every requested
     quantization from that single pass; K-quants (q4_k_m, ...) are then made by llama.cpp's own
-    quantizer from a 16-bit intermediate, removed afterwards unless f16 was asked for.
+    quantizer from a 16-bit intermediate, removed afterwards unless f16 was asked for. Beside each
+    GGUF goes an Ollama Modelfile (NAME-QUANT.Modelfile).
     """
     req = BuildRequest(sft, rlhf, alpha, tuple(parse_quants(quant_text)), outdir, name, force,
                        threads or os.cpu_count() or 1)

@@ -77,6 +77,9 @@ def test_one_pass_writes_every_quant_and_drops_the_intermediate(built):
     assert set(built) == {"F32", "Q8_0", "Q4_K_M", "F16", "Q4_0"}
     outdir = built["F32"].parent
     assert not list(outdir.glob("*.part")) and not list(outdir.glob(".*"))
+    # an Ollama Modelfile beside each GGUF, naming it
+    for quant, path in built.items():
+        assert f"FROM ./{path.name}" in path.with_suffix(".Modelfile").read_text(), quant
     r, _ = _read(built["Q4_K_M"])
     kinds = {t.tensor_type for t in r.tensors}
     assert T.Q4_K in kinds and T.Q6_K in kinds  # llama.cpp's Q4_K_M mix, not ours
@@ -85,7 +88,8 @@ def test_one_pass_writes_every_quant_and_drops_the_intermediate(built):
 def test_kquant_alone_removes_its_intermediate(pair, tmp_path):
     res = run_cli("build", "--sft", pair.sft, "--rlhf", pair.rlhf, "-q", "Q4_K_S", "--outdir", tmp_path)
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["Starling-LM-7B-beta-ExPO-Q4_K_S.gguf"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Starling-LM-7B-beta-ExPO-Q4_K_S.Modelfile",
+                                                          "Starling-LM-7B-beta-ExPO-Q4_K_S.gguf"]
 
 
 @pytest.mark.parametrize("alpha,source", [(0.0, "rlhf"), (-1.0, "sft")])
