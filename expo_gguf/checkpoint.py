@@ -103,13 +103,16 @@ def resolve_source(spec: str) -> tuple[Path, str | None]:
     return snapshot, spec
 
 
-def _read_json(path: Path, what: str) -> dict:
+def read_json(path: Path, what: str, required: bool = True) -> dict:
+    """A JSON object from a checkpoint file; a missing optional file reads as ``{}``."""
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
+        if not required:
+            return {}
         raise ExpoError(f"{path}: missing ({what})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise ExpoError(f"{path}: not valid JSON ({what}): {e}") from None
+    except (ValueError, RecursionError) as e:  # bad UTF-8, bad JSON, absurd nesting
+        raise ExpoError(f"{path}: not valid JSON ({what}): {str(e)[:100]}") from None
     if not isinstance(data, dict):
         raise ExpoError(f"{path}: expected a JSON object ({what})")
     return data
@@ -165,7 +168,7 @@ def _tensor_ref(path: Path, name: str, info: object, base: int, data_len: int) -
     if not isinstance(info, dict):
         raise ExpoError(f"{bad} has a corrupt header entry")
     dtype, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise ExpoError(f"{bad} has dtype {dtype!r}; supported: {', '.join(DTYPES)}")
     if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
         raise ExpoError(f"{bad} has an invalid shape {shape!r}")
@@ -185,10 +188,10 @@ def load_checkpoint(spec: str) -> Checkpoint:
     """Resolve, then index every tensor of a checkpoint from its headers alone."""
     root, repo_id = resolve_source(spec)
     pickles = [p.name for p in root.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
-    config = _read_json(root / "config.json", "model config")
+    config = read_json(root / "config.json", "model config")
     index_path = root / INDEX_NAME
     if index_path.exists():
-        weight_map = _read_json(index_path, "shard index").get("weight_map")
+        weight_map = read_json(index_path, "shard index").get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise ExpoError(f"{index_path}: no weight_map")
         shards: dict[Path, list[str]] = {}

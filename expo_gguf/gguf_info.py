@@ -10,6 +10,7 @@ import gguf
 from rich.console import Console
 from rich.table import Table
 
+from .errors import ExpoError
 from .gguf_check import open_gguf
 
 K = gguf.Keys.Tokenizer
@@ -43,6 +44,13 @@ class GGUFInfo:
 
 def describe(path: Path) -> GGUFInfo:
     r = open_gguf(path)
+    try:
+        return _describe(path, r)
+    except (ValueError, TypeError, IndexError, KeyError, OverflowError) as e:  # e.g. a key of bad UTF-8
+        raise ExpoError(f"{path} has damaged metadata ({type(e).__name__}: {str(e)[:80]})") from None
+
+
+def _describe(path: Path, r: gguf.GGUFReader) -> GGUFInfo:
 
     def get(key: str):  # noqa: ANN202
         f = r.get_field(key)

@@ -38,8 +38,8 @@ class HParams:
 
 
 def hparams_from_config(config: dict, where: str) -> HParams:
-    archs = config.get("architectures") or []
-    arch = archs[0] if archs else "?"
+    archs = config.get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else repr(archs)
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ExpoError(f"{where}: architecture {arch}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
     try:

@@ -8,13 +8,13 @@ so we make it both eos and eot: generation then stops at the end of a turn.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import gguf
 
+from .checkpoint import read_json
 from .errors import ExpoError
 
 log = logging.getLogger("expo_gguf")
@@ -61,14 +61,12 @@ def _token_content(tok: object) -> str | None:
     return None
 
 
-def _json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ExpoError(f"{path}: not valid JSON: {e}") from None
-    return data if isinstance(data, dict) else {}
+def _token_id(value: object, where: Path) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    raise ExpoError(f"{where}: token id {value!r} is not a non-negative integer")
 
 
 def _chat_template(root: Path, tok_config: dict) -> tuple[str, str | None]:
@@ -100,14 +98,19 @@ def load_vocab(root: Path, vocab_size: int) -> Vocab:
     n_base = len(tokens)
     warnings: list[str] = []
 
-    tok_config = _json(root / "tokenizer_config.json")
+    tok_config = read_json(root / "tokenizer_config.json", "tokenizer config", required=False)
+    added_json = root / "added_tokens.json"
     added: dict[int, tuple[str, bool]] = {}
-    for content, tid in _json(root / "added_tokens.json").items():
-        added[int(tid)] = (content, False)  # typed by added_tokens_decoder below, if it knows it
-    for tid, tok in (tok_config.get("added_tokens_decoder") or {}).items():
+    for content, tid in read_json(added_json, "added tokens", required=False).items():
+        added[_token_id(tid, added_json)] = (content, False)  # typed by added_tokens_decoder, if it knows it
+    decoder = tok_config.get("added_tokens_decoder") or {}
+    if not isinstance(decoder, dict):
+        raise ExpoError(f"{root / 'tokenizer_config.json'}: added_tokens_decoder is not an object")
+    for tid, tok in decoder.items():
         content = _token_content(tok)
         if content is not None:
-            added[int(tid)] = (content, bool(tok.get("special", False)) if isinstance(tok, dict) else True)
+            special = bool(tok.get("special", False)) if isinstance(tok, dict) else True
+            added[_token_id(tid, root / "tokenizer_config.json")] = (content, special)
     for tid in sorted(added):
         content, special = added[tid]
         if tid < n_base:
