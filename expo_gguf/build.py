@@ -10,12 +10,13 @@ from the 16-bit output through llama.cpp.
 from __future__ import annotations
 
 import errno
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -90,7 +91,8 @@ def _disk_error(plan: Plan, path: Path, e: OSError) -> ExpoError:
 
 
 def stream_pass(plan: Plan, progress: Progress) -> list[BuiltFile]:
-    """The extrapolation pass; writes every block-format output (and the K-quant intermediate)."""
+    """The extrapolation pass; writes every block-format output (and any K-quant intermediate)
+    under its ``.part`` name, checked and hashed; ``run_build`` moves them into place."""
     t0 = time.perf_counter()
     streams: list[GGUFStream] = []
     worker = _Worker(plan)
@@ -113,11 +115,12 @@ def stream_pass(plan: Plan, progress: Progress) -> list[BuiltFile]:
                     fut.cancel()
                 raise
         seconds = time.perf_counter() - t0
-        return [BuiltFile(s.out.path, s.out.quant.label, s.out.nbytes, seconds, s.finish()) for s in streams]
+        hashes = [s.finish() for s in streams]
+        return [BuiltFile(s.out.path, s.out.quant.label, s.tmp.stat().st_size, seconds, h) for s, h in zip(streams, hashes)]
     except OSError as e:
         for s in streams:
             s.abort()
-        raise _disk_error(plan, Path(getattr(e, "filename", None) or plan.request.outdir), e) from None
+        raise _disk_error(plan, Path(e.filename or plan.request.outdir), e) from None
     except BaseException:
         for s in streams:
             s.abort()
@@ -133,33 +136,56 @@ def _drain(item: tuple[Future[list[np.ndarray]], int], streams: list[GGUFStream]
     progress.advance(nbytes)
 
 
+def _interruptible(fn: Callable[..., None], *args: object) -> None:
+    """Run a long C call (llama.cpp's quantizer) in a thread so Ctrl+C still reaches us at once.
+
+    On Ctrl+C the caller removes the files and exits; the abandoned thread ends with the process.
+    """
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn(*args)
+        except BaseException as e:  # handed to the main thread below
+            failure.append(e)
+
+    t = threading.Thread(target=run, name="llama-quantize", daemon=True)
+    t.start()
+    while t.is_alive():
+        t.join(0.2)
+    if failure:
+        raise failure[0]
+
+
 def run_build(plan: Plan, progress: Progress | None = None) -> list[BuiltFile]:
-    """Execute ``plan``: the streaming pass, then each K-quant from the 16-bit file."""
+    """Execute ``plan``: the streaming pass, then each K-quant from the float file.
+
+    All or nothing: every output stays under its ``.part`` name until all of them are written and
+    checked, then all are renamed; any failure or Ctrl+C removes every one of them.
+    """
     progress = progress or Progress()
     if plan.disk_free < plan.disk_needed:
         raise ExpoError(f"not enough disk in {plan.request.outdir}: the build needs {plan.disk_needed / 1e9:.2f} GB, "
                         f"{plan.disk_free / 1e9:.2f} GB free", exit_code=1)
-    built = stream_pass(plan, progress)
+    parts = [part_path(o.path) for o in plan.streamed + plan.derived]
     try:
+        built = stream_pass(plan, progress)
         for out in plan.derived:
             assert out.source is not None
             progress.stage(f"llama.cpp quantize -> {out.path.name}")
             t0 = time.perf_counter()
             tmp = part_path(out.path)
-            try:
-                llama_quantize(out.source, tmp, out.quant, plan.request.threads)
-                verify(tmp, plan)
-                tmp.replace(out.path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            built.append(BuiltFile(out.path, out.quant.label, out.path.stat().st_size,
-                                   time.perf_counter() - t0, sha256_file(out.path)))
+            _interruptible(llama_quantize, part_path(out.source), tmp, out.quant, plan.request.threads)
+            verify(tmp, plan)
+            built.append(BuiltFile(out.path, out.quant.label, tmp.stat().st_size,
+                                   time.perf_counter() - t0, sha256_file(tmp)))
+        temporary = {o.path for o in plan.streamed if o.temporary}
+        kept = [b for b in built if b.path not in temporary]
+        for b in kept:
+            part_path(b.path).replace(b.path)
     finally:
-        for out in plan.streamed:
-            if out.temporary:
-                out.path.unlink(missing_ok=True)
-    kept = [b for b in built if not any(o.temporary and o.path == b.path for o in plan.streamed)]
+        for p in parts:
+            p.unlink(missing_ok=True)
     for b in kept:  # for `ollama create -f NAME-QUANT.Modelfile`; derived from the file just written
         write_modelfile(b.path, force=True)
     return kept

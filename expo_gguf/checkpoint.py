@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import ExpoError
 
-# safetensors dtype -> (numpy storage dtype, bytes per element). BF16 is stored as uint16 and
+# safetensors dtype -> the numpy dtype its bytes are read as. BF16 is read as uint16 and
 # widened by shifting; the rest are read as themselves.
 DTYPES: dict[str, np.dtype] = {
     "BF16": np.dtype("<u2"),

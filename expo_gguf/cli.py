@@ -6,7 +6,6 @@ Every ``ExpoError`` raised below is caught here, once, and printed as one line.
 from __future__ import annotations
 
 import signal
-import sys
 
 import click
 from rich.console import Console
@@ -63,4 +62,3 @@ def main() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
-    sys.exit(0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -14,16 +13,13 @@ from rich.table import Table
 from . import build as build_mod
 from .cli import cli
 from .gguf_info import describe, render_info
-from .plan import BuildRequest, Plan, make_plan
+from .plan import BuildRequest, Plan, make_plan, usable_cores
 from .quantize import QUANTS, parse_quants
 from .requantize import requantize
+from .units import human_bytes
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
-
-
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 class RichProgress(build_mod.Progress):
@@ -44,18 +40,18 @@ def print_plan(plan: Plan) -> None:
                   f"{plan.hparams.block_count} layers, vocab {plan.hparams.vocab_size})")
     console.print(f"  RLHF {plan.rlhf.label}  ({plan.rlhf.path})")
     console.print(f"  SFT  {plan.sft.label}  ({plan.sft.path})")
-    console.print(f"  {len(plan.tensors)} tensors, input {_gb(plan.input_bytes)} read once, "
-                  f"{r.threads} threads, peak RAM ~{_gb(plan.peak_ram)}")
+    console.print(f"  {len(plan.tensors)} tensors, input {human_bytes(plan.input_bytes)} read once, "
+                  f"{r.threads} threads, peak RAM ~{human_bytes(plan.peak_ram)}")
     console.print(f"  writing into {r.outdir}/")
     t = Table(box=None, pad_edge=False)
     for col in ("  file", "written by", "size"):
         t.add_column(col, overflow="fold")
     for o in plan.streamed + plan.derived:
         who = "llama.cpp quantize" if o.types is None else "stream pass"
-        t.add_row("  " + o.path.name + (" (temporary)" if o.temporary else ""), who, ("~" if o.types is None else "") + _gb(o.nbytes))
+        t.add_row("  " + o.path.name + (" (temporary)" if o.temporary else ""), who, ("~" if o.types is None else "") + human_bytes(o.nbytes))
     console.print(t)
     ok = plan.disk_free >= plan.disk_needed
-    console.print(f"  disk: needs ~{_gb(plan.disk_needed)}, {_gb(plan.disk_free)} free "
+    console.print(f"  disk: needs ~{human_bytes(plan.disk_needed)}, {human_bytes(plan.disk_free)} free "
                   + ("[green]ok[/]" if ok else "[red]NOT ENOUGH[/]"))
 
 
@@ -84,7 +80,7 @@ def build(sft: str, rlhf: str, alpha: float, quant_text: str, outdir: Path, name
     GGUF goes an Ollama Modelfile (NAME-QUANT.Modelfile).
     """
     req = BuildRequest(sft, rlhf, alpha, tuple(parse_quants(quant_text)), outdir, name, force,
-                       threads or os.cpu_count() or 1)
+                       threads or usable_cores())
     plan = make_plan(req)
     for w in plan.warnings:
         err.print(f"[yellow]warning:[/] {w}")
@@ -99,7 +95,7 @@ def build(sft: str, rlhf: str, alpha: float, quant_text: str, outdir: Path, name
     for col in ("file", "type", "size", "seconds", "sha256"):
         t.add_column(col, overflow="fold")
     for b in built:
-        t.add_row(b.path.name, b.quant, _gb(b.nbytes), f"{b.seconds:.1f}", b.sha256)
+        t.add_row(b.path.name, b.quant, human_bytes(b.nbytes), f"{b.seconds:.1f}", b.sha256)
     console.print(t)
 
 
@@ -122,5 +118,5 @@ def quantize(src: Path, quant_text: str, out: Path | None, force: bool, threads:
     quants = parse_quants(quant_text)
     if len(quants) != 1:
         raise click.UsageError("quantize takes one --quant")
-    result = requantize(src, quants[0], out, force, threads or os.cpu_count() or 1)
-    console.print(f"{result.path}  {result.quant}  {_gb(result.nbytes)}  {result.seconds:.1f}s  sha256 {result.sha256}")
+    result = requantize(src, quants[0], out, force, threads or usable_cores())
+    console.print(f"{result.path}  {result.quant}  {human_bytes(result.nbytes)}  {result.seconds:.1f}s  sha256 {result.sha256}")

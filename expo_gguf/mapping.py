@@ -61,8 +61,42 @@ def hparams_from_config(config: dict, where: str) -> HParams:
         )
     except KeyError as e:
         raise ExpoError(f"{where}: config.json lacks {e.args[0]}") from None
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, ZeroDivisionError) as e:
         raise ExpoError(f"{where}: config.json has a bad value: {e}") from None
+
+
+def check_hparams(hp: HParams, config: dict, where: str) -> None:
+    """Numbers llama.cpp divides by or allocates from must make sense; features we would drop
+    silently (and so compute a different model) are refused instead."""
+    sizes = {k: v for k, v in vars(hp).items() if isinstance(v, int) and not isinstance(v, bool)}
+    bad = [f"{k}={v}" for k, v in sizes.items() if v <= 0]
+    if bad:
+        raise ExpoError(f"{where}: config.json has non-positive {', '.join(bad)}")
+    if hp.head_count % hp.head_count_kv:
+        raise ExpoError(f"{where}: {hp.head_count} attention heads do not group into {hp.head_count_kv} KV heads")
+    if hp.head_dim % 2:
+        raise ExpoError(f"{where}: head_dim {hp.head_dim} is odd; rotary embeddings need it even")
+    scaling = config.get("rope_scaling")
+    if scaling and not (isinstance(scaling, dict) and scaling.get("rope_type", scaling.get("type")) == "default"):
+        raise ExpoError(f"{where}: rope_scaling {scaling!r} is not supported yet")
+    if config.get("attention_bias") or config.get("mlp_bias"):
+        raise ExpoError(f"{where}: attention/MLP biases are not supported yet")
+
+
+def expected_shapes(hp: HParams) -> dict[str, tuple[int, ...]]:
+    """Every tensor llama.cpp's llama architecture loads for these numbers, rows first as HF stores them."""
+    e, q, kv, f = hp.embedding_length, hp.head_count * hp.head_dim, hp.head_count_kv * hp.head_dim, hp.feed_forward_length
+    shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (hp.vocab_size, e), "output_norm.weight": (e,)}
+    if not hp.tie_word_embeddings:
+        shapes["output.weight"] = (hp.vocab_size, e)
+    for i in range(hp.block_count):
+        shapes |= {
+            f"blk.{i}.attn_norm.weight": (e,), f"blk.{i}.ffn_norm.weight": (e,),
+            f"blk.{i}.attn_q.weight": (q, e), f"blk.{i}.attn_k.weight": (kv, e),
+            f"blk.{i}.attn_v.weight": (kv, e), f"blk.{i}.attn_output.weight": (e, q),
+            f"blk.{i}.ffn_gate.weight": (f, e), f"blk.{i}.ffn_up.weight": (f, e), f"blk.{i}.ffn_down.weight": (e, f),
+        }
+    return shapes
 
 
 def tensor_names(names: list[str], block_count: int) -> dict[str, str]:

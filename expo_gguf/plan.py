@@ -17,7 +17,7 @@ import gguf
 
 from .checkpoint import Checkpoint, TensorRef, load_checkpoint
 from .errors import ExpoError
-from .mapping import HParams, hparams_from_config, rope_heads, tensor_names
+from .mapping import HParams, check_hparams, expected_shapes, hparams_from_config, rope_heads, tensor_names
 from .quantize import INTERMEDIATE, Quant, nbytes, tensor_type
 from .vocab import Vocab, load_vocab
 
@@ -35,7 +35,7 @@ class BuildRequest:
     outdir: Path
     name: str | None = None
     force: bool = False
-    threads: int = os.cpu_count() or 1
+    threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -106,14 +106,27 @@ def _check_pair(sft: Checkpoint, rlhf: Checkpoint) -> HParams:
         problems.append(f"{len(only_s)} tensors only in SFT (first {only_s[0]})")
     for name in sorted(set(rlhf.tensors) & set(sft.tensors)):
         if rlhf.tensors[name].shape != sft.tensors[name].shape:
-            problems.append(f"{name} shape {list(sft.tensors[name].shape)} vs {list(rlhf.tensors[name].shape)}")
-    embed = rlhf.tensors.get("model.embed_tokens.weight")
-    if embed is not None and embed.shape[0] != hp_r.vocab_size:
-        problems.append(f"embedding has {embed.shape[0]} rows, vocab_size is {hp_r.vocab_size}")
+            problems.append(f"{name} shape {list(sft.tensors[name].shape)} (SFT) vs {list(rlhf.tensors[name].shape)} (RLHF)")
     if problems:
         more = f" (and {len(problems) - 4} more)" if len(problems) > 4 else ""
         raise ExpoError(f"SFT and RLHF checkpoints do not match: {'; '.join(problems[:4])}{more}")
     return hp_r
+
+
+def _check_against_config(rlhf: Checkpoint, names: dict[str, str], hp: HParams) -> None:
+    """The tensors must be exactly what llama.cpp will look for, in the shapes config.json implies;
+    otherwise the build would succeed and llama.cpp refuse the file."""
+    want = expected_shapes(hp)
+    have = {names[n]: rlhf.tensors[n].shape for n in names}
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    wrong = [f"{n} is {list(have[n])}, config.json implies {list(want[n])}"
+             for n in sorted(set(want) & set(have)) if have[n] != want[n]]
+    problems = ([f"missing {len(missing)} tensors (first {missing[0]})"] if missing else []) \
+        + ([f"{len(extra)} unexpected tensors (first {extra[0]})"] if extra else []) + wrong
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ExpoError(f"{rlhf.label}: tensors do not match config.json: {'; '.join(problems[:3])}{more}")
 
 
 def _chunk_rows(shape: tuple[int, ...], rope_rows: int | None) -> int:
@@ -122,6 +135,14 @@ def _chunk_rows(shape: tuple[int, ...], rope_rows: int | None) -> int:
     if rope_rows:  # whole heads, so the permutation stays inside a chunk
         rows = max(rope_rows, rows // rope_rows * rope_rows)
     return rows
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (affinity and cgroup-pinned sets), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def default_name(rlhf: Checkpoint) -> str:
@@ -137,11 +158,16 @@ def _free_space(path: Path) -> int:
 def make_plan(req: BuildRequest) -> Plan:
     if not math.isfinite(req.alpha):
         raise ExpoError(f"alpha must be a finite number, got {req.alpha}")
+    name = req.name
+    if name is not None and (not name or "/" in name or "\\" in name or name.startswith(".")):
+        raise ExpoError(f"--name {name!r}: a file name, not a path")
     rlhf = load_checkpoint(req.rlhf)
     sft = load_checkpoint(req.sft)
     hp = _check_pair(sft, rlhf)
-    vocab = load_vocab(rlhf.path, hp.vocab_size)
+    check_hparams(hp, rlhf.config, rlhf.label)
     names = tensor_names(list(rlhf.tensors), hp.block_count)
+    _check_against_config(rlhf, names, hp)
+    vocab = load_vocab(rlhf.path, hp.vocab_size)
     order = sorted(names, key=lambda n: (str(rlhf.tensors[n].file), rlhf.tensors[n].offset))
     jobs = []
     for hf_name in order:
@@ -153,7 +179,7 @@ def make_plan(req: BuildRequest) -> Plan:
         jobs.append(TensorJob(names[hf_name], ref.shape, ref, sft.tensors[hf_name], rope_rows,
                               _chunk_rows(ref.shape, rope_rows)))
 
-    name = req.name or default_name(rlhf)
+    name = name or default_name(rlhf)
     warnings = list(vocab.warnings)
     streamed: list[Output] = []
     for quant in [q for q in req.quants if not q.by_llama_cpp]:
@@ -161,15 +187,16 @@ def make_plan(req: BuildRequest) -> Plan:
     derived: list[Output] = []
     kquants = [q for q in req.quants if q.by_llama_cpp]
     if kquants:
-        # a 16-bit file the user asked for doubles as the source; F16 first, it is the more precise
-        sixteen = sorted((o for o in streamed if o.quant.name in ("f16", "bf16")), key=lambda o: o.quant.name != "f16")
-        source = sixteen[0] if sixteen else None
+        # a float file the user asked for doubles as the source, the most precise first
+        floats = [o for name in ("f32", "f16", "bf16") for o in streamed if o.quant.name == name]
+        source = floats[0] if floats else None
         if source is None:
             path = req.outdir / f".{name}-{INTERMEDIATE.label}.intermediate.gguf"
             source = _streamed_output(INTERMEDIATE, path, jobs, [], temporary=True)
             streamed.append(source)
         for quant in kquants:
-            size = sum(nbytes(tensor_type(quant, j.gguf_name, j.shape)[0], j.shape) for j in jobs)
+            # an estimate: llama.cpp's mixes keep some tensors at Q6_K/Q8_0 (+7% at 7B for Q4_K_M, +29% tiny)
+            size = int(1.3 * sum(nbytes(tensor_type(quant, j.gguf_name, j.shape)[0], j.shape) for j in jobs))
             derived.append(Output(quant, req.outdir / f"{name}-{quant.label}.gguf", size, None, source.path))
     existing = [o.path for o in streamed + derived if o.path.exists() and not o.temporary]
     if existing and not req.force:

@@ -78,7 +78,7 @@ def _chat_template(root: Path, tok_config: dict) -> tuple[str, str | None]:
         return tmpl, None
     jinja = root / "chat_template.jinja"
     if jinja.is_file():
-        return jinja.read_text(encoding="utf-8"), None
+        return jinja.read_bytes().decode("utf-8"), None  # byte for byte: no newline translation
     return OPENCHAT_TEMPLATE, f"{root.name} has no chat template; writing the OpenChat one"
 
 
@@ -86,18 +86,6 @@ def load_vocab(root: Path, vocab_size: int) -> Vocab:
     """Read ``tokenizer.model`` + ``tokenizer_config.json`` into exactly ``vocab_size`` tokens."""
     if not (root / "tokenizer.model").is_file():
         raise ExpoError(f"{root}: no tokenizer.model (a SentencePiece tokenizer is required)")
-    try:
-        spm = gguf.SentencePieceVocab(root)
-    except Exception as e:  # sentencepiece raises plain RuntimeError/OSError on a bad file
-        raise ExpoError(f"{root / 'tokenizer.model'}: cannot be read by sentencepiece: {e}") from None
-    tokens, scores, types = [], [], []
-    for text, score, ttype in spm.sentencepiece_tokens():
-        tokens.append(text)
-        scores.append(score)
-        types.append(int(ttype))
-    n_base = len(tokens)
-    warnings: list[str] = []
-
     tok_config = read_json(root / "tokenizer_config.json", "tokenizer config", required=False)
     added_json = root / "added_tokens.json"
     added: dict[int, tuple[str, bool]] = {}
@@ -111,6 +99,18 @@ def load_vocab(root: Path, vocab_size: int) -> Vocab:
         if content is not None:
             special = bool(tok.get("special", False)) if isinstance(tok, dict) else True
             added[_token_id(tid, root / "tokenizer_config.json")] = (content, special)
+    try:  # after our own checks of the JSON files, which gguf-py reads again less carefully
+        spm = gguf.SentencePieceVocab(root)
+    except Exception as e:  # sentencepiece raises plain RuntimeError/OSError on a bad file
+        raise ExpoError(f"{root}: tokenizer files cannot be read: {e}") from None
+    tokens, scores, types = [], [], []
+    for text, score, ttype in spm.sentencepiece_tokens():
+        tokens.append(text)
+        scores.append(score)
+        types.append(int(ttype))
+    n_base = len(tokens)
+    warnings: list[str] = []
+
     for tid in sorted(added):
         content, special = added[tid]
         if tid < n_base:

@@ -96,7 +96,10 @@ class GGUFStream:
             self._emit(memoryview(bytes(pad)))
 
     def _emit(self, data: memoryview) -> None:
-        self._f.write(data)
+        try:
+            self._f.write(data)
+        except OSError as e:  # name the output, not the folder, in the one-line message
+            raise OSError(e.errno, e.strerror, str(self.out.path)) from None
         self._hash.update(data)
 
     def write(self, chunk: np.ndarray) -> None:
@@ -112,14 +115,14 @@ class GGUFStream:
             self._index, self._written = self._index + 1, 0
 
     def finish(self) -> str:
-        """Close, check the file as llama.cpp will see it, move it into place; returns its sha256."""
+        """Close and check the file as llama.cpp will see it; returns its sha256. It stays at
+        ``self.tmp``: the build renames all outputs together once every one is done."""
         if self._index != len(self._sizes):
             raise AssertionError(f"{self.tmp}: {self._index} of {len(self._sizes)} tensors written")
         self._f.flush()
         os.fsync(self._f.fileno())
         self._w.close()
         verify(self.tmp, self.plan)
-        os.replace(self.tmp, self.out.path)
         return self._hash.hexdigest()
 
     def abort(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -144,6 +145,19 @@ def _no_tokenizer(p: Pair) -> None:
     (p.rlhf / "tokenizer.model").unlink()
 
 
+def _both_configs(**changes) -> Callable[[Pair], None]:  # noqa: ANN003
+    def damage(p: Pair) -> None:
+        _edit_json(p.sft / "config.json", **changes)
+        _edit_json(p.rlhf / "config.json", **changes)
+
+    return damage
+
+
+def _norm_missing_in_both(p: Pair) -> None:
+    for d in (p.sft, p.rlhf):
+        _edit_tensors(d, "model.norm.weight", lambda t: t.pop("model.norm.weight"))
+
+
 CASES = {
     "missing shard": (_missing_shard, "missing shard"),
     "truncated shard": (_truncated_shard, "truncated shard"),
@@ -161,6 +175,15 @@ CASES = {
     "pickle only": (_pickle_only, "never unpickles"),
     "no config": (_no_config, "config.json: missing"),
     "no tokenizer": (_no_tokenizer, "no tokenizer.model"),
+    # both checkpoints agree, but not with what llama.cpp will look for: refused, not built
+    "layers vs config": (_both_configs(num_hidden_layers=3), "missing 9 tensors (first blk.2."),
+    "ffn vs config": (_both_configs(intermediate_size=1024), "config.json implies [1024, 256]"),
+    "tensor missing in both": (_norm_missing_in_both, "missing 1 tensors (first output_norm.weight)"),
+    "zero heads": (_both_configs(num_attention_heads=0), "bad value"),
+    "heads do not group": (_both_configs(num_key_value_heads=3), "do not group into 3 KV heads"),
+    "rope scaling": (_both_configs(rope_scaling={"type": "linear", "factor": 2.0}), "rope_scaling"),
+    "bad added token id": (lambda p: (p.rlhf / "added_tokens.json").write_text('{"<|x|>": "abc"}'),
+                           "not a non-negative integer"),
 }
 
 
@@ -175,6 +198,11 @@ def test_bad_checkpoint(pair_copy, tmp_path, case):
 def test_missing_directory(pair, tmp_path):
     res = run_cli("build", "--sft", tmp_path / "nope", "--rlhf", pair.rlhf, "--outdir", tmp_path)
     assert_clean_failure(res, tmp_path, "no such directory", code=2)
+
+
+def test_name_must_not_be_a_path(pair, tmp_path):
+    res = _build(pair, tmp_path / "out", "-q", "q8_0", "--name", "../escaped")
+    assert_clean_failure(res, tmp_path, "a file name, not a path", code=2)
 
 
 def test_unknown_quant(pair, tmp_path):
@@ -222,4 +250,18 @@ def test_ctrl_c_during_build_leaves_nothing(pair, tmp_path, monkeypatch):
     monkeypatch.setattr(writer.GGUFStream, "write", write)
     res = _build(pair, tmp_path, "-q", "q8_0,q4_k_m")
     assert res.exit_code == 130 and "interrupted" in res.output and "Traceback" not in res.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError(errno.ENOSPC, "No space left on device")])
+def test_failure_in_the_kquant_step_leaves_nothing(pair, tmp_path, monkeypatch, failure):
+    """All or nothing: the Q8_0 written in the pass is not kept when the K-quant after it fails."""
+    from expo_gguf import build
+
+    def quantize(*args):  # noqa: ANN002, ANN202
+        raise failure
+
+    monkeypatch.setattr(build, "llama_quantize", quantize)
+    res = _build(pair, tmp_path, "-q", "q8_0,q4_k_m")
+    assert res.exit_code != 0 and "Traceback" not in res.output
     assert list(tmp_path.iterdir()) == []
