@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .cli import cli
-from .cli_build import _gb
+from .units import human_bytes as _gb
 from .errors import ExpoError
 from .evaluate import EvalOptions, FileScore, Report, evaluate
 from .runtime import resolve_gpu_layers

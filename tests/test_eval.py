@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -89,10 +90,11 @@ def test_log_softmax_and_kld_by_hand() -> None:
     assert ppl_stats(np.full(5, np.log(7.0))).ppl == pytest.approx(7.0)
 
 
-def test_cli_table_and_json(quants: dict[str, Path], tmp_path: Path) -> None:
-    out = tmp_path / "eval.json"
+def test_cli_table_json_and_png(quants: dict[str, Path], tmp_path: Path) -> None:
+    out, png = tmp_path / "eval.json", tmp_path / "eval.png"
+    with_png = importlib.util.find_spec("matplotlib") is not None  # the optional `plot` extra
     res = run_cli("eval", quants["q8_0"], quants["q4_0"], "--text", SAMPLE, "--ctx", CTX, "--chunks", 1,
-                  "--threads", 2, "--json", out)
+                  "--threads", 2, "--json", out, *(["--png", png] if with_png else []))
     assert res.exit_code == 0, res.output
     for name in ("smollm2-Q8_0.gguf", "smollm2-Q4_0.gguf", "PPL", "mean KLD", "KLD p99", "same top"):
         assert name in res.output
@@ -102,6 +104,8 @@ def test_cli_table_and_json(quants: dict[str, Path], tmp_path: Path) -> None:
     assert ref["kld"] is None and ref["type"] == "Q8_0" and ref["ppl"] > 1
     assert cand["type"] == "Q4_0" and cand["kld"]["mean"] > 0 and 0 < cand["kld"]["same_top_pct"] < 100
     assert data["scored_tokens"] == cand["tokens"] == scored_count(CTX)
+    if with_png:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_png_without_matplotlib_is_one_line(quants: dict[str, Path], tmp_path: Path,
@@ -111,15 +115,6 @@ def test_png_without_matplotlib_is_one_line(quants: dict[str, Path], tmp_path: P
     assert res.exit_code != 0
     assert res.output.strip().splitlines() == [
         "error: --png needs matplotlib: pip install matplotlib (or pip install 'expo-gguf[plot]')"]
-
-
-def test_png(quants: dict[str, Path], tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
-    png = tmp_path / "eval.png"
-    res = run_cli("eval", quants["q8_0"], quants["q4_0"], "--text", SAMPLE, "--ctx", CTX, "--chunks", 1,
-                  "--png", png)
-    assert res.exit_code == 0, res.output
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
