@@ -29,7 +29,8 @@ def _labels(scores: list[FileScore]) -> list[str]:
 
 def render_table(report: Report) -> Table:
     t = Table(title=f"{report.text.name}: {report.reference.ppl.n} tokens scored "
-                    f"({report.n_chunks} chunks of {report.n_ctx}), KLD against {report.reference.path.name}")
+                    f"({report.n_chunks} chunk{'s' * (report.n_chunks != 1)} of {report.n_ctx}), "
+                    f"KLD against {report.reference.path.name}")
     for col, right in (("file", False), ("type", False), ("size", True), ("PPL", True),
                        ("mean KLD", True), ("KLD p99", True), ("same top", True)):
         t.add_column(col, justify="right" if right else "left", overflow="fold", no_wrap=right)
@@ -123,7 +124,9 @@ def eval_(reference: Path, candidates: tuple[Path, ...], text_path: Path, ctx: i
 
         report = evaluate(reference, candidates, text_path, opts, on_file=done,
                           on_chunk=lambda total: p.update(task, total=total, advance=1))
-    console.print(render_table(report))
+    # Piped or redirected output keeps the table's natural width instead of rich's 80 columns.
+    out = console if console.is_terminal else Console(highlight=False, width=200)
+    out.print(render_table(report))
     if json_path:
         try:
             json_path.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
