@@ -1,21 +1,15 @@
 """Perplexity and KL divergence of GGUF files over a text, as ``llama-perplexity`` defines them.
 
 Definitions follow llama.cpp's ``tools/perplexity/perplexity.cpp`` (``perplexity`` and
-``kl_divergence``), so figures are comparable with the ones people publish:
-
-- the text is tokenized once (with BOS where the vocab adds one) and cut into chunks of ``n_ctx``
-  tokens; the last partial chunk is dropped; each chunk is evaluated from an empty KV cache with
-  its first token replaced by BOS (where the vocab adds one);
-- only the second half of each chunk is scored (the model always has context): the logits at
-  positions ``n_ctx//2 .. n_ctx-2`` predict the next token, ``n_ctx - 1 - n_ctx//2`` per chunk;
-- PPL = exp(mean NLL), its uncertainty PPL * sqrt(var(NLL) / (n - 1));
-- per token KLD = sum_v p_ref(v) * (log p_ref(v) - log p_cand(v)); we report the mean, the 99th
-  percentile (linear interpolation, as llama.cpp's ``percentile``) and "same top p", the share of
-  positions where both models' most likely token is the same.
-
-Two deliberate differences: the reference log-probabilities are kept as float32 (llama.cpp stores
-them 16-bit quantized and skips vocab entries with p_ref < e^-16), and the KLD sum runs over the
-whole vocabulary.
+``kl_divergence``), so figures compare with published ones: the text is tokenized once (BOS first
+where the vocab adds one) and cut into whole chunks of ``n_ctx`` tokens, each evaluated from an
+empty KV cache with its first token replaced by BOS (same condition); only the second half is
+scored, the logits at positions ``n_ctx//2 .. n_ctx-2`` predicting the next token. PPL =
+exp(mean NLL) ± PPL * sqrt(var(NLL) / (n - 1)); per token KLD = sum_v p_ref (log p_ref - log p),
+summarised by its mean, 99th percentile (linear interpolation) and "same top p", the share of
+positions where both models' most likely token agrees. Deliberate differences: the reference's
+log-probabilities are kept as float32 (llama.cpp quantizes them to 16 bits and drops p_ref < e^-16)
+and the KLD sum runs over the whole vocabulary.
 
 One model is loaded at a time: the reference's log-probabilities for the scored positions go to a
 temporary memmap, then each candidate is compared against it chunk by chunk, so memory is bounded
@@ -26,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import os
 import shutil
 import tempfile
@@ -63,8 +56,7 @@ class VocabInfo:
 
     path: Path
     n_vocab: int
-    digest: str  # sha256 over every token text, in id order
-    texts: tuple[bytes, ...]
+    texts: tuple[bytes, ...]  # every token's text, in id order
     bos: int | None  # the id to put first in each chunk, None where the vocab adds no BOS
     file_type: str
 
@@ -168,8 +160,7 @@ def read_vocab(path: Path) -> VocabInfo:
         buf = ctypes.create_string_buffer(64)
         got = llama_cpp.llama_model_meta_val_str(model, b"general.file_type", buf, len(buf))
         file_type = _quant_name(buf.value.decode() if got > 0 else None).removeprefix("ALL_")
-    digest = hashlib.sha256(b"\0".join(texts)).hexdigest()
-    return VocabInfo(path, n, digest, texts, bos if add_bos and bos >= 0 else None, file_type)
+    return VocabInfo(path, n, texts, bos if add_bos and bos >= 0 else None, file_type)
 
 
 def check_same_vocab(ref: VocabInfo, cand: VocabInfo) -> None:
@@ -177,7 +168,7 @@ def check_same_vocab(ref: VocabInfo, cand: VocabInfo) -> None:
     if cand.n_vocab != ref.n_vocab:
         raise ExpoError(f"{cand.path} has a different vocabulary than {ref.path} ({cand.n_vocab} vs "
                         f"{ref.n_vocab} tokens); KL divergence needs the same tokenizer")
-    if cand.digest != ref.digest:
+    if cand.texts != ref.texts:
         i = next(i for i, (a, b) in enumerate(zip(ref.texts, cand.texts)) if a != b)
         raise ExpoError(f"{cand.path} has a different vocabulary than {ref.path} (token {i}: "
                         f"{cand.texts[i]!r} vs {ref.texts[i]!r}); KL divergence needs the same tokenizer")
