@@ -25,6 +25,7 @@ class _Walker:
 
     def __init__(self, f: BinaryIO, order: str) -> None:
         self.f, self.order = f, order
+        self.size = os.fstat(f.fileno()).st_size
 
     def unpack(self, fmt: str) -> object:
         size = struct.calcsize(self.order + fmt)
@@ -35,6 +36,8 @@ class _Walker:
 
     def string(self) -> bytes:
         n = self.unpack("Q")
+        if n > self.size - self.f.tell():  # a damaged length must not become a huge allocation
+            raise EOFError
         data = self.f.read(n)
         if len(data) != n:
             raise EOFError

@@ -171,6 +171,10 @@ def test_trained_context_length_from_the_header(tmp_path: Path) -> None:
     cut = tmp_path / "cut.gguf"
     cut.write_bytes((tmp_path / "late.gguf").read_bytes()[:2000])
     assert trained_context_length(cut) is None
+    absurd = bytearray((tmp_path / "late.gguf").read_bytes())
+    absurd[24:32] = (2**62).to_bytes(8, "little")  # the first key's length
+    (tmp_path / "absurd.gguf").write_bytes(absurd)
+    assert trained_context_length(tmp_path / "absurd.gguf") is None
     assert trained_context_length(small_gguf(tmp_path / "none.gguf")) is None  # no such key
     (tmp_path / "text.gguf").write_text("hello")
     assert trained_context_length(tmp_path / "text.gguf") is None
