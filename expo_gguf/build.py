@@ -157,6 +157,14 @@ def _interruptible(fn: Callable[..., None], *args: object) -> None:
         raise failure[0]
 
 
+def _remove_stale_parts(plan: Plan) -> None:
+    """Temporaries of an earlier build of this NAME that was killed (kill -9, power loss)."""
+    outdir = plan.request.outdir
+    if outdir.is_dir():
+        for stale in [*outdir.glob(f"{plan.name}-*.gguf.part"), *outdir.glob(f".{plan.name}-*.intermediate.gguf.part")]:
+            stale.unlink(missing_ok=True)
+
+
 def run_build(plan: Plan, progress: Progress | None = None) -> list[BuiltFile]:
     """Execute ``plan``: the streaming pass, then each K-quant from the float file.
 
@@ -168,6 +176,7 @@ def run_build(plan: Plan, progress: Progress | None = None) -> list[BuiltFile]:
         raise ExpoError(f"not enough disk in {plan.request.outdir}: the build needs {plan.disk_needed / 1e9:.2f} GB, "
                         f"{plan.disk_free / 1e9:.2f} GB free", exit_code=1)
     parts = [part_path(o.path) for o in plan.streamed + plan.derived]
+    _remove_stale_parts(plan)
     try:
         built = stream_pass(plan, progress)
         for out in plan.derived:

@@ -265,3 +265,46 @@ def test_failure_in_the_kquant_step_leaves_nothing(pair, tmp_path, monkeypatch, 
     res = _build(pair, tmp_path, "-q", "q8_0,q4_k_m")
     assert res.exit_code != 0 and "Traceback" not in res.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_read_error_names_file_and_offset(pair, tmp_path, monkeypatch):
+    from expo_gguf import checkpoint
+
+    calls = {"n": 0}
+    real = checkpoint.os.preadv
+
+    def preadv(fd, buffers, offset):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(checkpoint.os, "preadv", preadv)
+    res = _build(pair, tmp_path, "-q", "q8_0")
+    assert_clean_failure(res, tmp_path, "read error at byte", code=2)
+    assert ".safetensors" in res.output and "Input/output error" in res.output
+
+
+def test_stale_temporaries_of_a_killed_build_are_removed(pair, tmp_path):
+    stale = [tmp_path / "Starling-LM-7B-beta-ExPO-Q5_1.gguf.part",
+             tmp_path / ".Starling-LM-7B-beta-ExPO-F16.intermediate.gguf.part"]
+    for p in stale:
+        p.write_bytes(b"GGUF half")
+    assert _build(pair, tmp_path, "-q", "q8_0").exit_code == 0
+    assert not any(p.exists() for p in stale)
+
+
+def test_not_enough_disk_is_found_before_writing(pair, tmp_path):
+    """On a real small filesystem (a 20 MB tmpfs; needs root): refused up front, naming both sizes."""
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        res = _build(pair, mnt, "-q", "f32")
+        assert_clean_failure(res, mnt, "not enough disk", code=1)
+        assert "needs 0.07 GB" in res.output and "0.02 GB free" in res.output
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
