@@ -13,7 +13,7 @@ from .cli import cli
 from .errors import ExpoError
 from .gguf_check import check_header
 from .repl import Backend, run_repl
-from .gguf_header import trained_context_length
+from .gguf_check import trained_context_length
 from .loader import LoadOptions, cap_context, load_model
 from .runtime import ChatModel, Sampling, resolve_gpu_layers
 

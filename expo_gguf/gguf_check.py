@@ -20,11 +20,15 @@ GGUF_MAGIC = b"GGUF"
 
 
 def check_header(path: str | os.PathLike[str]) -> Path:
-    """Cheap checks (exists, regular file, GGUF magic) that need only the first four bytes.
+    """The checks every command runs before llama.cpp sees a file: it exists, is a GGUF, and its
+    header is sound (``read_gguf_header``). Milliseconds, unlike a full ``GGUFReader`` parse;
+    ``open_gguf`` adds that parse and the tensor-data bounds."""
+    p = _gguf_path(path)
+    read_gguf_header(p)
+    return p
 
-    The chat start-up runs this instead of a full ``GGUFReader`` parse, which costs seconds on
-    a large vocabulary; ``open_gguf`` is the thorough version.
-    """
+
+def _gguf_path(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if not p.exists():
         raise ExpoError(f"no such file: {p}")
@@ -38,9 +42,10 @@ def check_header(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUFValueType -> bytes
+_SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}  # GGUFValueType
 _STRING, _ARRAY = 8, 9
 _MAX_DIMS = 4
+_GGML_TYPES = {int(t) for t in gguf.GGMLQuantizationType}
 
 
 class _Walk:
@@ -58,24 +63,23 @@ class _Walk:
         start, self.pos = self.pos, self.pos + n
         return start
 
-    def u32(self) -> int:
-        return struct.unpack_from("<I", self.buf, self.take(4))[0]
+    def scalar(self, fmt: str) -> int | float | bool:
+        return struct.unpack_from("<" + fmt, self.buf, self.take(struct.calcsize(fmt)))[0]
 
-    def u64(self) -> int:
-        return struct.unpack_from("<Q", self.buf, self.take(8))[0]
+    def string(self) -> bytes:
+        n = self.scalar("Q")
+        return bytes(self.buf[self.take(n): self.pos])  # type: ignore[arg-type]
 
-    def string(self) -> None:
-        self.take(self.u64())
-
-    def value(self, vtype: int, depth: int = 0) -> None:
+    def value(self, vtype: int, depth: int = 0) -> object:
+        """A scalar or string value; arrays are checked and skipped (None)."""
         if vtype in _SCALAR:
-            self.take(_SCALAR[vtype])
-        elif vtype == _STRING:
-            self.string()
-        elif vtype == _ARRAY and depth == 0:
-            etype, count = self.u32(), self.u64()
+            return self.scalar(_SCALAR[vtype])
+        if vtype == _STRING:
+            return self.string()
+        if vtype == _ARRAY and depth < 4:  # gguf-py writes arrays of arrays; 4 levels is plenty
+            etype, count = self.scalar("I"), self.scalar("Q")
             if etype in _SCALAR:
-                self.take(count * _SCALAR[etype])
+                self.take(count * struct.calcsize(_SCALAR[etype]))
             elif etype in (_STRING, _ARRAY):
                 if count * 8 > len(self.buf) - self.pos:
                     raise self.bad(f"array of {count} elements")
@@ -83,41 +87,49 @@ class _Walk:
                     self.value(etype, depth + 1)
             else:
                 raise self.bad(f"unknown array element type {etype}")
-        else:
-            raise self.bad(f"unknown value type {vtype}")
+            return None
+        raise self.bad(f"unknown value type {vtype}")
 
 
-def _walk_header(p: Path) -> None:
-    """Check every count, length and type in the header before gguf-py (or llama.cpp) trusts them.
+def read_gguf_header(path: str | os.PathLike[str]) -> dict[str, object]:
+    """Check every count, length and type in the header; return its scalar and string values.
 
     gguf-py allocates what the counts say and llama.cpp aborts the process on some bad headers,
-    so a hostile or damaged file must be turned away here, in time linear in the header's size.
+    so a hostile or damaged file is turned away here first, in time linear in the header's size
+    (10 ms for a 7B GGUF's 32k-token vocabulary, against ~1 s for gguf-py's full parse).
     """
+    p = _gguf_path(path)
     with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         w = _Walk(buf, p)
         w.take(4)
-        version = w.u32()
+        version = w.scalar("I")
         if version not in (2, 3):
-            raise w.bad(f"GGUF version {version} (llama.cpp reads 2 and 3)")
-        n_tensors, n_kv = w.u64(), w.u64()
+            raise w.bad(f"GGUF version {version} (llama.cpp reads little-endian versions 2 and 3)")
+        n_tensors, n_kv = w.scalar("Q"), w.scalar("Q")
         if n_tensors * 24 + n_kv * 13 > len(buf):
             raise w.bad(f"{n_tensors} tensors and {n_kv} keys cannot fit in {len(buf)} bytes")
+        values: dict[str, object] = {}
         for _ in range(n_kv):
-            w.string()
-            w.value(w.u32())
+            key = w.string().decode("utf-8", "replace")
+            value = w.value(w.scalar("I"))
+            values[key] = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
         for _ in range(n_tensors):
             w.string()
-            n_dims = w.u32()
+            n_dims = w.scalar("I")
             if not 1 <= n_dims <= _MAX_DIMS:
                 raise w.bad(f"a tensor with {n_dims} dimensions")
             w.take(8 * n_dims)
-            qtype = w.u32()
-            if qtype not in _GGML_TYPES:
-                raise w.bad(f"unknown tensor type {qtype}")
+            if w.scalar("I") not in _GGML_TYPES:
+                raise w.bad("unknown tensor type")
             w.take(8)
+    return values
 
 
-_GGML_TYPES = {int(t) for t in gguf.GGMLQuantizationType}
+def trained_context_length(path: str | os.PathLike[str]) -> int | None:
+    """``{arch}.context_length`` from a checked header, to cap ``--ctx`` before llama.cpp loads."""
+    values = read_gguf_header(path)
+    n = values.get(f"{values.get('general.architecture')}.context_length")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
 
 def open_gguf(path: str | os.PathLike[str]) -> gguf.GGUFReader:
@@ -128,7 +140,6 @@ def open_gguf(path: str | os.PathLike[str]) -> gguf.GGUFReader:
     """
     p = check_header(path)
     size = p.stat().st_size
-    _walk_header(p)
     try:
         reader = gguf.GGUFReader(p)
     except (ValueError, KeyError, IndexError, OverflowError, OSError, MemoryError) as e:

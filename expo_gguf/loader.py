@@ -14,7 +14,7 @@ import llama_cpp
 
 from .errors import ExpoError
 from .gguf_check import check_header, open_gguf
-from .gguf_header import trained_context_length
+from .gguf_check import trained_context_length
 from .runtime import CUDA_HINT, ChatModel, ModelInfo, _quant_name, _set_llama_log, resolve_gpu_layers
 
 # llama.cpp's own fallback when a GGUF carries no template.

@@ -18,7 +18,7 @@ from expo_gguf.cli import cli
 from expo_gguf.errors import ExpoError
 from expo_gguf.gguf_check import open_gguf
 from expo_gguf.cli_chat import find_default_model
-from expo_gguf.gguf_header import trained_context_length
+from expo_gguf.gguf_check import trained_context_length
 
 
 def smollm_path() -> Path:
@@ -170,15 +170,19 @@ def test_trained_context_length_from_the_header(tmp_path: Path) -> None:
     assert trained_context_length(tmp_path / "late.gguf") == 1234
     cut = tmp_path / "cut.gguf"
     cut.write_bytes((tmp_path / "late.gguf").read_bytes()[:2000])
-    assert trained_context_length(cut) is None
+    with pytest.raises(ExpoError, match="damaged"):  # a cut file: one clear line, not a guess
+        trained_context_length(cut)
     absurd = bytearray((tmp_path / "late.gguf").read_bytes())
     absurd[24:32] = (2**62).to_bytes(8, "little")  # the first key's length
     (tmp_path / "absurd.gguf").write_bytes(absurd)
-    assert trained_context_length(tmp_path / "absurd.gguf") is None
+    with pytest.raises(ExpoError, match="damaged"):
+        trained_context_length(tmp_path / "absurd.gguf")
     assert trained_context_length(small_gguf(tmp_path / "none.gguf")) is None  # no such key
     (tmp_path / "text.gguf").write_text("hello")
-    assert trained_context_length(tmp_path / "text.gguf") is None
-    assert trained_context_length(tmp_path / "missing.gguf") is None
+    with pytest.raises(ExpoError, match="not a GGUF"):
+        trained_context_length(tmp_path / "text.gguf")
+    with pytest.raises(ExpoError, match="no such file"):
+        trained_context_length(tmp_path / "missing.gguf")
 
 
 def test_serve_caps_ctx_at_trained_length(monkeypatch: pytest.MonkeyPatch) -> None:
