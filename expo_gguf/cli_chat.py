@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from pathlib import Path
 
@@ -11,9 +12,8 @@ from rich.markup import escape
 
 from .cli import cli
 from .errors import ExpoError
-from .gguf_check import check_header
+from .gguf_check import check_header, trained_context_length
 from .repl import Backend, run_repl
-from .gguf_check import trained_context_length
 from .loader import LoadOptions, cap_context, load_model
 from .runtime import ChatModel, Sampling, resolve_gpu_layers
 
@@ -162,12 +162,37 @@ def _interactive(session: ChatModel, sampling: Sampling, messages: list[dict[str
              markdown=not plain and console.is_terminal)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can connect to ``host``; names other than localhost count as
+    reachable, since what they resolve to can change."""
+    if host.lower() in ("localhost", "localhost.") or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """The warning for a server other machines can reach: a model server runs whatever prompt it
+    is sent, on this machine's CPU/GPU, for anyone who can connect."""
+    if is_loopback(host):
+        return None
+    who = "every interface" if host in ("0.0.0.0", "::", "[::]", "") else host
+    guard = ("requests need the API key" if api_key else
+             "anyone who can reach this machine can use the model; add --api-key KEY")
+    return f"listening on {who} ({host}), not just this machine: {guard}"
+
+
 @cli.command()
 @_model_options
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but loopback is reachable from other machines.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--api-key", metavar="KEY", envvar="EXPO_GGUF_API_KEY", show_envvar=True,
+              help="Require 'Authorization: Bearer KEY' on every request.")
 def serve(model: Path | None, verbose: bool, n_gpu_layers: str, ctx: int, threads: int | None,
-          host: str, port: int) -> None:
+          host: str, port: int, api_key: str | None) -> None:
     """Serve a GGUF over an OpenAI-compatible HTTP API (llama-cpp-python's server).
 
     The prompt comes from the GGUF's own chat template. Needs the server extra:
@@ -176,6 +201,8 @@ def serve(model: Path | None, verbose: bool, n_gpu_layers: str, ctx: int, thread
       pip install 'llama-cpp-python[server]'
     """
     path = check_header(model if model is not None else find_default_model())
+    if api_key is not None and not api_key.strip():
+        raise click.BadParameter("the key is empty", param_hint="--api-key")
     try:
         import uvicorn
         from llama_cpp.server.app import create_app
@@ -186,13 +213,18 @@ def serve(model: Path | None, verbose: bool, n_gpu_layers: str, ctx: int, thread
     ngl, warning = resolve_gpu_layers(n_gpu_layers)
     warnings = [warning] if warning else []
     n_ctx = cap_context(ctx, trained_context_length(path), warnings)  # as chat does
+    exposed = exposure_warning(host, api_key)
+    warnings += [exposed] if exposed else []
     err = Console(stderr=True, highlight=False)
     for text in warnings:
         err.print(f"warning: {text}", style="yellow", markup=False, soft_wrap=True)
     extra = {"n_threads": threads, "n_threads_batch": threads} if threads else {}
     model_settings = ModelSettings(model=str(path), n_gpu_layers=ngl, n_ctx=n_ctx,
                                    verbose=verbose, **extra)
-    app = create_app(server_settings=ServerSettings(host=host, port=port),
+    app = create_app(server_settings=ServerSettings(host=host, port=port, api_key=api_key),
                      model_settings=[model_settings])
-    err.print(f"serving {path} at http://{host}:{port}/v1 (Ctrl+C stops)", soft_wrap=True)
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    auth = " with an API key" if api_key else ""
+    err.print(f"serving {path} at http://{shown}:{port}/v1{auth} (Ctrl+C stops)",
+              soft_wrap=True, markup=False)
     uvicorn.run(app, host=host, port=port, log_level="info" if verbose else "warning")

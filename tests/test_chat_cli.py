@@ -185,12 +185,14 @@ def test_trained_context_length_from_the_header(tmp_path: Path) -> None:
         trained_context_length(tmp_path / "missing.gguf")
 
 
-def test_serve_caps_ctx_at_trained_length(monkeypatch: pytest.MonkeyPatch) -> None:
-    """serve hands llama-cpp-python's server the capped context (the server itself is faked)."""
-    seen: dict[str, object] = {}
+@pytest.fixture
+def fake_server(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict]:
+    """llama-cpp-python's server and uvicorn faked (the extra is not installed): what serve
+    hands them lands in the returned dict."""
+    seen: dict[str, dict] = {}
     settings = types.ModuleType("llama_cpp.server.settings")
     settings.ModelSettings = lambda **kw: seen.setdefault("model", kw)
-    settings.ServerSettings = lambda **kw: kw
+    settings.ServerSettings = lambda **kw: seen.setdefault("server", kw)
     app = types.ModuleType("llama_cpp.server.app")
     app.create_app = lambda **kw: "app"
     uvicorn = types.ModuleType("uvicorn")
@@ -198,6 +200,13 @@ def test_serve_caps_ctx_at_trained_length(monkeypatch: pytest.MonkeyPatch) -> No
     for name, module in {"uvicorn": uvicorn, "llama_cpp.server.app": app,
                          "llama_cpp.server.settings": settings}.items():
         monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.delenv("EXPO_GGUF_API_KEY", raising=False)
+    return seen
+
+
+def test_serve_caps_ctx_at_trained_length(fake_server: dict[str, dict]) -> None:
+    """serve hands llama-cpp-python's server the capped context."""
+    seen = fake_server
     result = run("serve", str(smollm_path()), "--ctx", "100000", "--port", "8123")
     assert result.exit_code == 0, result.output
     assert seen["model"]["n_ctx"] == 8192 and seen["run"]["port"] == 8123
@@ -205,6 +214,37 @@ def test_serve_caps_ctx_at_trained_length(monkeypatch: pytest.MonkeyPatch) -> No
     seen.clear()
     assert run("serve", str(smollm_path()), "--ctx", "2048").exit_code == 0
     assert seen["model"]["n_ctx"] == 2048
+
+
+def test_serve_binds_loopback_and_warns_otherwise(fake_server: dict[str, dict]) -> None:
+    seen = fake_server
+    result = run("serve", str(smollm_path()))
+    assert result.exit_code == 0, result.output
+    assert seen["run"]["host"] == seen["server"]["host"] == "127.0.0.1"
+    assert seen["server"]["api_key"] is None and "warning" not in result.output
+    for host in ("localhost", "::1", "127.0.0.2"):
+        assert "warning" not in run("serve", str(smollm_path()), "--host", host).output
+    for host in ("0.0.0.0", "192.168.1.5", "::", "example.org"):
+        seen.clear()
+        result = run("serve", str(smollm_path()), "--host", host)
+        assert result.exit_code == 0 and seen["run"]["host"] == host
+        assert "not just this machine" in result.output and "add --api-key KEY" in result.output
+    assert "every interface (0.0.0.0)" in run("serve", str(smollm_path()), "--host", "0.0.0.0").output
+
+
+def test_serve_api_key(fake_server: dict[str, dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = fake_server
+    result = run("serve", str(smollm_path()), "--host", "0.0.0.0", "--api-key", "s3cret")
+    assert result.exit_code == 0, result.output
+    assert seen["server"]["api_key"] == "s3cret"
+    assert "requests need the API key" in result.output and "with an API key" in result.output
+    assert "s3cret" not in result.output  # never echoed
+    seen.clear()
+    monkeypatch.setenv("EXPO_GGUF_API_KEY", "from-env")  # kept out of `ps` listings
+    assert run("serve", str(smollm_path())).exit_code == 0
+    assert seen["server"]["api_key"] == "from-env"
+    result = run("serve", str(smollm_path()), "--api-key", " ")
+    assert result.exit_code == 2 and "the key is empty" in result.output
 
 
 def test_gpu_layers_on_cpu_build_warns() -> None:

@@ -127,6 +127,54 @@ def test_load_rejects_bad_files(tmp_path: Path) -> None:
     assert len(history) == 2  # unchanged
 
 
+def hostile_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Each file a /load must refuse, with the words its one-line error must contain."""
+    cases: dict[str, tuple[object, str]] = {
+        "malformed": (b'{"messages": [', "invalid JSON"),
+        "not_utf8": (b'{"messages": ["\xff\xfe"]}', "not UTF-8"),
+        "deep": (b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
+        "number": (b"42", "expected a list of messages"),
+        "no_messages": (b'{"msgs": []}', "expected a list of messages"),
+        "messages_dict": (b'{"messages": {"role": "user"}}', "expected a list of messages"),
+        "role": ([{"role": "wizard", "content": "x"}], "role 'wizard'"),
+        "no_role": ([{"content": "x"}], "has no role"),
+        "role_number": ([{"role": 7, "content": "x"}], "role 7;"),
+        "content_list": ([{"role": "user", "content": ["x"]}], "list content"),
+        "content_none": ([{"role": "user"}], "NoneType content"),
+        "late_system": ([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}],
+                        "only the first message"),
+        "string_message": (["hello"], "message 0 is a str"),
+    }
+    files: dict[str, tuple[Path, str]] = {}
+    for name, (body, words) in cases.items():
+        path = tmp_path / f"{name}.json"
+        path.write_bytes(body if isinstance(body, bytes) else json.dumps(body).encode())
+        files[name] = (path, words)
+    huge = tmp_path / "huge.json"
+    with huge.open("wb") as f:  # sparse: 11 MB on paper, nothing on disk
+        f.truncate(11 * 2**20)
+    files["huge"] = (huge, "11.0 MB; /load reads conversations up to 10 MB")
+    files["missing"] = (tmp_path / "missing.json", "no such file")
+    files["directory"] = (tmp_path, "not a regular file")
+    return files
+
+
+def test_load_hostile_files_one_line_each_and_session_goes_on(tmp_path: Path) -> None:
+    files = hostile_files(tmp_path)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]))
+    fake = Fake()
+    lines = [f"/load {path}" for path, _ in files.values()]
+    history, out = chat(Backend(reply=fake.reply), "hi", *lines, "still here", f"/load {good}", "next")
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == len(files)  # exactly one line per bad file, no traceback
+    for (_, words), line in zip(files.values(), errors):
+        assert words in line, line
+    assert "Traceback" not in out
+    assert fake.seen[1][-1]["content"] == "still here" and len(fake.seen[1]) == 3  # went on
+    assert [m["content"] for m in history] == ["q", "a", "next", "echo: next "]
+
+
 def test_ctrl_c_at_prompt() -> None:
     fake = Fake()
     history, out = chat(Backend(reply=fake.reply), KeyboardInterrupt(), "still here",
