@@ -1,0 +1,126 @@
+"""A child process on a pseudo-terminal, shared by the pty tests and ``scripts/soak_chat.py``.
+
+Ctrl+C is sent as the byte 0x03, so the terminal driver turns it into SIGINT exactly as it does
+for a user. Every step waits for what the terminal shows, or for the child to block reading it,
+never a fixed sleep: the machine running it may be busy.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import re
+import select
+import struct
+import termios
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
+# select/poll family: where readline sleeps while it waits for a key.
+WAIT_SYSCALLS = {"x86_64": {7, 23, 270, 271}, "aarch64": {72, 73}}
+
+
+class Terminal:
+    """A child process on a pseudo-terminal, with just enough of pexpect's ``expect``."""
+
+    def __init__(self, args: list[str]) -> None:
+        env = {**os.environ, "TERM": "xterm", "PYTHONUNBUFFERED": "1"}
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # child: the pty is its controlling terminal
+            os.chdir(ROOT)
+            os.execvpe(args[0], args, env)
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        self.text, self.pos, self.closed = "", 0, False
+
+    def _read(self, timeout: float) -> bool:
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if not ready:
+            return False
+        try:
+            data = os.read(self.fd, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            data = b""
+        self.closed = not data
+        self.text += ANSI.sub("", data.decode("utf-8", errors="replace"))
+        return bool(data)
+
+    def _until(self, done: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline or self.closed:
+                raise AssertionError(f"{what} not seen; terminal shows:\n{self.text[-3000:]}")
+            self._read(max(0.0, min(0.05, deadline - time.monotonic())))
+
+    def expect(self, pattern: str, timeout: float = 60) -> str:
+        """Wait for ``pattern`` after the last match; return the text up to its end."""
+        start = self.pos
+        self._until(lambda: self.text.find(pattern, start) >= 0, timeout, repr(pattern))
+        end = self.text.find(pattern, start) + len(pattern)
+        self.pos = end
+        return self.text[start:end]
+
+    def expect_any(self, *patterns: str, timeout: float = 60) -> str:
+        """Wait for whichever of ``patterns`` shows first after the last match; return it."""
+        start = self.pos
+
+        def first() -> tuple[int, str] | None:
+            found = [(self.text.find(p, start), p) for p in patterns]
+            return min(((i, p) for i, p in found if i >= 0), default=None)
+
+        self._until(lambda: first() is not None, timeout, " or ".join(map(repr, patterns)))
+        at, pattern = first()  # type: ignore[misc]
+        self.pos = at + len(pattern)
+        return pattern
+
+    def expect_output(self, timeout: float = 60) -> str:
+        """Wait for any visible text after the last match (a reply that has started)."""
+        start = self.pos
+        self._until(lambda: bool(self.text[start:].strip()), timeout, "any output")
+        self.pos = len(self.text)
+        return self.text[start:]
+
+    def _reading_input(self) -> bool | None:
+        """Whether the child's main thread sleeps in select/poll; None where /proc cannot say."""
+        calls = WAIT_SYSCALLS.get(os.uname().machine)
+        try:
+            state = Path(f"/proc/{self.pid}/syscall").read_text().split()
+        except OSError:
+            return None
+        if calls is None or not state:
+            return None
+        return state[0].isdigit() and int(state[0]) in calls  # "running" while it runs
+
+    def wait_for_input(self, timeout: float = 30) -> None:
+        """Wait until readline is blocked waiting for a key.
+
+        CPython's readline checks for signals only when its select() is interrupted: a Ctrl+C
+        that lands between drawing the prompt and entering select() stays pending until the next
+        key (a race a typing user never hits). Without /proc, fall back to a pause.
+        """
+        if self._reading_input() is None:
+            time.sleep(0.5)
+            return
+        self._until(lambda: bool(self._reading_input()), timeout, "the child waiting for input")
+
+    def prompt(self) -> str:
+        """Wait for the next prompt and for readline to be ready; return what came before it."""
+        text = self.expect(">>> ")
+        self.wait_for_input()
+        return text
+
+    def send(self, text: str) -> None:
+        os.write(self.fd, text.encode())
+
+    def wait(self, timeout: float = 30) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._read(0.1)
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                return os.waitstatus_to_exitcode(status)
+        os.kill(self.pid, 9)
+        raise AssertionError(f"did not exit; terminal shows:\n{self.text[-3000:]}")
