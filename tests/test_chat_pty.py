@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 
 from pty_terminal import Terminal
-from test_chat_cli import smollm_path
+from conftest import smollm2
 
 
 @pytest.fixture
 def chat() -> Iterator[Callable[..., Terminal]]:
     """Start ``expo-gguf chat`` on SmolLM2 (greedy, one thread) with extra options."""
-    model = smollm_path()
+    model = smollm2()
     started: list[Terminal] = []
 
     def start(*options: str) -> Terminal:

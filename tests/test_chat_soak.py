@@ -7,13 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_chat_cli import smollm_path
+from conftest import smollm2
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_twenty_turn_soak_holds() -> None:
-    smollm_path()  # skips without the model
+    smollm2()  # skips without the model
     # The context first fills around turn 11; RSS is compared from turn 14, after the KV cache
     # pages of a full context have been touched once.
     result = subprocess.run(

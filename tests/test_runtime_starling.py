@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from conftest import synthetic
 from click.testing import CliRunner
 
 from expo_gguf.cli import cli
 from expo_gguf.loader import LoadOptions, load_model
 from expo_gguf.runtime import ChatModel, Sampling
 
-ROOT = Path(__file__).resolve().parents[1]
 END_OF_TURN = 32000
 # openchat-3.5-0106 / Starling-LM-7B-beta model card: "GPT4 Correct User: Hello<|end_of_turn|>GPT4
 # Correct Assistant:" tokenized by the Hugging Face tokenizer.
@@ -25,20 +24,12 @@ CARD_IDS = [1, 420, 6316, 28781, 3198, 3123, 1247, 28747, 22557, 32000,
             420, 6316, 28781, 3198, 3123, 21631, 28747]
 
 
-def pair_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_synthetic_pair", ROOT / "scripts" / "make_synthetic_pair.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def starling_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if importlib.util.find_spec("mistral_common") is None:
         pytest.skip("the synthetic pair needs mistral-common for tokenizer.model")
     tmp = tmp_path_factory.mktemp("starling")
-    sft, rlhf = pair_generator().make_pair(tmp / "pair", "tiny", seed=0)
+    sft, rlhf = synthetic.make_pair(tmp / "pair", "tiny", seed=0)
     out = tmp / "models"
     result = CliRunner().invoke(cli, ["build", "--sft", str(sft), "--rlhf", str(rlhf), "-q", "q8_0",
                                       "--outdir", str(out)])

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_synthetic_pair", ROOT / "scripts" / "make_synthetic_pair.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import synthetic
 
 
-gen = load_generator()
+
+gen = synthetic
 
 
 @pytest.fixture(scope="module")
