@@ -53,7 +53,7 @@ def hparams_from_config(config: dict, where: str) -> HParams:
             feed_forward_length=int(config["intermediate_size"]),
             head_count=n_head,
             head_count_kv=int(config.get("num_key_value_heads") or n_head),
-            head_dim=int(config.get("head_dim") or hidden // n_head),
+            head_dim=int(config.get("head_dim") or (hidden // n_head if n_head > 0 else 0)),
             rope_freq_base=float(config.get("rope_theta", 10000.0)),
             rms_eps=float(config.get("rms_norm_eps", 1e-5)),
             vocab_size=int(config["vocab_size"]),
@@ -61,7 +61,7 @@ def hparams_from_config(config: dict, where: str) -> HParams:
         )
     except KeyError as e:
         raise ExpoError(f"{where}: config.json lacks {e.args[0]}") from None
-    except (TypeError, ValueError, ZeroDivisionError) as e:
+    except (TypeError, ValueError) as e:
         raise ExpoError(f"{where}: config.json has a bad value: {e}") from None
 
 

@@ -179,7 +179,7 @@ CASES = {
     "layers vs config": (_both_configs(num_hidden_layers=3), "missing 9 tensors (first blk.2."),
     "ffn vs config": (_both_configs(intermediate_size=1024), "config.json implies [1024, 256]"),
     "tensor missing in both": (_norm_missing_in_both, "missing 1 tensors (first output_norm.weight)"),
-    "zero heads": (_both_configs(num_attention_heads=0), "bad value"),
+    "zero heads": (_both_configs(num_attention_heads=0), "non-positive head_count=0"),
     "heads do not group": (_both_configs(num_key_value_heads=3), "do not group into 3 KV heads"),
     "rope scaling": (_both_configs(rope_scaling={"type": "linear", "factor": 2.0}), "rope_scaling"),
     "bad added token id": (lambda p: (p.rlhf / "added_tokens.json").write_text('{"<|x|>": "abc"}'),
