@@ -1,0 +1,91 @@
+"""Conversation files for ``/save`` and ``/load``: what is written, and what is accepted back.
+
+A file someone else wrote is hostile until checked, so loading is bounded in size and every way
+it can be wrong is one ``ExpoError`` line naming the first offender; the session goes on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import ExpoError
+from .runtime import Message
+
+ROLES = ("system", "user", "assistant")
+MAX_LOAD_BYTES = 10 * 2**20  # a long chat is well under 1 MB; a cap keeps a wrong file harmless
+
+
+def _read_capped(path: Path) -> str:
+    """The file's text, refusing what is not a regular file or is over ``MAX_LOAD_BYTES``.
+
+    The size is checked before reading and the read itself is bounded, so neither a 30 GB file
+    nor a device such as /dev/zero (size 0, endless) can fill a running session's memory; a
+    FIFO is refused before opening, since opening one blocks until a writer appears.
+    """
+    cap = f"/load reads conversations up to {MAX_LOAD_BYTES // 2**20} MB"
+    try:
+        if not path.is_file():
+            raise ExpoError(f"cannot read {path}: "
+                            + ("not a regular file" if path.exists() else "no such file"))
+        if path.stat().st_size > MAX_LOAD_BYTES:
+            raise ExpoError(f"{path} is {path.stat().st_size / 2**20:.1f} MB; {cap}")
+        with path.open("rb") as f:
+            data = f.read(MAX_LOAD_BYTES + 1)
+    except OSError as e:
+        raise ExpoError(f"cannot read {path}: {e.strerror or e}") from None
+    if len(data) > MAX_LOAD_BYTES:  # grew since stat
+        raise ExpoError(f"{path} is over {MAX_LOAD_BYTES // 2**20} MB; {cap}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ExpoError(f"cannot read {path}: not UTF-8 text (byte {e.start})") from None
+
+
+def _message_problem(i: int, m: object) -> str | None:
+    """Why ``m`` (the ``i``-th entry) is not a message the REPL can send, or None."""
+    if not isinstance(m, dict):
+        return f"message {i} is a {type(m).__name__}, not an object with role and content"
+    role, content = m.get("role"), m.get("content")
+    if role not in ROLES:
+        said = f"role {repr(role)[:40]}" if "role" in m else "no role"
+        return f"message {i} has {said}; roles are {', '.join(ROLES)}"
+    if role == "system" and i != 0:
+        return f"message {i} is a system message; only the first message may be one"
+    if not isinstance(content, str):
+        return f"message {i} has {type(content).__name__} content; content must be a string"
+    return None
+
+
+def load_conversation(path: Path) -> list[Message]:
+    """Messages from a ``/save`` file (or a bare list of messages), validated.
+
+    A file someone else wrote is hostile until checked: every way it can be wrong is one
+    ``ExpoError`` line naming the first offender, so the session that loads it goes on.
+    """
+    text = _read_capped(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ExpoError(f"cannot read {path}: invalid JSON ({e.msg} at line {e.lineno},"
+                        f" column {e.colno})") from None
+    except RecursionError:  # json recurses per nesting level
+        raise ExpoError(f"cannot read {path}: JSON nested too deeply") from None
+    messages = data.get("messages") if isinstance(data, dict) else data
+    if not isinstance(messages, list):
+        raise ExpoError(f"{path} is not a conversation: expected a list of messages or an"
+                        ' object with "messages", as /save writes')
+    for i, m in enumerate(messages):
+        problem = _message_problem(i, m)
+        if problem:
+            raise ExpoError(f"{path} is not a conversation: {problem}")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def save_conversation(path: Path, messages: list[Message], settings: dict[str, object]) -> None:
+    """The JSON ``load_conversation`` reads back: the messages, and the sampling settings as a record."""
+    data = {"messages": messages, "settings": settings}
+    try:
+        path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    except OSError as e:
+        raise ExpoError(f"cannot write {path}: {e.strerror or e}") from None
