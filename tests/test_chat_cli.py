@@ -257,3 +257,13 @@ def test_serve_without_server_extra_says_how_to_install() -> None:
     result = run("serve", str(smollm2()))
     assert result.exit_code == 2
     assert "pip install 'llama-cpp-python[server]'" in result.output
+
+
+def test_context_not_a_multiple_of_256_is_respected() -> None:
+    """llama.cpp rounds its context up to 256; llama-cpp-python's buffer holds only what was asked
+    for. A prompt between the two must be refused with one line, not crash in the buffer."""
+    too_long = run("chat", str(smollm2()), "--ctx", "128", "--max-tokens", "8", *FAST[:4], input="word " * 170)
+    assert too_long.exit_code == 2 and "message too long" in too_long.output, too_long.output
+    assert "Traceback" not in too_long.output
+    fits = run("chat", str(smollm2()), "--ctx", "300", "--max-tokens", "8", *FAST[:4], input="word " * 70)
+    assert fits.exit_code == 0 and fits.output.strip(), fits.output
