@@ -54,11 +54,14 @@ class Vocab:
 
 
 def _token_content(tok: object) -> str | None:
-    if isinstance(tok, str):
-        return tok
-    if isinstance(tok, dict) and isinstance(tok.get("content"), str):
-        return tok["content"]
-    return None
+    content = tok if isinstance(tok, str) else tok.get("content") if isinstance(tok, dict) else None
+    if not isinstance(content, str):
+        return None
+    try:
+        content.encode("utf-8")
+    except UnicodeEncodeError:  # JSON can spell a lone surrogate ("\udcff"); no tokenizer can hold it
+        raise ExpoError(f"token {content!r} is not valid Unicode text") from None
+    return content
 
 
 def _token_id(value: object, where: Path) -> int:

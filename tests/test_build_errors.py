@@ -145,6 +145,14 @@ def _no_tokenizer(p: Pair) -> None:
     (p.rlhf / "tokenizer.model").unlink()
 
 
+def _lone_surrogate_token(p: Pair) -> None:
+    """Found by the long fuzz run: JSON can spell a token no tokenizer can hold."""
+    path = p.rlhf / "tokenizer_config.json"
+    cfg = json.loads(path.read_text())
+    cfg["added_tokens_decoder"]["32001"]["content"] = "\udcff"
+    path.write_bytes(json.dumps(cfg).encode())
+
+
 def _both_configs(**changes) -> Callable[[Pair], None]:  # noqa: ANN003
     def damage(p: Pair) -> None:
         _edit_json(p.sft / "config.json", **changes)
@@ -182,6 +190,7 @@ CASES = {
     "zero heads": (_both_configs(num_attention_heads=0), "non-positive head_count=0"),
     "heads do not group": (_both_configs(num_key_value_heads=3), "do not group into 3 KV heads"),
     "rope scaling": (_both_configs(rope_scaling={"type": "linear", "factor": 2.0}), "rope_scaling"),
+    "lone surrogate token": (_lone_surrogate_token, "is not valid Unicode text"),
     "bad added token id": (lambda p: (p.rlhf / "added_tokens.json").write_text('{"<|x|>": "abc"}'),
                            "not a non-negative integer"),
 }
