@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import ExpoError
 from .gguf_check import check_header, open_gguf
-from .runtime import _quant_name, _set_llama_log
+from .runtime import quant_name, set_llama_log
 
 # float32, not float16: float16's step (~1e-3 relative) would be as large as the KLD of Q8_0.
 CACHE_DTYPE = np.float32
@@ -159,7 +159,7 @@ def read_vocab(path: Path) -> VocabInfo:
         bos = llama_cpp.llama_vocab_bos(vocab)
         buf = ctypes.create_string_buffer(64)
         got = llama_cpp.llama_model_meta_val_str(model, b"general.file_type", buf, len(buf))
-        file_type = _quant_name(buf.value.decode() if got > 0 else None).removeprefix("ALL_")
+        file_type = quant_name(buf.value.decode() if got > 0 else None).removeprefix("ALL_")
     return VocabInfo(path, n, texts, bos if add_bos and bos >= 0 else None, file_type)
 
 
@@ -258,9 +258,9 @@ def score_file(path: Path, chunks: np.ndarray, opts: EvalOptions, *, reference: 
     ``reference`` and ``store`` are ``(n_chunks * scored_count(n_ctx), n_vocab)`` arrays of
     log-probabilities: ``store`` receives this file's (to serve as a reference later).
     """
-    path = check_header(path)
-    info = read_vocab(path)
-    _set_llama_log(opts.verbose)
+    info = read_vocab(path)  # checks the header too
+    path = info.path
+    set_llama_log(opts.verbose)
     ev = _Evaluator(path, opts)
     n_scored = scored_count(opts.n_ctx)
     nll, kld, same = [], [], []
@@ -309,7 +309,7 @@ def prepare(reference: Path, candidates: Sequence[Path], text_path: Path,
 
     Returns the chunks, the text's token count and the vocabulary size.
     """
-    _set_llama_log(opts.verbose)
+    set_llama_log(opts.verbose)
     for p in (reference, *candidates):
         check_header(p)
     ref = read_vocab(reference)

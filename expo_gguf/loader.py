@@ -14,7 +14,7 @@ import llama_cpp
 
 from .errors import ExpoError
 from .gguf_check import check_header, open_gguf, trained_context_length
-from .runtime import CUDA_HINT, ChatModel, ModelInfo, _quant_name, _set_llama_log, resolve_gpu_layers
+from .runtime import CUDA_HINT, ChatModel, ModelInfo, quant_name, set_llama_log, resolve_gpu_layers
 
 # llama.cpp's own fallback when a GGUF carries no template.
 CHATML_TEMPLATE = (
@@ -55,7 +55,7 @@ def _new_llama(opts: LoadOptions, path: Path, n_ctx: int, n_gpu_layers: int) -> 
 def load_model(opts: LoadOptions) -> ChatModel:
     """Load ``opts.model`` once for the session; bad files end in one ``ExpoError`` line."""
     path = check_header(opts.model)
-    _set_llama_log(opts.verbose)
+    set_llama_log(opts.verbose)
     n_gpu_layers, warning = resolve_gpu_layers(opts.n_gpu_layers)
     warnings, notes = [warning] if warning else [], []
     if not llama_cpp.llama_supports_gpu_offload() and not warning:
@@ -80,7 +80,7 @@ def load_model(opts: LoadOptions) -> ChatModel:
     info = ModelInfo(
         name=meta.get("general.name") or path.stem,
         path=path,
-        quant=_quant_name(meta.get("general.file_type")),
+        quant=quant_name(meta.get("general.file_type")),
         size_bytes=path.stat().st_size,
         # llama-cpp-python's token buffer holds what was asked for; llama.cpp may round its own
         # context up (to a multiple of 256), so the smaller of the two is what a prompt may use

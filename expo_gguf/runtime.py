@@ -42,7 +42,7 @@ def _llama_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         sys.stderr.write(text.decode("utf-8", errors="replace"))
 
 
-def _set_llama_log(verbose: bool) -> None:
+def set_llama_log(verbose: bool) -> None:
     global _show_llama_log
     _show_llama_log = verbose
     llama_cpp.llama_log_set(_llama_log, ctypes.c_void_p(0))
@@ -151,7 +151,7 @@ def resolve_gpu_layers(value: str | int, supports_gpu: bool | None = None) -> tu
     return n, None
 
 
-def _quant_name(file_type: str | None) -> str:
+def quant_name(file_type: str | None) -> str:
     try:
         return gguf.LlamaFileType(int(file_type or "")).name.removeprefix("MOSTLY_")
     except ValueError:
