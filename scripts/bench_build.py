@@ -18,10 +18,11 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from pathlib import Path
+
+from _models import LLAMA_CPP_SRC_HINT, llama_cpp_src  # scripts/, beside this file
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -124,19 +125,11 @@ def torch_extrapolate(sft: str, rlhf: str, out: str) -> None:
             shutil.copy(Path(rlhf) / f, Path(out) / f)
 
 
-def convert_script(workdir: Path, given: Path | None) -> Path:
-    """llama.cpp's converter from the llama-cpp-python sdist (downloaded once, never committed)."""
-    if given:
-        return given / "convert_hf_to_gguf.py"
-    from importlib.metadata import version
-
-    ver = version("llama-cpp-python")
-    src = workdir / f"llama_cpp_python-{ver}" / "vendor" / "llama.cpp"
-    if not (src / "convert_hf_to_gguf.py").exists():
-        subprocess.run([PY, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-                        f"llama-cpp-python=={ver}", "-d", str(workdir)], check=True)
-        with tarfile.open(workdir / f"llama_cpp_python-{ver}.tar.gz") as tar:
-            tar.extractall(workdir, filter="data")
+def convert_script(given: Path | None) -> Path:
+    """llama.cpp's converter: from --llama-cpp-src, else the llama-cpp-python sdist (fetched once per machine)."""
+    src = given or llama_cpp_src()
+    if src is None:
+        raise SystemExit(LLAMA_CPP_SRC_HINT)
     return src / "convert_hf_to_gguf.py"
 
 
@@ -171,7 +164,7 @@ def bench_shape(shape: str, args: argparse.Namespace, two_pass: bool) -> list[di
             merged = workdir / f"merged-{shape}"
             rows.append(measure([PY, __file__, "--_torch", str(sft), str(rlhf), str(merged)],
                                 "two-pass 1: torch extrapolate + save_pretrained"))
-            conv = convert_script(workdir, args.llama_cpp_src)
+            conv = convert_script(args.llama_cpp_src)
             rows.append(measure([PY, str(conv), str(merged), "--outtype", "q8_0", "--outfile",
                                  str(workdir / f"twopass-{shape}.gguf")], "two-pass 2: convert_hf_to_gguf --outtype q8_0"))
             for p in [workdir / f"twopass-{shape}.gguf", *merged.glob("*")]:
