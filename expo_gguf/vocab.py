@@ -1,9 +1,12 @@
-"""The tokenizer as llama.cpp needs it: SentencePiece pieces, added tokens, special ids, template.
+"""The tokenizer as llama.cpp needs it: pieces, added tokens, special ids, end of generation, template.
 
-gguf-py reads the SentencePiece pieces; the added tokens we type ourselves, because gguf-py marks
-them USER_DEFINED and OpenChat's ``<|end_of_turn|>`` must be CONTROL for llama.cpp to treat it as
-a special token (and never print it). llama.cpp does not know ``<|end_of_turn|>`` by name either,
-so we make it both eos and eot: generation then stops at the end of a turn.
+Two tokenizer kinds: SentencePiece ``tokenizer.model`` (Mistral, Llama 2; read by gguf-py) and
+byte-level BPE ``tokenizer.json`` (Llama 3; see vocab_bpe). Added tokens we type ourselves, as
+llama.cpp's converter does: special ones (OpenChat's ``<|end_of_turn|>``, Llama 3's
+``<|eot_id|>``) must be CONTROL for llama.cpp to treat them as special and never print them.
+Every end-of-generation id the RLHF checkpoint names (tokenizer_config.json's eos and
+generation_config.json's ``eos_token_id``, which may be a list) goes into the GGUF keys llama.cpp
+reads as end of generation: eos, eot, eom.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import gguf
 
 from .checkpoint import read_json
 from .errors import ExpoError
+from .vocab_bpe import load_bpe
 
 log = logging.getLogger("expo_gguf")
 
@@ -25,15 +29,26 @@ OPENCHAT_TEMPLATE = (
     "+ message['content'] + '<|end_of_turn|>'}}{% endfor %}{% if add_generation_prompt %}"
     "{{ 'GPT4 Correct Assistant:' }}{% endif %}"
 )
+# Token texts llama.cpp itself treats as end of generation (llama-vocab.cpp, load): an id among
+# these needs no GGUF key to stop generation.
+LLAMA_CPP_EOG_TEXTS = frozenset({
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>",
+    "<EOT>", "<|end_of_text|>", "<eos>",
+})
+CONTROL, USER_DEFINED, UNUSED, NORMAL = (int(gguf.TokenType.CONTROL), int(gguf.TokenType.USER_DEFINED),
+                                         int(gguf.TokenType.UNUSED), int(gguf.TokenType.NORMAL))
 
 
 @dataclass(frozen=True)
 class Vocab:
     """Everything the GGUF's ``tokenizer.*`` keys hold."""
 
+    model: str  # tokenizer.ggml.model: "llama" (SentencePiece) or "gpt2" (byte-level BPE)
+    pre: str  # tokenizer.ggml.pre: which of llama.cpp's pre-tokenizers
     tokens: list[bytes] = field(repr=False)
-    scores: list[float] = field(repr=False)
+    scores: list[float] | None = field(repr=False)
     types: list[int] = field(repr=False)
+    merges: list[str] = field(repr=False)
     special_ids: dict[str, int]
     add_bos: bool
     add_eos: bool
@@ -41,11 +56,14 @@ class Vocab:
     warnings: tuple[str, ...] = ()
 
     def add_to(self, w: gguf.GGUFWriter) -> None:
-        w.add_tokenizer_model("llama")
-        w.add_tokenizer_pre("default")
+        w.add_tokenizer_model(self.model)
+        w.add_tokenizer_pre(self.pre)
         w.add_token_list(self.tokens)
-        w.add_token_scores(self.scores)
+        if self.scores is not None:
+            w.add_token_scores(self.scores)
         w.add_token_types(self.types)
+        if self.merges:
+            w.add_token_merges(self.merges)
         for kind, tid in self.special_ids.items():
             getattr(w, f"add_{kind}_token_id")(tid)
         w.add_add_bos_token(self.add_bos)
@@ -72,24 +90,45 @@ def _token_id(value: object, where: Path) -> int:
     raise ExpoError(f"{where}: token id {value!r} is not a non-negative integer")
 
 
-def _chat_template(root: Path, tok_config: dict) -> tuple[str, str | None]:
-    """The checkpoint's own template byte for byte; OpenChat's only as an announced fallback."""
+def looks_special(text: str) -> bool:
+    """Added tokens some checkpoints forget to mark special; llama.cpp's converter types them CONTROL too."""
+    return (text.startswith("<|") and text.endswith("|>")) or text in ("<pad>", "<mask>")
+
+
+def _read_template(path: Path) -> str:
+    try:
+        text = path.read_bytes().decode("utf-8")  # byte for byte: no newline translation
+    except OSError as e:
+        raise ExpoError(f"chat template {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ExpoError(f"chat template {path}: not UTF-8 text") from None
+    if not text.strip():
+        raise ExpoError(f"chat template {path} is empty")
+    return text
+
+
+def _chat_template(root: Path, tok_config: dict, override: Path | None, has_end_of_turn: bool) -> tuple[str, str | None]:
+    """--chat-template, else the checkpoint's own byte for byte; OpenChat's only for an OpenChat vocab."""
+    if override is not None:
+        return _read_template(override), None
     tmpl = tok_config.get("chat_template")
     if isinstance(tmpl, list):  # named templates: take the default one, as transformers does
         tmpl = next((t.get("template") for t in tmpl if isinstance(t, dict) and t.get("name") == "default"), None)
     if isinstance(tmpl, str) and tmpl:
         return tmpl, None
-    jinja = root / "chat_template.jinja"
-    if jinja.is_file():
-        return jinja.read_bytes().decode("utf-8"), None  # byte for byte: no newline translation
-    return OPENCHAT_TEMPLATE, f"{root.name} has no chat template; writing the OpenChat one"
+    if (root / "chat_template.jinja").is_file():
+        return _read_template(root / "chat_template.jinja"), None
+    tmpl = read_json(root / "chat_template.json", "chat template", required=False).get("chat_template")
+    if isinstance(tmpl, str) and tmpl:
+        return tmpl, None
+    if has_end_of_turn:
+        return OPENCHAT_TEMPLATE, f"{root.name} has no chat template; writing the OpenChat one (its vocab has {END_OF_TURN})"
+    raise ExpoError(f"{root} has no chat template (tokenizer_config.json chat_template, chat_template.jinja); "
+                    "give one with --chat-template FILE")
 
 
-def load_vocab(root: Path, vocab_size: int) -> Vocab:
-    """Read ``tokenizer.model`` + ``tokenizer_config.json`` into exactly ``vocab_size`` tokens."""
-    if not (root / "tokenizer.model").is_file():
-        raise ExpoError(f"{root}: no tokenizer.model (a SentencePiece tokenizer is required)")
-    tok_config = read_json(root / "tokenizer_config.json", "tokenizer config", required=False)
+def _added_tokens(root: Path, tok_config: dict) -> dict[int, tuple[str, bool]]:
+    """id -> (content, special) from added_tokens.json and tokenizer_config.json's decoder."""
     added_json = root / "added_tokens.json"
     added: dict[int, tuple[str, bool]] = {}
     for content, tid in read_json(added_json, "added tokens", required=False).items():
@@ -102,64 +141,148 @@ def load_vocab(root: Path, vocab_size: int) -> Vocab:
         if content is not None:
             special = bool(tok.get("special", False)) if isinstance(tok, dict) else True
             added[_token_id(tid, root / "tokenizer_config.json")] = (content, special)
+    return added
+
+
+@dataclass
+class _Pieces:
+    """The vocabulary being assembled: the tokenizer's own pieces, then added tokens and padding."""
+
+    model: str
+    pre: str
+    tokens: list[bytes]
+    scores: list[float] | None
+    types: list[int]
+    merges: list[str]
+    special: dict[str, int]  # ids the tokenizer model itself names
+    add_bos: bool | None
+
+    def append(self, text: bytes, ttype: int) -> None:
+        self.tokens.append(text)
+        self.types.append(ttype)
+        if self.scores is not None:
+            self.scores.append(-1000.0)
+
+
+def _sentencepiece(root: Path) -> _Pieces:
     try:  # after our own checks of the JSON files, which gguf-py reads again less carefully
         spm = gguf.SentencePieceVocab(root)
     except Exception as e:  # sentencepiece raises plain RuntimeError/OSError on a bad file
         raise ExpoError(f"{root}: tokenizer files cannot be read: {e}") from None
-    tokens, scores, types = [], [], []
+    pieces = _Pieces("llama", "default", [], [], [], [], {}, None)
     for text, score, ttype in spm.sentencepiece_tokens():
-        tokens.append(text)
-        scores.append(score)
-        types.append(int(ttype))
-    n_base = len(tokens)
-    warnings: list[str] = []
+        pieces.tokens.append(text)
+        pieces.scores.append(score)  # type: ignore[union-attr]
+        pieces.types.append(int(ttype))
+    sp = spm.sentencepiece_tokenizer
+    pieces.special = {k: v for k, v in (("bos", sp.bos_id()), ("eos", sp.eos_id()), ("unk", sp.unk_id())) if v >= 0}
+    return pieces
 
+
+def _bpe(root: Path, added: dict[int, tuple[str, bool]]) -> _Pieces:
+    base = load_bpe(root)
+    for tid, entry in base.added.items():
+        added.setdefault(tid, entry)  # tokenizer_config.json's decoder, read first, wins
+    return _Pieces("gpt2", base.pre, [t.encode("utf-8") for t in base.tokens], None, [NORMAL] * len(base.tokens),
+                   base.merges, {}, base.add_bos)
+
+
+def _place_added(p: _Pieces, added: dict[int, tuple[str, bool]], vocab_size: int, root: Path,
+                 warnings: list[str]) -> None:
+    n_base = len(p.tokens)
     for tid in sorted(added):
         content, special = added[tid]
+        ttype = CONTROL if special or looks_special(content) else USER_DEFINED
         if tid < n_base:
-            if tokens[tid].decode("utf-8", "replace") != content:
-                raise ExpoError(f"{root}: added token {tid} {content!r} clashes with piece {tokens[tid]!r}")
+            if p.tokens[tid].decode("utf-8", "replace") != content:
+                raise ExpoError(f"{root}: added token {tid} {content!r} clashes with piece {p.tokens[tid]!r}")
+            if p.types[tid] == NORMAL:
+                p.types[tid] = ttype
             continue
         if tid >= vocab_size:
             warnings.append(f"added token {content!r} (id {tid}) is beyond the {vocab_size} embedding rows; dropped")
             continue
-        while len(tokens) < tid:  # a gap in the ids: fill as llama.cpp's converter does
-            tokens.append(f"[PAD{len(tokens)}]".encode())
-            scores.append(-1000.0)
-            types.append(int(gguf.TokenType.UNUSED))
-        tokens.append(content.encode("utf-8"))
-        scores.append(-1000.0)
-        types.append(int(gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED))
-    while len(tokens) < vocab_size:
-        tokens.append(f"[PAD{len(tokens)}]".encode())
-        scores.append(-1000.0)
-        types.append(int(gguf.TokenType.UNUSED))
-    if len(tokens) > vocab_size:
-        raise ExpoError(f"{root}: tokenizer has {len(tokens)} tokens, config.json vocab_size {vocab_size}")
+        while len(p.tokens) < tid:  # a gap in the ids: fill as llama.cpp's converter does
+            p.append(f"[PAD{len(p.tokens)}]".encode(), UNUSED)
+        p.append(content.encode("utf-8"), ttype)
+    while len(p.tokens) < vocab_size:
+        p.append(f"[PAD{len(p.tokens)}]".encode(), UNUSED)
+    if len(p.tokens) > vocab_size:
+        raise ExpoError(f"{root}: tokenizer has {len(p.tokens)} tokens, config.json vocab_size {vocab_size}")
 
-    ids = {t.decode("utf-8", "replace"): i for i, t in enumerate(tokens)}
-    special: dict[str, int] = {
-        "bos": spm.sentencepiece_tokenizer.bos_id(),
-        "eos": spm.sentencepiece_tokenizer.eos_id(),
-        "unk": spm.sentencepiece_tokenizer.unk_id(),
-    }
+
+def _eos_ids(root: Path, tok_config: dict, ids: dict[str, int]) -> list[int]:
+    """Every id the checkpoint says ends generation: tokenizer_config's eos first, then the
+    generation config's ``eos_token_id`` (an int or a list)."""
+    out = []
+    content = _token_content(tok_config.get("eos_token"))
+    if content is not None and content in ids:
+        out.append(ids[content])
+    where = root / "generation_config.json"
+    gen = read_json(where, "generation config", required=False).get("eos_token_id")
+    for tid in gen if isinstance(gen, list) else [] if gen is None else [gen]:
+        out.append(_token_id(tid, where))
+    return list(dict.fromkeys(out))
+
+
+def _special_ids(root: Path, tok_config: dict, p: _Pieces, vocab_size: int, warnings: list[str]) -> dict[str, int]:
+    ids = {t.decode("utf-8", "replace"): i for i, t in enumerate(p.tokens)}
+    special = dict(p.special)
     for kind in ("bos", "eos", "unk", "pad"):
         content = _token_content(tok_config.get(f"{kind}_token"))
         if content is not None and content in ids:
             special[kind] = ids[content]
-    if END_OF_TURN in ids:
-        special["eos"] = special["eot"] = ids[END_OF_TURN]
-    special = {k: v for k, v in special.items() if v is not None and 0 <= v < vocab_size}
+    eog = [t for t in _eos_ids(root, tok_config, ids) if t < vocab_size]
+    if END_OF_TURN in ids:  # OpenChat: the end of a turn is the end of generation
+        eog = list(dict.fromkeys([ids[END_OF_TURN], *eog]))
+        special["eot"] = ids[END_OF_TURN]
+    if eog:
+        special["eos"] = eog[0]
+    text = {t: p.tokens[t].decode("utf-8", "replace") for t in eog}
+    for t in eog:
+        if text[t] == "<|eot_id|>":
+            special.setdefault("eot", t)
+        if text[t] == "<|eom_id|>":
+            special.setdefault("eom", t)
+    for t in eog:
+        if t in (special.get("eos"), special.get("eot"), special.get("eom")):
+            continue
+        slot = next((k for k in ("eot", "eom") if k not in special), None)
+        if slot:
+            special[slot] = t
+        elif text[t] not in LLAMA_CPP_EOG_TEXTS:
+            warnings.append(f"token {text[t]!r} (id {t}) ends generation in {root.name}, but a GGUF marks at "
+                            "most three (eos, eot, eom): llama.cpp will not stop at it")
+    return {k: v for k, v in special.items() if 0 <= v < vocab_size}
 
-    template, warning = _chat_template(root, tok_config)
+
+def load_vocab(root: Path, vocab_size: int, chat_template: Path | None = None) -> Vocab:
+    """The RLHF checkpoint's tokenizer as exactly ``vocab_size`` tokens (the embedding rows)."""
+    tok_config = read_json(root / "tokenizer_config.json", "tokenizer config", required=False)
+    added = _added_tokens(root, tok_config)
+    if (root / "tokenizer.model").is_file():
+        pieces = _sentencepiece(root)
+    elif (root / "tokenizer.json").is_file():
+        pieces = _bpe(root, added)
+    else:
+        raise ExpoError(f"{root}: no tokenizer (tokenizer.model or tokenizer.json)")
+    warnings: list[str] = []
+    _place_added(pieces, added, vocab_size, root, warnings)
+    special = _special_ids(root, tok_config, pieces, vocab_size, warnings)
+    template, warning = _chat_template(root, tok_config, chat_template,
+                                       any(t == END_OF_TURN.encode() for t in pieces.tokens))
     if warning:
         warnings.append(warning)
+    add_bos = tok_config.get("add_bos_token", pieces.add_bos if pieces.add_bos is not None else pieces.model == "llama")
     return Vocab(
-        tokens=tokens,
-        scores=scores,
-        types=types,
+        model=pieces.model,
+        pre=pieces.pre,
+        tokens=pieces.tokens,
+        scores=pieces.scores,
+        types=pieces.types,
+        merges=pieces.merges,
         special_ids=special,
-        add_bos=bool(tok_config.get("add_bos_token", True)),
+        add_bos=bool(add_bos),
         add_eos=bool(tok_config.get("add_eos_token", False)),
         chat_template=template,
         warnings=tuple(warnings),
