@@ -68,29 +68,39 @@ class _Worker:
         self.max_elems = max((j.chunk_rows * j.rlhf.row_elems for j in plan.tensors), default=1)
 
     def _buffers(self) -> list[np.ndarray]:
-        """Raw bytes for: RLHF as stored, SFT as stored, RLHF float32, SFT float32."""
+        """Raw bytes for: RLHF as stored, SFT as stored, RLHF float32, SFT float32, and with
+        several alphas a result buffer (RLHF must survive until the last alpha)."""
         if not hasattr(self.local, "bufs"):
-            self.local.bufs = [np.empty(self.max_elems * 4, np.uint8) for _ in range(4)]
+            n = 5 if len(self.plan.request.alphas) > 1 else 4
+            self.local.bufs = [np.empty(self.max_elems * 4, np.uint8) for _ in range(n)]
         return self.local.bufs
 
     def __call__(self, i: int, job: TensorJob, start: int, stop: int) -> list[np.ndarray]:
-        raw_r, raw_s, f_r, f_s = self._buffers()
+        bufs = self._buffers()
+        raw_r, raw_s, f_r, f_s = bufs[:4]
         stored_r = self.reader.read_rows(job.rlhf, start, stop, raw_r.view(DTYPES[job.rlhf.dtype]))
         stored_s = self.reader.read_rows(job.sft, start, stop, raw_s.view(DTYPES[job.sft.dtype]))
         r = widen(stored_r, job.rlhf.dtype, f_r.view(np.float32))
         s = widen(stored_s, job.sft.dtype, f_s.view(np.float32))
-        x = extrapolate(r, s, self.plan.request.alpha, out=r)
-        if not np.isfinite(x).all():
-            raise ExpoError(
-                f"{job.rlhf.name}: NaN or Inf in the result (rows {start}-{stop}); "
-                "are both checkpoints intact?", exit_code=1,
-            )
-        x = x.reshape(stop - start, -1) if len(job.shape) > 1 else x.reshape(1, -1)
-        if job.rope_rows:
-            x = permute_rows(x, job.rope_rows)
-        results = [quantize_rows(x, out.types[i]) for out in self.plan.streamed]  # type: ignore[index]
-        # F32 output is x itself: copy it out of this thread's buffer before the next chunk reuses it
-        return [res.copy() if np.may_share_memory(res, f_r) else res for res in results]
+        alphas = self.plan.request.alphas
+        results: list[np.ndarray] = [np.empty(0)] * len(self.plan.streamed)
+        for k, alpha in enumerate(alphas):
+            # the last alpha may overwrite RLHF in place; earlier ones go to the result buffer
+            x = extrapolate(r, s, alpha, out=r if k == len(alphas) - 1 else bufs[4].view(np.float32)[: r.size])
+            if not np.isfinite(x).all():
+                raise ExpoError(
+                    f"{job.rlhf.name}: NaN or Inf in the result (rows {start}-{stop}); "
+                    "are both checkpoints intact?", exit_code=1,
+                )
+            x = x.reshape(stop - start, -1) if len(job.shape) > 1 else x.reshape(1, -1)
+            if job.rope_rows:
+                x = permute_rows(x, job.rope_rows)
+            for j, out in enumerate(self.plan.streamed):
+                if out.alpha == alpha:
+                    res = quantize_rows(x, out.types[i])  # type: ignore[index]
+                    # F32 output is x itself: copy it out of this thread's buffers before they are reused
+                    results[j] = res.copy() if any(np.may_share_memory(res, b) for b in bufs[2:]) else res
+        return results
 
     def close(self) -> None:
         self.reader.close()

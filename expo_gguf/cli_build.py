@@ -13,7 +13,9 @@ from rich.table import Table
 from . import build as build_mod
 from .cli import cli
 from .gguf_info import describe, render_info
+from .errors import ExpoError
 from .plan import BuildRequest, Plan, make_plan, usable_cores
+from .presets import find_preset, load_presets
 from .quantize import QUANTS, parse_quants
 from .requantize import requantize
 from .units import human_bytes
@@ -36,7 +38,7 @@ class RichProgress(build_mod.Progress):
 
 def print_plan(plan: Plan) -> None:
     r = plan.request
-    console.print(f"[bold]{plan.name}[/]  alpha={r.alpha:g}  ({plan.hparams.architecture}, "
+    console.print(f"[bold]{plan.name}[/]  alpha={','.join(f'{a:g}' for a in r.alphas)}  ({plan.hparams.architecture}, "
                   f"{plan.hparams.block_count} layers, vocab {plan.hparams.vocab_size})")
     console.print(f"  RLHF {plan.rlhf.label}  ({plan.rlhf.path})")
     console.print(f"  SFT  {plan.sft.label}  ({plan.sft.path})")
@@ -55,13 +57,27 @@ def print_plan(plan: Plan) -> None:
                   + ("[green]ok[/]" if ok else "[red]NOT ENOUGH[/]"))
 
 
+def parse_alphas(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(a) for a in text.split(","))
+    except ValueError:
+        raise ExpoError(f"--alpha {text!r}: a number or a comma-separated list of numbers") from None
+
+
 @cli.command()
-@click.option("--sft", default="openchat/openchat-3.5-0106", show_default=True,
-              help="SFT checkpoint: a local directory or a Hugging Face repo id (looked up in the local HF cache, never downloaded).")
-@click.option("--rlhf", default="Nexusflow/Starling-LM-7B-beta", show_default=True,
-              help="RLHF (aligned) checkpoint: a local directory or a repo id in the HF cache.")
-@click.option("--alpha", type=float, default=0.5, show_default=True,
-              help="Extrapolation strength: theta = rlhf + alpha * (rlhf - sft). 0 gives RLHF, -1 gives SFT.")
+@click.option("--preset", default=None, metavar="NAME",
+              help="A published ExPO model (see `expo-gguf presets`): fills --sft, --rlhf, --alpha and --name "
+                   "[default: starling-lm-7b-beta].")
+@click.option("--sft", default=None,
+              help="SFT checkpoint: a local directory or a Hugging Face repo id (looked up in the local HF cache, "
+                   "never downloaded) [default: the preset's].")
+@click.option("--rlhf", default=None,
+              help="RLHF (aligned) checkpoint: a local directory or a repo id in the HF cache [default: the preset's].")
+@click.option("--alpha", "alpha_text", default=None, metavar="A[,A...]",
+              help="Extrapolation strength: theta = rlhf + alpha * (rlhf - sft); 0 gives RLHF, -1 gives SFT "
+                   "[default: the preset's]. Several (0.1,0.3,0.5): one read of the inputs, files NAME-aALPHA-QUANT.gguf.")
+@click.option("--chat-template", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Jinja chat template file to write instead of the RLHF checkpoint's own.")
 @click.option("-q", "--quant", "quant_text", default="q8_0", show_default=True, metavar="LIST",
               help=f"Comma-separated quant types, case-insensitive: {', '.join(QUANTS)}. "
                    "All come from one extrapolation pass.")
@@ -70,8 +86,8 @@ def print_plan(plan: Plan) -> None:
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @click.option("--dry-run", is_flag=True, help="Check both checkpoints and print the plan (sizes, RAM, disk); write nothing.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="Worker threads [default: all cores].")
-def build(sft: str, rlhf: str, alpha: float, quant_text: str, outdir: Path, name: str | None,
-          force: bool, dry_run: bool, threads: int | None) -> None:
+def build(preset: str | None, sft: str | None, rlhf: str | None, alpha_text: str | None, chat_template: Path | None,
+          quant_text: str, outdir: Path, name: str | None, force: bool, dry_run: bool, threads: int | None) -> None:
     """Extrapolate SFT -> RLHF and write GGUF files that llama.cpp runs.
 
     Reads both checkpoints once, tensor by tensor (memory stays flat), and writes every requested
@@ -79,8 +95,12 @@ def build(sft: str, rlhf: str, alpha: float, quant_text: str, outdir: Path, name
     quantizer from a 16-bit intermediate, removed afterwards unless f16 was asked for. Beside each
     GGUF goes an Ollama Modelfile (NAME-QUANT.Modelfile).
     """
-    req = BuildRequest(sft, rlhf, alpha, tuple(parse_quants(quant_text)), outdir, name, force,
-                       threads or usable_cores())
+    p = find_preset(preset) if preset else load_presets()[0]
+    if name is None and (rlhf is None or rlhf == p.rlhf):  # the preset's name only for the preset's model
+        name = p.output_name
+    alphas = parse_alphas(alpha_text) if alpha_text is not None else (p.alpha,)
+    req = BuildRequest(sft or p.sft, rlhf or p.rlhf, alphas, tuple(parse_quants(quant_text)), outdir, name, force,
+                       threads or usable_cores(), chat_template)
     plan = make_plan(req)
     for w in plan.warnings:
         err.print(f"[yellow]warning:[/] {w}")
@@ -120,3 +140,14 @@ def quantize(src: Path, quant_text: str, out: Path | None, force: bool, threads:
         raise click.UsageError("quantize takes one --quant")
     result = requantize(src, quants[0], out, force, threads or usable_cores())
     console.print(f"{result.path}  {result.quant}  {human_bytes(result.nbytes)}  {result.seconds:.1f}s  sha256 {result.sha256}")
+
+
+@cli.command()
+def presets() -> None:
+    """The published ExPO models `build --preset NAME` reproduces, with the alpha of each model card."""
+    t = Table()
+    for col in ("preset", "SFT", "RLHF", "alpha", "source (model card)"):
+        t.add_column(col, overflow="fold")
+    for i, p in enumerate(load_presets()):
+        t.add_row(p.name + (" (default)" if i == 0 else ""), p.sft, p.rlhf, f"{p.alpha:g}", p.source)
+    console.print(t)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import gguf
 import numpy as np
 
@@ -17,6 +19,7 @@ from .errors import ExpoError
 ARCH = gguf.MODEL_ARCH.LLAMA
 ARCH_NAME = gguf.MODEL_ARCH_NAMES[ARCH]
 SUPPORTED_ARCHITECTURES = ("MistralForCausalLM", "LlamaForCausalLM")
+ROPE_TYPES = ("default", "linear", "llama3")
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,35 @@ class HParams:
     rms_eps: float
     vocab_size: int
     tie_word_embeddings: bool
+    rope_scaling: tuple[tuple[str, float | str], ...] = ()  # sorted (key, value) of config's rope_scaling
+
+    @property
+    def rope(self) -> dict[str, float | str]:
+        return dict(self.rope_scaling)
+
+    @property
+    def rope_type(self) -> str:
+        return str(self.rope.get("rope_type", "default"))
+
+
+def _rope_scaling(config: dict) -> tuple[tuple[str, float | str], ...]:
+    """config.json's rope_scaling (or transformers 5's rope_parameters), in one hashable form;
+    ``type`` (older configs) is read as ``rope_type``."""
+    raw = config.get("rope_parameters", config.get("rope_scaling")) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"rope_scaling {raw!r} is not an object")
+    out: dict[str, float | str] = {}
+    for key, value in raw.items():
+        key = "rope_type" if key == "type" else key
+        if key == "rope_theta":
+            continue  # read as the base frequency
+        if isinstance(value, str):
+            out[key] = value.lower() if key == "rope_type" else value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = float(value)
+        else:
+            raise ValueError(f"rope_scaling.{key} = {value!r}")
+    return tuple(sorted(out.items()))
 
 
 def hparams_from_config(config: dict, where: str) -> HParams:
@@ -54,10 +86,11 @@ def hparams_from_config(config: dict, where: str) -> HParams:
             head_count=n_head,
             head_count_kv=int(config.get("num_key_value_heads") or n_head),
             head_dim=int(config.get("head_dim") or (hidden // n_head if n_head > 0 else 0)),
-            rope_freq_base=float(config.get("rope_theta", 10000.0)),
+            rope_freq_base=float(config.get("rope_theta", (config.get("rope_parameters") or {}).get("rope_theta", 10000.0))),
             rms_eps=float(config.get("rms_norm_eps", 1e-5)),
             vocab_size=int(config["vocab_size"]),
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            rope_scaling=_rope_scaling(config),
         )
     except KeyError as e:
         raise ExpoError(f"{where}: config.json lacks {e.args[0]}") from None
@@ -76,9 +109,11 @@ def check_hparams(hp: HParams, config: dict, where: str) -> None:
         raise ExpoError(f"{where}: {hp.head_count} attention heads do not group into {hp.head_count_kv} KV heads")
     if hp.head_dim % 2:
         raise ExpoError(f"{where}: head_dim {hp.head_dim} is odd; rotary embeddings need it even")
-    scaling = config.get("rope_scaling")
-    if scaling and not (isinstance(scaling, dict) and scaling.get("rope_type", scaling.get("type")) == "default"):
-        raise ExpoError(f"{where}: rope_scaling {scaling!r} is not supported yet")
+    rope = hp.rope
+    if hp.rope_type not in ROPE_TYPES:
+        raise ExpoError(f"{where}: rope_scaling type {hp.rope_type!r} is not supported; supported: {', '.join(ROPE_TYPES)}")
+    if hp.rope_type != "default" and not (isinstance(rope.get("factor"), float) and rope["factor"] > 0):
+        raise ExpoError(f"{where}: rope_scaling {hp.rope_type} needs a positive factor, got {rope.get('factor')!r}")
     if config.get("attention_bias") or config.get("mlp_bias"):
         raise ExpoError(f"{where}: attention/MLP biases are not supported yet")
 
@@ -99,12 +134,14 @@ def expected_shapes(hp: HParams) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def tensor_names(names: list[str], block_count: int) -> dict[str, str]:
+def tensor_names(names: list[str], hp: HParams) -> dict[str, str]:
     """HF name -> GGUF name for every tensor; an unmapped name is an error, never a skip."""
-    tmap = gguf.get_tensor_name_map(ARCH, block_count)
+    tmap = gguf.get_tensor_name_map(ARCH, hp.block_count)
     out, unmapped = {}, []
     for name in names:
         if name.endswith(".rotary_emb.inv_freq"):  # buffers some exporters save; recomputed by llama.cpp
+            continue
+        if hp.tie_word_embeddings and name == "lm_head.weight":  # a saved copy of the tied embedding
             continue
         new = tmap.get_name(name, try_suffixes=(".weight", ".bias"))
         if new is None:
@@ -135,6 +172,33 @@ def permute_rows(rows: np.ndarray, n_rows_per_head: int) -> np.ndarray:
     )
 
 
+def rope_freqs(hp: HParams) -> np.ndarray | None:
+    """Llama 3.1's frequency factors, which llama.cpp reads from a ``rope_freqs`` tensor: derived
+    as llama.cpp's converter does (``LlamaModel.generate_extra_tensors``), in float32 arithmetic
+    step for step as its torch code runs, so the bytes match the converter's."""
+    if hp.rope_type != "llama3":
+        return None
+    f32 = np.float32
+    rope = hp.rope
+    factor = f32(rope.get("factor", 8.0))
+    low, high = f32(rope.get("low_freq_factor", 1.0)), f32(rope.get("high_freq_factor", 4.0))
+    old_ctx = f32(rope.get("original_max_position_embeddings", 8192))
+    low_wavelen, high_wavelen = f32(old_ctx / low), f32(old_ctx / high)
+    dim = hp.head_dim
+    freqs = f32(1) / (f32(hp.rope_freq_base) ** (np.arange(0, dim, 2, dtype=f32) / f32(dim)))
+    factors = np.empty(len(freqs), f32)
+    for i, freq in enumerate(freqs):
+        wavelen = (f32(1) / freq) * f32(2 * math.pi)  # torch evaluates scalar / tensor this way
+        if wavelen < high_wavelen:
+            factors[i] = 1
+        elif wavelen > low_wavelen:
+            factors[i] = factor
+        else:
+            smooth = ((f32(1) / wavelen) * old_ctx - low) / (high - low)
+            factors[i] = f32(1) / ((f32(1) - smooth) / factor + smooth)
+    return factors
+
+
 def add_hparams(w: gguf.GGUFWriter, hp: HParams) -> None:
     w.add_context_length(hp.context_length)
     w.add_embedding_length(hp.embedding_length)
@@ -149,3 +213,6 @@ def add_hparams(w: gguf.GGUFWriter, hp: HParams) -> None:
     if hp.head_dim != hp.embedding_length // hp.head_count:
         w.add_key_length(hp.head_dim)
         w.add_value_length(hp.head_dim)
+    if hp.rope_type == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(float(hp.rope["factor"]))

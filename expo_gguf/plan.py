@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
+import numpy as np
 
 from .checkpoint import Checkpoint, TensorRef, load_checkpoint
 from .errors import ExpoError
-from .mapping import HParams, check_hparams, expected_shapes, hparams_from_config, rope_heads, tensor_names
+from .mapping import HParams, check_hparams, expected_shapes, hparams_from_config, rope_freqs, rope_heads, tensor_names
 from .quantize import INTERMEDIATE, Quant, nbytes, tensor_type
 from .vocab import Vocab, load_vocab
 
@@ -30,12 +31,13 @@ class BuildRequest:
 
     sft: str
     rlhf: str
-    alpha: float
+    alphas: tuple[float, ...]
     quants: tuple[Quant, ...]
     outdir: Path
     name: str | None = None
     force: bool = False
     threads: int = 1
+    chat_template: Path | None = None  # overrides the RLHF checkpoint's own
 
 
 @dataclass(frozen=True)
@@ -50,11 +52,20 @@ class TensorJob:
     chunk_rows: int
 
 
+@dataclass(frozen=True, eq=False)
+class ExtraTensor:
+    """A tensor llama.cpp needs that no checkpoint holds (Llama 3.1's ``rope_freqs``): always F32."""
+
+    gguf_name: str
+    data: np.ndarray
+
+
 @dataclass(frozen=True)
 class Output:
     """One GGUF file the build writes; ``types`` is per tensor for files we stream ourselves."""
 
     quant: Quant
+    alpha: float
     path: Path
     nbytes: int
     types: tuple[gguf.GGMLQuantizationType, ...] | None  # None: written by llama.cpp from `source`
@@ -71,6 +82,7 @@ class Plan:
     hparams: HParams
     vocab: Vocab
     tensors: tuple[TensorJob, ...]
+    extra: tuple[ExtraTensor, ...]
     streamed: tuple[Output, ...]
     derived: tuple[Output, ...]
     warnings: tuple[str, ...]
@@ -87,7 +99,7 @@ class Plan:
     @property
     def peak_ram(self) -> int:
         """Worker buffers (two inputs and every output per chunk in flight) plus vocab and Python."""
-        per_chunk = CHUNK_ELEMS * 4 * (3 + len(self.streamed))
+        per_chunk = CHUNK_ELEMS * 4 * (3 + min(len(self.request.alphas), 2) + len(self.streamed))
         return self.request.threads * 3 * per_chunk + len(self.vocab.tokens) * 64 + 150 * 2**20
 
 
@@ -155,19 +167,33 @@ def _free_space(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
-def make_plan(req: BuildRequest) -> Plan:
-    if not math.isfinite(req.alpha):
-        raise ExpoError(f"alpha must be a finite number, got {req.alpha}")
+def output_path(req: BuildRequest, name: str, alpha: float, label: str) -> Path:
+    """NAME-QUANT.gguf, or NAME-a0.3-QUANT.gguf when one build writes several alphas."""
+    return req.outdir / (f"{name}-a{alpha:g}-{label}.gguf" if len(req.alphas) > 1 else f"{name}-{label}.gguf")
+
+
+def _check_request(req: BuildRequest) -> None:
+    if not req.alphas:
+        raise ExpoError("no alpha given")
+    bad = [a for a in req.alphas if not math.isfinite(a)]
+    if bad:
+        raise ExpoError(f"alpha must be a finite number, got {bad[0]}")
+    if len({f"{a:g}" for a in req.alphas}) != len(req.alphas):
+        raise ExpoError(f"alpha {', '.join(f'{a:g}' for a in req.alphas)}: each alpha once")
     name = req.name
     if name is not None and (not name or "/" in name or "\\" in name or name.startswith(".")):
         raise ExpoError(f"--name {name!r}: a file name, not a path")
+
+
+def make_plan(req: BuildRequest) -> Plan:
+    _check_request(req)
     rlhf = load_checkpoint(req.rlhf)
     sft = load_checkpoint(req.sft)
     hp = _check_pair(sft, rlhf)
     check_hparams(hp, rlhf.config, rlhf.label)
-    names = tensor_names(list(rlhf.tensors), hp.block_count)
+    names = tensor_names(list(rlhf.tensors), hp)
     _check_against_config(rlhf, names, hp)
-    vocab = load_vocab(rlhf.path, hp.vocab_size)
+    vocab = load_vocab(rlhf.path, hp.vocab_size, req.chat_template)
     order = sorted(names, key=lambda n: (str(rlhf.tensors[n].file), rlhf.tensors[n].offset))
     jobs = []
     for hf_name in order:
@@ -178,40 +204,47 @@ def make_plan(req: BuildRequest) -> Plan:
             raise ExpoError(f"{hf_name}: {ref.shape[0]} rows do not hold {heads} heads of {hp.head_dim}")
         jobs.append(TensorJob(names[hf_name], ref.shape, ref, sft.tensors[hf_name], rope_rows,
                               _chunk_rows(ref.shape, rope_rows)))
+    freqs = rope_freqs(hp)
+    extra = (ExtraTensor("rope_freqs.weight", freqs),) if freqs is not None else ()
 
-    name = name or default_name(rlhf)
+    name = req.name or default_name(rlhf)
     warnings = list(vocab.warnings)
     streamed: list[Output] = []
-    for quant in [q for q in req.quants if not q.by_llama_cpp]:
-        streamed.append(_streamed_output(quant, req.outdir / f"{name}-{quant.label}.gguf", jobs, warnings))
     derived: list[Output] = []
-    kquants = [q for q in req.quants if q.by_llama_cpp]
-    if kquants:
+    extra_bytes = sum(t.data.nbytes for t in extra)
+    for alpha in req.alphas:
+        floats: dict[str, Output] = {}
+        for quant in [q for q in req.quants if not q.by_llama_cpp]:
+            out = _streamed_output(quant, alpha, output_path(req, name, alpha, quant.label), jobs, extra_bytes, warnings)
+            streamed.append(out)
+            floats[quant.name] = out
+        kquants = [q for q in req.quants if q.by_llama_cpp]
+        if not kquants:
+            continue
         # a float file the user asked for doubles as the source, the most precise first
-        floats = [o for name in ("f32", "f16", "bf16") for o in streamed if o.quant.name == name]
-        source = floats[0] if floats else None
+        source = next((floats[n] for n in ("f32", "f16", "bf16") if n in floats), None)
         if source is None:
-            path = req.outdir / f".{name}-{INTERMEDIATE.label}.intermediate.gguf"
-            source = _streamed_output(INTERMEDIATE, path, jobs, [], temporary=True)
+            tmp = output_path(req, f".{name}", alpha, f"{INTERMEDIATE.label}.intermediate")
+            source = _streamed_output(INTERMEDIATE, alpha, tmp, jobs, extra_bytes, [], temporary=True)
             streamed.append(source)
         for quant in kquants:
             # an estimate: llama.cpp's mixes keep some tensors at Q6_K/Q8_0 (+7% at 7B for Q4_K_M, +29% tiny)
             size = int(1.3 * sum(nbytes(tensor_type(quant, j.gguf_name, j.shape)[0], j.shape) for j in jobs))
-            derived.append(Output(quant, req.outdir / f"{name}-{quant.label}.gguf", size, None, source.path))
+            derived.append(Output(quant, alpha, output_path(req, name, alpha, quant.label), size, None, source.path))
     existing = [o.path for o in streamed + derived if o.path.exists() and not o.temporary]
     if existing and not req.force:
         raise ExpoError(f"{existing[0]} exists{' (and more)' if len(existing) > 1 else ''}; use --force to overwrite")
-    return Plan(req, name, sft, rlhf, hp, vocab, tuple(jobs), tuple(streamed), tuple(derived),
+    return Plan(req, name, sft, rlhf, hp, vocab, tuple(jobs), extra, tuple(streamed), tuple(derived),
                 tuple(dict.fromkeys(warnings)), _free_space(req.outdir))
 
 
-def _streamed_output(quant: Quant, path: Path, jobs: list[TensorJob], warnings: list[str],
-                     temporary: bool = False) -> Output:
+def _streamed_output(quant: Quant, alpha: float, path: Path, jobs: list[TensorJob], extra_bytes: int,
+                     warnings: list[str], temporary: bool = False) -> Output:
     types = []
     for job in jobs:
         qtype, warning = tensor_type(quant, job.gguf_name, job.shape)
         if warning:
             warnings.append(f"{quant.label}: {warning}")
         types.append(qtype)
-    size = sum(nbytes(t, j.shape) for t, j in zip(types, jobs))
-    return Output(quant, path, size, tuple(types), temporary=temporary)
+    size = extra_bytes + sum(nbytes(t, j.shape) for t, j in zip(types, jobs))
+    return Output(quant, alpha, path, size, tuple(types), temporary=temporary)

@@ -57,7 +57,7 @@ def add_metadata(w: gguf.GGUFWriter, plan: Plan, out: Output) -> None:
         if "/" in repo:
             w.add_base_model_organization(i, repo.split("/")[0])
             w.add_base_model_repo_url(i, f"https://huggingface.co/{repo}")
-    w.add_float32("expo.alpha", plan.request.alpha)
+    w.add_float32("expo.alpha", out.alpha)
     w.add_string("expo.sft", _source_id(plan.sft))
     w.add_string("expo.rlhf", _source_id(plan.rlhf))
     w.add_string("expo.version", tool_version())
@@ -75,6 +75,8 @@ class GGUFStream:
         self.tmp.parent.mkdir(parents=True, exist_ok=True)
         w = gguf.GGUFWriter(self.tmp, ARCH_NAME)
         add_metadata(w, plan, out)
+        for extra in plan.extra:
+            w.add_tensor_info(extra.gguf_name, extra.data.shape, extra.data.dtype, extra.data.nbytes)
         for job, qtype in zip(plan.tensors, out.types):
             w.add_tensor_info(job.gguf_name, job.shape, np.dtype(np.float32), nbytes(qtype, job.shape), raw_dtype=qtype)
         w.write_header_to_file()
@@ -88,6 +90,9 @@ class GGUFStream:
             self._hash.update(head.read(self._f.tell()))
         self._align = w.data_alignment
         self._pad(self._f.tell())
+        for extra in plan.extra:  # small and known now: written ahead of the streamed tensors
+            self._emit(memoryview(np.ascontiguousarray(extra.data, np.float32)).cast("B"))
+            self._pad(extra.data.nbytes)
         self._sizes = [nbytes(t, j.shape) for t, j in zip(out.types, plan.tensors)]
         self._index, self._written = 0, 0
 
@@ -140,8 +145,8 @@ def verify(path: Path, plan: Plan) -> None:
         raise ExpoError(f"the written file does not read back: {e}", exit_code=1) from None
     kv = header.values
     problems = []
-    if len(header.tensors) != len(plan.tensors):
-        problems.append(f"{len(header.tensors)} tensors, expected {len(plan.tensors)}")
+    if len(header.tensors) != len(plan.tensors) + len(plan.extra):
+        problems.append(f"{len(header.tensors)} tensors, expected {len(plan.tensors) + len(plan.extra)}")
     if kv.get(gguf.Keys.Tokenizer.CHAT_TEMPLATE) != plan.vocab.chat_template:
         problems.append("chat template differs")
     if kv.get(gguf.Keys.Tokenizer.EOS_ID) != plan.vocab.special_ids.get("eos"):

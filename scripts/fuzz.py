@@ -167,7 +167,7 @@ class CheckpointTarget(Target):
         original = json.loads((self.base / side / fname).read_text())
         text = _json_text(mutate_json(original, rng)) if rng.random() < 0.85 else mutate_bytes(_json_text(original), rng)
         target.write_bytes(text)
-        req = BuildRequest(str(case / "sft"), str(case / "rlhf"), 0.5, (QUANTS["q8_0"],), self.work / "out", threads=1)
+        req = BuildRequest(str(case / "sft"), str(case / "rlhf"), (0.5,), (QUANTS["q8_0"],), self.work / "out", threads=1)
         return lambda: make_plan(req)
 
 

@@ -1,0 +1,37 @@
+"""The published ExPO models as presets: one data file (``data/presets.json``), each row with its source."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib.resources import files
+
+from .errors import ExpoError
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    sft: str
+    rlhf: str
+    alpha: float
+    source: str
+
+    @property
+    def output_name(self) -> str:
+        """The authors' own name for the model: the RLHF model's, with -ExPO."""
+        return self.rlhf.split("/")[-1] + "-ExPO"
+
+
+def load_presets() -> tuple[Preset, ...]:
+    """Every preset, the default first."""
+    rows = json.loads(files("expo_gguf").joinpath("data/presets.json").read_text("utf-8"))["presets"]
+    return tuple(Preset(r["name"], r["sft"], r["rlhf"], float(r["alpha"]), r["source"]) for r in rows)
+
+
+def find_preset(name: str) -> Preset:
+    presets = load_presets()
+    for p in presets:
+        if p.name == name.lower():
+            return p
+    raise ExpoError(f"no preset {name!r}; presets: {', '.join(p.name for p in presets)}")
