@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""Write a synthetic Mistral SFT/RLHF checkpoint pair laid out like the real Hugging Face repos.
+"""Write a synthetic SFT/RLHF checkpoint pair laid out like the real Hugging Face repos.
 
-SFT mimics openchat/openchat-3.5-0106 and RLHF mimics Nexusflow/Starling-LM-7B-beta: same file
-names, config, tokenizer files and sharded bf16 safetensors, but random weights, so tests and
-benchmarks run offline without the 29 GB download.  RLHF = SFT + a small delta, so ExPO's
-extrapolation is non-trivial.  The two are sharded differently on purpose: readers must not
-assume that tensor N of both models sits in the same shard.
+By default SFT mimics openchat/openchat-3.5-0106 and RLHF Nexusflow/Starling-LM-7B-beta (other
+families: scripts/fixture_families.py): same file names, config, tokenizer files and sharded bf16
+safetensors, but random weights, so tests and benchmarks run offline without the 29 GB download.
+RLHF = SFT + a small delta, so ExPO's extrapolation is non-trivial.  The two are sharded
+differently on purpose: readers must not assume that tensor N of both models sits in the same shard.
 
-    python scripts/make_synthetic_pair.py OUT [--shape tiny|1b|3b|7b] [--seed N] [--shard-mb MB]
+    python scripts/make_synthetic_pair.py OUT [--family starling|zephyr|llama3] [--tied]
+        [--shape tiny|1b|3b|7b] [--seed N] [--shard-mb MB]
 """
 
 from __future__ import annotations
@@ -23,42 +24,46 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from types import ModuleType
 from typing import BinaryIO
 
 import numpy as np
 
-SFT_NAME, RLHF_NAME = "openchat-3.5-0106", "Starling-LM-7B-beta"
-VOCAB = 32002  # 32000 SentencePiece pieces + <|end_of_turn|> + <|pad_0|>
-# name: (hidden, layers, heads, kv_heads, intermediate, max_position_embeddings); all multiples of 256
-SHAPES: dict[str, tuple[int, int, int, int, int, int]] = {
-    "tiny": (256, 2, 4, 2, 512, 2048),
-    "1b": (2048, 22, 16, 8, 5632, 8192),
-    "3b": (3072, 26, 24, 8, 8192, 8192),
-    "7b": (4096, 32, 32, 8, 14336, 8192),
-}
-# SFT shard limit; RLHF uses 1.5x so the layouts differ (tiny: SFT 3 shards, RLHF 2; 7b: 3 vs 2).
-# Capped at half the model so that 1b/3b are sharded too.
-DEFAULT_SHARD_BYTES = {"tiny": 13_000_000}
+
+def _sibling(name: str) -> ModuleType:
+    """A module beside this script; tests load scripts by path, so scripts/ need not be on sys.path."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # before exec: dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+families = _sibling("fixture_families")
+models = _sibling("_models")
+FAMILIES = families.FAMILIES
+SHAPE_NAMES = ("tiny", "1b", "3b", "7b")
+# SFT shard limit; RLHF uses 1.5x so the layouts differ (starling tiny: SFT 3 shards, RLHF 2; 7b: 3 vs 2).
+# Capped at half the model so that 1b/3b are sharded too. Tiny's limit is the family's.
 BIG_SHARD_BYTES = 5_000_000_000  # HF's max_shard_size="5GB"
 CHUNK = 1 << 20  # elements per RNG chunk: fixed, so output does not depend on thread count; cache-sized
 STD, DELTA_STD = 0.02, 0.002  # weights like a real init; RLHF moves them by ~10 %
 NORM_STD, NORM_DELTA_STD = 0.02, 0.01  # norms near 1.0; delta survives bf16's 2^-8 step at 1.0
 
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}{{ 'GPT4 Correct ' + message['role'].title() + ': '"
-    " + message['content'] + '<|end_of_turn|>'}}{% endfor %}{% if add_generation_prompt %}"
-    "{{ 'GPT4 Correct Assistant:' }}{% endif %}"
-)
-SPECIAL = {0: "<unk>", 1: "<s>", 2: "</s>", 32000: "<|end_of_turn|>", 32001: "<|pad_0|>"}
-
 Tensor = tuple[str, tuple[int, ...]]
 
 
-def tensor_list(shape: str) -> list[Tensor]:
-    """HF Mistral tensor names and shapes, in state_dict order (the order HF shards them in)."""
-    hidden, layers, heads, kv, ffn, _ = SHAPES[shape]
-    hd = hidden // heads
-    out: list[Tensor] = [("model.embed_tokens.weight", (VOCAB, hidden))]
+def tensor_list(shape: str, family: str = "starling", tied: bool = False) -> list[Tensor]:
+    """HF Mistral/Llama tensor names and shapes, in state_dict order (the order HF shards them in).
+
+    tied: no lm_head.weight (tie_word_embeddings: the output layer is the token embedding).
+    """
+    fam = FAMILIES[family]
+    hidden, layers, heads, kv, ffn, _, _ = s = fam.shapes[shape]
+    hd, vocab = s.hd, fam.vocab
+    out: list[Tensor] = [("model.embed_tokens.weight", (vocab, hidden))]
     for i in range(layers):
         p = f"model.layers.{i}."
         out += [
@@ -72,7 +77,8 @@ def tensor_list(shape: str) -> list[Tensor]:
             (p + "input_layernorm.weight", (hidden,)),
             (p + "post_attention_layernorm.weight", (hidden,)),
         ]
-    return out + [("model.norm.weight", (hidden,)), ("lm_head.weight", (VOCAB, hidden))]
+    out.append(("model.norm.weight", (hidden,)))
+    return out if tied else out + [("lm_head.weight", (vocab, hidden))]
 
 
 def nbytes(shape: tuple[int, ...]) -> int:
@@ -177,72 +183,41 @@ class ShardWriter:
         (self.d / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
-def tokenizer_model_path() -> Path:
-    """Mistral's 32000-piece SentencePiece model, shipped inside mistral-common (no download)."""
-    spec = importlib.util.find_spec("mistral_common")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("mistral-common is needed for tokenizer.model: pip install --no-deps mistral-common")
-    return Path(spec.submodule_search_locations[0]) / "data" / "tokenizer.model.v1"
+def make_pair(out: Path, shape: str = "tiny", seed: int = 0, shard_bytes: int | None = None,
+              family: str = "starling", tied: bool = False) -> tuple[Path, Path]:
+    """Write the family's SFT and RLHF dirs under OUT; return (sft_dir, rlhf_dir).
 
-
-def write_json(path: Path, obj: object) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n")
-
-
-def write_side_files(d: Path, shape: str, name_or_path: str) -> None:
-    """config, generation config and tokenizer files as openchat/Starling ship them."""
-    hidden, layers, heads, kv, ffn, max_pos = SHAPES[shape]
-    write_json(d / "config.json", {
-        "_name_or_path": name_or_path, "architectures": ["MistralForCausalLM"], "attention_dropout": 0.0,
-        "bos_token_id": 1, "eos_token_id": 32000, "hidden_act": "silu", "hidden_size": hidden,
-        "initializer_range": 0.02, "intermediate_size": ffn, "max_position_embeddings": max_pos,
-        "model_type": "mistral", "num_attention_heads": heads, "num_hidden_layers": layers,
-        "num_key_value_heads": kv, "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "sliding_window": 4096,
-        "tie_word_embeddings": False, "torch_dtype": "bfloat16", "transformers_version": "4.38.2",
-        "use_cache": True, "vocab_size": VOCAB,
-    })
-    write_json(d / "generation_config.json", {
-        "_from_model_config": True, "bos_token_id": 1, "eos_token_id": 32000, "transformers_version": "4.38.2"})
-    flags = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
-    write_json(d / "tokenizer_config.json", {
-        "add_bos_token": True, "add_eos_token": False,
-        "added_tokens_decoder": {str(i): {"content": c, **flags, "special": True} for i, c in SPECIAL.items()},
-        "additional_special_tokens": [], "bos_token": "<s>", "chat_template": CHAT_TEMPLATE,
-        "clean_up_tokenization_spaces": False, "eos_token": "<|end_of_turn|>", "legacy": True,
-        "model_max_length": 1000000000000000019884624838656, "pad_token": None, "sp_model_kwargs": {},
-        "spaces_between_special_tokens": False, "tokenizer_class": "LlamaTokenizer", "unk_token": "<unk>",
-        "use_default_system_prompt": False,
-    })
-    write_json(d / "added_tokens.json", {"<|end_of_turn|>": 32000, "<|pad_0|>": 32001})
-    write_json(d / "special_tokens_map.json", {
-        k: {"content": c, **flags} for k, c in
-        (("bos_token", "<s>"), ("eos_token", "<|end_of_turn|>"), ("unk_token", "<unk>"))})
-    shutil.copyfile(tokenizer_model_path(), d / "tokenizer.model")
-
-
-def make_pair(out: Path, shape: str = "tiny", seed: int = 0, shard_bytes: int | None = None) -> tuple[Path, Path]:
-    """Write OUT/openchat-3.5-0106 (SFT) and OUT/Starling-LM-7B-beta (RLHF); return (sft_dir, rlhf_dir).
+    starling: OUT/openchat-3.5-0106, OUT/Starling-LM-7B-beta; zephyr: OUT/mistral-7b-sft-beta,
+    OUT/zephyr-7b-beta; llama3: OUT/Meta-Llama-3-8B-Instruct, OUT/Llama-3-Instruct-8B-SimPO
+    (needs llama.cpp's sources, see scripts/_models.py; FixtureError without them).
+    tied: tie_word_embeddings true and no lm_head.weight.
 
     shard_bytes is the SFT shard limit (capped at half the model, so there are always >= 2 shards);
     RLHF shards at 1.5x it so the two layouts differ.
     Both models are written in one pass (each chunk of random numbers feeds both), two threads
     generate chunks ahead of the writer, and at most a few chunks are in memory at once.
     """
-    if shape not in SHAPES:
-        raise ValueError(f"unknown shape {shape!r}; pick one of {sorted(SHAPES)}")
-    tensors = tensor_list(shape)
-    limit = shard_bytes or DEFAULT_SHARD_BYTES.get(shape, BIG_SHARD_BYTES)
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; pick one of {sorted(FAMILIES)}")
+    fam = FAMILIES[family]
+    if shape not in fam.shapes:
+        raise ValueError(f"unknown shape {shape!r}; pick one of {sorted(fam.shapes)}")
+    src = None
+    if fam.needs_llama_cpp and (src := models.llama_cpp_src()) is None:
+        raise families.FixtureError(f"family {family!r}: {models.LLAMA_CPP_SRC_HINT}")
+    tensors = tensor_list(shape, family, tied)
+    limit = shard_bytes or (fam.tiny_shard_bytes if shape == "tiny" else BIG_SHARD_BYTES)
     limit = min(limit, sum(nbytes(s) for _, s in tensors) // 2)
     out = Path(out)
-    sft_dir, rlhf_dir = out / SFT_NAME, out / RLHF_NAME
+    shp = fam.shapes[shape]
     verbose = shape != "tiny"
     writers = []
-    for d, label, lim, repo in ((sft_dir, "SFT", limit, "openchat/openchat-3.5-0106"),
-                                (rlhf_dir, "RLHF", limit * 3 // 2, "Nexusflow/Starling-LM-7B-beta")):
+    for (name, repo), label, lim in ((fam.sft, "SFT", limit), (fam.rlhf, "RLHF", limit * 3 // 2)):
+        d = out / name
         d.mkdir(parents=True, exist_ok=True)
         for old in d.glob("model-*.safetensors"):  # a rerun with other sharding must not leave strays
             old.unlink()
-        write_side_files(d, shape, repo)
+        fam.side_files(d, shp, repo, tied, src)
         writers.append(ShardWriter(d, label, tensors, lim, verbose))
     sft_w, rlhf_w = writers
 
@@ -272,7 +247,7 @@ def make_pair(out: Path, shape: str = "tiny", seed: int = 0, shard_bytes: int | 
     for w in writers:
         w.close()
         w.write_index()
-    return sft_dir, rlhf_dir
+    return sft_w.d, rlhf_w.d
 
 
 def fake_hf_cache(cache_root: Path, repo_id: str, src_dir: Path,
@@ -311,13 +286,18 @@ def fake_hf_cache(cache_root: Path, repo_id: str, src_dir: Path,
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path)
-    ap.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
+    ap.add_argument("--family", choices=sorted(FAMILIES), default="starling")
+    ap.add_argument("--tied", action="store_true", help="tie_word_embeddings: no lm_head.weight")
+    ap.add_argument("--shape", choices=SHAPE_NAMES, default="tiny")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shard-mb", type=float, help="SFT shard limit in MB (1e6 bytes); RLHF uses 1.5x")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
-    dirs = make_pair(a.out, a.shape, a.seed, int(a.shard_mb * 1e6) if a.shard_mb else None)
-    size = 2 * sum(nbytes(s) for _, s in tensor_list(a.shape)) / 1e6
+    try:
+        dirs = make_pair(a.out, a.shape, a.seed, int(a.shard_mb * 1e6) if a.shard_mb else None, a.family, a.tied)
+    except families.FixtureError as e:
+        raise SystemExit(f"error: {e}") from None
+    size = 2 * sum(nbytes(s) for _, s in tensor_list(a.shape, a.family, a.tied)) / 1e6
     dt = time.perf_counter() - t0
     print(f"wrote 2 x {size / 2:,.0f} MB in {dt:.1f} s ({size / dt:,.0f} MB/s)", file=sys.stderr)
     for d in dirs:
