@@ -145,9 +145,6 @@ def quantize(src: Path, quant_text: str, out: Path | None, force: bool, threads:
 @cli.command()
 def presets() -> None:
     """The published ExPO models `build --preset NAME` reproduces, with the alpha of each model card."""
-    t = Table()
-    for col in ("preset", "SFT", "RLHF", "alpha", "source (model card)"):
-        t.add_column(col, overflow="fold")
     for i, p in enumerate(load_presets()):
-        t.add_row(p.name + (" (default)" if i == 0 else ""), p.sft, p.rlhf, f"{p.alpha:g}", p.source)
-    console.print(t)
+        console.print(f"[bold]{p.name}[/]{' (default)' if i == 0 else ''}  alpha {p.alpha:g}  -> {p.output_name}-QUANT.gguf")
+        console.print(f"  SFT   {p.sft}\n  RLHF  {p.rlhf}\n  card  {p.source}", soft_wrap=True)

@@ -244,13 +244,14 @@ def _special_ids(root: Path, tok_config: dict, p: _Pieces, vocab_size: int, warn
             special.setdefault("eot", t)
         if text[t] == "<|eom_id|>":
             special.setdefault("eom", t)
+    # ids llama.cpp knows by their text stop generation without a key; the others need a free one
     for t in eog:
-        if t in (special.get("eos"), special.get("eot"), special.get("eom")):
+        if t in (special.get("eos"), special.get("eot"), special.get("eom")) or text[t] in LLAMA_CPP_EOG_TEXTS:
             continue
         slot = next((k for k in ("eot", "eom") if k not in special), None)
         if slot:
             special[slot] = t
-        elif text[t] not in LLAMA_CPP_EOG_TEXTS:
+        else:
             warnings.append(f"token {text[t]!r} (id {t}) ends generation in {root.name}, but a GGUF marks at "
                             "most three (eos, eot, eom): llama.cpp will not stop at it")
     return {k: v for k, v in special.items() if 0 <= v < vocab_size}

@@ -1,0 +1,173 @@
+"""Several alphas from one read, presets, chat templates, tokens beyond the embedding rows, and the
+refusals that keep a GGUF from silently differing from its checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import Pair, run_cli, synthetic
+from test_build_errors import assert_clean_failure
+
+from expo_gguf.gguf_check import read_gguf_header
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_several_alphas_equal_separate_builds(pair, tmp_path):
+    """One read, one file per (alpha, quant), each byte-identical to its own single-alpha build."""
+    multi = tmp_path / "multi"
+    res = run_cli("build", "--sft", pair.sft, "--rlhf", pair.rlhf, "--alpha", "0.1,0.5", "-q", "q8_0,q4_k_m",
+                  "--outdir", multi, "--name", "M")
+    assert res.exit_code == 0, res.output
+    names = sorted(p.name for p in multi.glob("*.gguf"))
+    assert names == ["M-a0.1-Q4_K_M.gguf", "M-a0.1-Q8_0.gguf", "M-a0.5-Q4_K_M.gguf", "M-a0.5-Q8_0.gguf"]
+    assert not list(multi.glob(".*"))  # the per-alpha intermediates are gone
+    for alpha in ("0.1", "0.5"):
+        single = tmp_path / f"single-{alpha}"
+        res = run_cli("build", "--sft", pair.sft, "--rlhf", pair.rlhf, "--alpha", alpha, "-q", "q8_0,q4_k_m",
+                      "--outdir", single, "--name", "M")
+        assert res.exit_code == 0, res.output
+        for quant in ("Q8_0", "Q4_K_M"):
+            assert _sha(multi / f"M-a{alpha}-{quant}.gguf") == _sha(single / f"M-{quant}.gguf"), (alpha, quant)
+        assert read_gguf_header(single / "M-Q8_0.gguf").values["expo.alpha"] == pytest.approx(float(alpha))
+    assert _sha(multi / "M-a0.1-Q8_0.gguf") != _sha(multi / "M-a0.5-Q8_0.gguf")
+
+
+@pytest.mark.parametrize("alpha,needle", [("0.1,x", "comma-separated list of numbers"),
+                                          ("0.3,0.30", "each alpha once"), ("nan", "finite")])
+def test_bad_alpha_lists(pair, tmp_path, alpha, needle):
+    res = run_cli("build", "--sft", pair.sft, "--rlhf", pair.rlhf, "--alpha", alpha, "--outdir", tmp_path / "o")
+    assert_clean_failure(res, tmp_path / "o", needle, code=2)
+
+
+def test_presets_list_the_data_file():
+    rows = json.loads((Path(__file__).parent.parent / "expo_gguf" / "data" / "presets.json").read_text())["presets"]
+    res = run_cli("presets")
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert len(rows) >= 6 and f"{rows[0]['name']} (default)" in text
+    for row in rows:
+        for field in ("name", "sft", "rlhf", "source"):
+            assert row[field] in text
+        assert f"{row['name']}{' (default)' if row is rows[0] else ''} alpha {row['alpha']:g}" in text
+        assert row["source"].startswith("https://huggingface.co/")
+
+
+def test_preset_fills_pair_alpha_and_name_from_the_hf_cache(tmp_path, tmp_path_factory, monkeypatch):
+    """--preset zephyr-7b-beta: the repo ids resolve in a fake local HF cache, the card's alpha and
+    the authors' model name are used; every one of them can still be overridden."""
+    sft, rlhf = synthetic.make_pair(tmp_path_factory.mktemp("zephyr"), "tiny", seed=2, family="zephyr")
+    cache = tmp_path / "hub"
+    synthetic.fake_hf_cache(cache, "HuggingFaceH4/zephyr-7b-beta", rlhf)
+    synthetic.fake_hf_cache(cache, "HuggingFaceH4/mistral-7b-sft-beta", sft)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    res = run_cli("build", "--preset", "zephyr-7b-beta", "-q", "q8_0", "--outdir", tmp_path / "m")
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "m" / "zephyr-7b-beta-ExPO-Q8_0.gguf"
+    kv = read_gguf_header(out).values
+    assert kv["expo.alpha"] == pytest.approx(0.1)
+    assert kv["expo.rlhf"] == "HuggingFaceH4/zephyr-7b-beta" and kv["expo.sft"] == "HuggingFaceH4/mistral-7b-sft-beta"
+    res = run_cli("build", "--preset", "zephyr-7b-beta", "--alpha", "0.2", "--name", "Z", "-q", "q8_0",
+                  "--outdir", tmp_path / "m", "--dry-run")
+    assert res.exit_code == 0 and "Z alpha=0.2" in " ".join(res.output.split()), res.output
+    res = run_cli("build", "--preset", "no-such-model", "--outdir", tmp_path / "m3")
+    assert_clean_failure(res, tmp_path / "m3", "no preset 'no-such-model'; presets: starling-lm-7b-beta")
+
+
+@pytest.fixture
+def zephyr(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Pair:
+    sft, rlhf = synthetic.make_pair(tmp_path_factory.mktemp("zephyr"), "tiny", seed=3, family="zephyr")
+    return Pair(Path(shutil.copytree(sft, tmp_path / "sft")), Path(shutil.copytree(rlhf, tmp_path / "rlhf")))
+
+
+def _drop_template(d: Path) -> None:
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    del cfg["chat_template"]
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+
+
+def test_missing_template_names_the_option_and_the_option_works(zephyr, tmp_path):
+    _drop_template(zephyr.rlhf)
+    out = tmp_path / "out"
+    res = run_cli("build", "--sft", zephyr.sft, "--rlhf", zephyr.rlhf, "-q", "q8_0", "--outdir", out)
+    assert_clean_failure(res, out, "has no chat template", code=2)
+    assert "--chat-template FILE" in res.output
+    template = tmp_path / "t.jinja"
+    template.write_bytes(b"{% for m in messages %}<|{{ m['role'] }}|>\r\n{{ m['content'] }}</s>\n{% endfor %}")
+    res = run_cli("build", "--sft", zephyr.sft, "--rlhf", zephyr.rlhf, "-q", "q8_0", "--outdir", out,
+                  "--chat-template", template)
+    assert res.exit_code == 0, res.output
+    kv = read_gguf_header(next(out.glob("*.gguf"))).values
+    assert kv["tokenizer.chat_template"].encode() == template.read_bytes()  # byte for byte, \r\n kept
+
+
+def test_chat_template_jinja_file_is_used(zephyr, tmp_path):
+    _drop_template(zephyr.rlhf)
+    (zephyr.rlhf / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    res = run_cli("build", "--sft", zephyr.sft, "--rlhf", zephyr.rlhf, "-q", "q8_0", "--outdir", tmp_path / "o")
+    assert res.exit_code == 0, res.output
+    kv = read_gguf_header(next((tmp_path / "o").glob("*.gguf"))).values
+    assert kv["tokenizer.chat_template"] == "{{ messages[0]['content'] }}"
+
+
+def test_unknown_pre_tokenizer_is_refused(tmp_path, tmp_path_factory):
+    try:
+        sft, rlhf = synthetic.make_pair(tmp_path_factory.mktemp("l3"), "tiny", seed=4, family="llama3", tied=True)
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    tok = json.loads((rlhf / "tokenizer.json").read_text("utf-8"))
+    tok["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = r"\p{N}{1,2}|\s+"  # Qwen-like digits
+    (rlhf / "tokenizer.json").write_text(json.dumps(tok), "utf-8")
+    res = run_cli("build", "--sft", sft, "--rlhf", rlhf, "-q", "q8_0", "--outdir", tmp_path / "o")
+    assert_clean_failure(res, tmp_path / "o", "pre-tokenizer not recognised", code=2)
+
+
+def test_tokens_beyond_the_embedding_rows_are_dropped(pair_copy, tmp_path):
+    """Starling-LM-7B-alpha declares <sep> as id 32002 of a 32002-row matrix."""
+    cfg_path = pair_copy.rlhf / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["added_tokens_decoder"]["32002"] = {"content": "<sep>", "special": True, "lstrip": False,
+                                            "rstrip": False, "normalized": False, "single_word": False}
+    cfg_path.write_text(json.dumps(cfg))
+    res = run_cli("build", "--sft", pair_copy.sft, "--rlhf", pair_copy.rlhf, "-q", "q8_0", "--outdir", tmp_path / "o")
+    assert res.exit_code == 0, res.output
+    assert "'<sep>' (id 32002) is beyond the 32002 embedding rows; dropped" in " ".join(res.output.split())
+    kv = read_gguf_header(next((tmp_path / "o").glob("*.gguf"))).values
+    assert len(kv["tokenizer.ggml.tokens"]) == 32002 and "<sep>" not in kv["tokenizer.ggml.tokens"]
+
+
+def test_rope_freqs_equal_llama_cpp_converter():
+    """Our numpy derivation against the converter's own torch code (the sdist's conversion/llama.py)."""
+    import sys
+    import types
+
+    import numpy as np
+
+    from expo_gguf.mapping import hparams_from_config, rope_freqs
+
+    src = synthetic.models.llama_cpp_src(fetch=False)
+    if src is None:
+        pytest.skip("llama.cpp sources not fetched (make venv does it)")
+    sys.path[:0] = [str(src), str(src / "gguf-py")]
+    try:
+        llama = pytest.importorskip("conversion.llama")
+    finally:
+        del sys.path[:2]
+    for theta, head_dim, orig, factor in [(500000.0, 128, 8192, 8.0), (500000.0, 32, 64, 8.0), (10000.0, 64, 512, 4.0)]:
+        rope = {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": orig}
+        config = {"architectures": ["LlamaForCausalLM"], "num_attention_heads": 4, "hidden_size": 4 * head_dim,
+                  "num_hidden_layers": 1, "intermediate_size": 8, "vocab_size": 8, "rope_theta": theta,
+                  "rope_scaling": rope, "head_dim": head_dim}
+        fake = types.SimpleNamespace(rope_parameters=dict(rope, rope_theta=theta), hparams=config,
+                                     format_tensor_name=lambda _t: "rope_freqs")
+        ((_, theirs),) = list(llama.LlamaModel.generate_extra_tensors(fake))
+        ours = rope_freqs(hparams_from_config(config, "test"))
+        assert ours.tobytes() == theirs.numpy().astype(np.float32).tobytes()
+        assert len(set(ours.tolist())) > 2  # 1, factor, and smoothed values in between
