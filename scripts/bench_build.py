@@ -3,6 +3,7 @@
     python scripts/bench_build.py --shape 1b                   # floor, ours, two-pass side by side
     python scripts/bench_build.py --shape 7b --pair /tmp/big7 --no-two-pass
     python scripts/bench_build.py --scale tiny,1b,3b,7b --png scale.png
+    python scripts/bench_build.py --shape 1b --alphas 0.1,0.3,0.5   # one read vs one build per alpha
 
 Each measurement starts from a cold page cache when run as root (sync; drop_caches), else says
 the cache may be warm. Peak RSS is the sum over the process tree, sampled every 50 ms.
@@ -174,6 +175,32 @@ def bench_shape(shape: str, args: argparse.Namespace, two_pass: bool) -> list[di
     return rows
 
 
+def bench_alphas(shape: str, alphas: str, args: argparse.Namespace) -> list[dict]:
+    """Several alphas: one build that reads the inputs once vs one build per alpha, and the I/O
+    floor of that work (inputs read once, every output written)."""
+    sft, rlhf = make_pair(shape, args.workdir, args.pair)
+    inputs = sorted(sft.glob("*.safetensors")) + sorted(rlhf.glob("*.safetensors"))
+    in_bytes = sum(f.stat().st_size for f in inputs)
+    out = args.workdir / f"out-{shape}"
+    base = [str(Path(PY).parent / "expo-gguf"), "build", "--sft", str(sft), "--rlhf", str(rlhf), "-q", "q8_0",
+            "--outdir", str(out), "--force"]
+    one = measure(base + ["--alpha", alphas], f"one build, --alpha {alphas}")
+    files = sorted(out.glob("*-a*-Q8_0.gguf"))
+    out_bytes = sum(f.stat().st_size for f in files)
+    for f in files:
+        f.unlink()
+    separate = [measure(base + ["--alpha", a], f"separate build, --alpha {a}") for a in alphas.split(",")]
+    total = {"step": f"{len(separate)} separate builds (sum)", "seconds": sum(r["seconds"] for r in separate),
+             "peak_rss": max(r["peak_rss"] for r in separate), "ok": all(r["ok"] for r in separate),
+             "cold_cache": all(r["cold_cache"] for r in separate)}
+    rows = [io_floor(inputs, out_bytes, args.workdir / "floor.bin"), one, *separate, total]
+    for r in rows:
+        r.update(shape=shape, input_bytes=in_bytes, output_bytes=out_bytes)
+    print(f"{shape}: one build / floor = {one['seconds'] / rows[0]['seconds']:.2f}x; "
+          f"separate builds / one build = {total['seconds'] / one['seconds']:.2f}x")
+    return rows
+
+
 def report(rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -232,6 +259,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/expo-bench"))
     ap.add_argument("--llama-cpp-src", type=Path, help="a llama.cpp checkout (default: the llama-cpp-python sdist)")
     ap.add_argument("--no-two-pass", action="store_true")
+    ap.add_argument("--alphas", help="comma list: one several-alpha build vs one build per alpha, and their floor")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--png", type=Path)
     args = ap.parse_args()
@@ -239,7 +267,10 @@ def main() -> None:
     shapes = args.scale.split(",") if args.scale else [args.shape]
     rows: list[dict] = []
     for shape in shapes:
-        rows += bench_shape(shape, args, two_pass=not (args.no_two_pass or args.scale))
+        if args.alphas:
+            rows += bench_alphas(shape, args.alphas, args)
+        else:
+            rows += bench_shape(shape, args, two_pass=not (args.no_two_pass or args.scale))
     report(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
