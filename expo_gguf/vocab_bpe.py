@@ -105,6 +105,8 @@ def load_bpe(root: Path) -> BpeBase:
     if not (isinstance(model, dict) and model.get("type") == "BPE" and not model.get("byte_fallback")
             and isinstance(decoder, dict) and decoder.get("type") == "ByteLevel"):
         kind = model.get("type") if isinstance(model, dict) else model
+        if isinstance(model, dict) and model.get("byte_fallback"):
+            kind = "SentencePiece-style BPE (byte_fallback) without its tokenizer.model"
         raise ExpoError(f"{where}: a {kind} tokenizer; supported: byte-level BPE (tokenizer.json) "
                         "and SentencePiece (tokenizer.model)")
     vocab = model.get("vocab")

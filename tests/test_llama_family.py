@@ -48,10 +48,10 @@ def _state_dict(d: Path) -> dict:
     return sd
 
 
-def _hf_model(pair: Pair):  # noqa: ANN202
+def _hf_model(pair: Pair, alpha: float = ALPHA):  # noqa: ANN202
     """The HF class config.json names, with the extrapolated weights computed in torch."""
     r, s = _state_dict(pair.rlhf), _state_dict(pair.sft)
-    weights = {k: r[k].float() + ALPHA * (r[k].float() - s[k].float()) for k in r}
+    weights = {k: r[k].float() + alpha * (r[k].float() - s[k].float()) for k in r}
     config = transformers.AutoConfig.from_pretrained(pair.rlhf)
     model = getattr(transformers, config.architectures[0])(config).float().eval()
     missing, unexpected = model.load_state_dict(weights, strict=False)
@@ -168,3 +168,22 @@ def test_llama3_tokenizes_as_llama_cpp_expects(llama3_built):
         assert hf.encode(text, add_special_tokens=False).ids == expected, text
     with_special = "<|start_header_id|>user<|end_header_id|>\n\nhi 🦙<|eot_id|>"
     assert llm.tokenize(with_special.encode(), add_bos=True, special=True) == hf.encode(with_special).ids
+
+
+def test_linear_rope_scaling_matches_transformers(pair_copy, tmp_path):
+    """rope_scaling linear (long-context finetunes of Llama 2): the GGUF's scaling keys give HF's logits."""
+    for d in (pair_copy.sft, pair_copy.rlhf):
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["rope_scaling"] = {"type": "linear", "factor": 4.0}
+        (d / "config.json").write_text(json.dumps(cfg))
+    res = run_cli("build", "--sft", pair_copy.sft, "--rlhf", pair_copy.rlhf, "-q", "f32", "--outdir", tmp_path)
+    assert res.exit_code == 0, res.output
+    path = next(tmp_path.glob("*.gguf"))
+    from expo_gguf.gguf_check import read_gguf_header
+
+    kv = read_gguf_header(path).values
+    assert kv["llama.rope.scaling.type"] == "linear" and kv["llama.rope.scaling.factor"] == 4.0
+    ids = [1, 415, 5565, 302, 4843, 349, 5465, 28723, 415, 5565, 302, 4843, 349, 5465, 28723, 13, 28770]
+    with torch.no_grad():
+        ref = _hf_model(pair_copy, 0.5)(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(_llama_logits(path, ids) - ref).max() < 1e-4 * ref.std()
