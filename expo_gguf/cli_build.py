@@ -121,9 +121,10 @@ def build(preset: str | None, sft: str | None, rlhf: str | None, alpha_text: str
 
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
-def info(path: Path) -> None:
+@click.option("--template", "full_template", is_flag=True, help="Print the whole chat template, however long.")
+def info(path: Path, full_template: bool) -> None:
     """What a GGUF holds: architecture, provenance, types, context, special tokens, template, RAM."""
-    render_info(describe(path), console)
+    render_info(describe(path), console, full_template)
 
 
 @cli.command()

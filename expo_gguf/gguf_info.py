@@ -97,7 +97,10 @@ def _describe(path: Path, kv: dict[str, object], tensors: list[TensorEntry]) -> 
     )
 
 
-def render_info(info: GGUFInfo, console: Console) -> None:
+TEMPLATE_LINES = 16  # a Llama 3.1 template is ~110 lines: the head says which one it is
+
+
+def render_info(info: GGUFInfo, console: Console, full_template: bool = False) -> None:
     t = Table(show_header=False, box=None, pad_edge=False)
     t.add_column(style="bold")
     t.add_column(overflow="fold")
@@ -116,4 +119,8 @@ def render_info(info: GGUFInfo, console: Console) -> None:
         t.add_row("est. RAM", f"{human_bytes(info.ram_estimate(n))} at ctx {n}")
     console.print(t)
     console.print("[bold]chat template[/]")
-    console.print(info.chat_template or "(none)", markup=False, soft_wrap=True)
+    lines = (info.chat_template or "(none)").splitlines()
+    shown = lines if full_template or len(lines) <= TEMPLATE_LINES + 4 else lines[:TEMPLATE_LINES]
+    console.print("\n".join(shown), markup=False, soft_wrap=True)
+    if len(shown) < len(lines):
+        console.print(f"[dim]... {len(lines) - len(shown)} more lines (--template prints it all)[/]")

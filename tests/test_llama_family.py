@@ -187,3 +187,15 @@ def test_linear_rope_scaling_matches_transformers(pair_copy, tmp_path):
     with torch.no_grad():
         ref = _hf_model(pair_copy, 0.5)(torch.tensor([ids])).logits[0].numpy()
     assert np.abs(_llama_logits(path, ids) - ref).max() < 1e-4 * ref.std()
+
+
+def test_info_shortens_a_long_template(family):
+    key, pair, files = family
+    template = json.loads((pair.rlhf / "tokenizer_config.json").read_text())["chat_template"]
+    short, full = run_cli("info", files["Q8_0"]), run_cli("info", "--template", files["Q8_0"])
+    assert short.exit_code == full.exit_code == 0
+    assert template.strip() in full.output
+    if len(template.splitlines()) > 20:  # Llama 3.1's
+        assert "more lines (--template prints it all)" in short.output and template.strip() not in short.output
+    else:
+        assert template.strip() in short.output
