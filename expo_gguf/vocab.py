@@ -107,10 +107,33 @@ def _read_template(path: Path) -> str:
     return text
 
 
+def jinja_error(template: str) -> str | None:
+    """A template that does not parse would only fail later, at the first chat."""
+    import jinja2
+
+    try:
+        jinja2.Environment().parse(template)
+    except jinja2.TemplateSyntaxError as e:
+        return f"line {e.lineno}: {e.message}"
+    except (jinja2.TemplateError, RecursionError) as e:
+        return str(e)[:100] or type(e).__name__
+    return None
+
+
 def _chat_template(root: Path, tok_config: dict, override: Path | None, has_end_of_turn: bool) -> tuple[str, str | None]:
     """--chat-template, else the checkpoint's own byte for byte; OpenChat's only for an OpenChat vocab."""
     if override is not None:
-        return _read_template(override), None
+        text = _read_template(override)
+        if (problem := jinja_error(text)) is not None:
+            raise ExpoError(f"chat template {override} is not valid Jinja ({problem})")
+        return text, None
+    text, warning = _own_template(root, tok_config, has_end_of_turn)
+    if (problem := jinja_error(text)) is not None:
+        warning = f"{root.name}'s chat template is not valid Jinja ({problem}); chat will fail: give --chat-template FILE"
+    return text, warning
+
+
+def _own_template(root: Path, tok_config: dict, has_end_of_turn: bool) -> tuple[str, str | None]:
     tmpl = tok_config.get("chat_template")
     if isinstance(tmpl, list):  # named templates: take the default one, as transformers does
         tmpl = next((t.get("template") for t in tmpl if isinstance(t, dict) and t.get("name") == "default"), None)

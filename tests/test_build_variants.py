@@ -107,6 +107,14 @@ def test_missing_template_names_the_option_and_the_option_works(zephyr, tmp_path
     assert kv["tokenizer.chat_template"].encode() == template.read_bytes()  # byte for byte, \r\n kept
 
 
+def test_a_template_that_does_not_parse_is_refused(zephyr, tmp_path):
+    bad = tmp_path / "bad.jinja"
+    bad.write_text("{% for m in messages %}{{ m['content'] }}")  # no endfor
+    res = run_cli("build", "--sft", zephyr.sft, "--rlhf", zephyr.rlhf, "-q", "q8_0", "--outdir", tmp_path / "o",
+                  "--chat-template", bad)
+    assert_clean_failure(res, tmp_path / "o", "is not valid Jinja (line 1", code=2)
+
+
 def test_chat_template_jinja_file_is_used(zephyr, tmp_path):
     _drop_template(zephyr.rlhf)
     (zephyr.rlhf / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
