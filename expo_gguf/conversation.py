@@ -16,14 +16,14 @@ ROLES = ("system", "user", "assistant")
 MAX_LOAD_BYTES = 10 * 2**20  # a long chat is well under 1 MB; a cap keeps a wrong file harmless
 
 
-def _read_capped(path: Path) -> str:
+def read_capped(path: Path, reader: str = "/load reads conversations") -> str:
     """The file's text, refusing what is not a regular file or is over ``MAX_LOAD_BYTES``.
 
     The size is checked before reading and the read itself is bounded, so neither a 30 GB file
     nor a device such as /dev/zero (size 0, endless) can fill a running session's memory; a
     FIFO is refused before opening, since opening one blocks until a writer appears.
     """
-    cap = f"/load reads conversations up to {MAX_LOAD_BYTES // 2**20} MB"
+    cap = f"{reader} up to {MAX_LOAD_BYTES // 2**20} MB"
     try:
         if not path.is_file():
             raise ExpoError(f"cannot read {path}: "
@@ -42,7 +42,7 @@ def _read_capped(path: Path) -> str:
         raise ExpoError(f"cannot read {path}: not UTF-8 text (byte {e.start})") from None
 
 
-def _message_problem(i: int, m: object) -> str | None:
+def message_problem(i: int, m: object) -> str | None:
     """Why ``m`` (the ``i``-th entry) is not a message the REPL can send, or None."""
     if not isinstance(m, dict):
         return f"message {i} is a {type(m).__name__}, not an object with role and content"
@@ -63,7 +63,7 @@ def load_conversation(path: Path) -> list[Message]:
     A file someone else wrote is hostile until checked: every way it can be wrong is one
     ``ExpoError`` line naming the first offender, so the session that loads it goes on.
     """
-    text = _read_capped(path)
+    text = read_capped(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -76,7 +76,7 @@ def load_conversation(path: Path) -> list[Message]:
         raise ExpoError(f"{path} is not a conversation: expected a list of messages or an"
                         ' object with "messages", as /save writes')
     for i, m in enumerate(messages):
-        problem = _message_problem(i, m)
+        problem = message_problem(i, m)
         if problem:
             raise ExpoError(f"{path} is not a conversation: {problem}")
     return [{"role": m["role"], "content": m["content"]} for m in messages]
