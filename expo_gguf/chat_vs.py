@@ -34,10 +34,13 @@ def labels(paths: Sequence[Path]) -> list[str]:
 
 
 def kv_cache_bytes(session: ChatModel) -> int:
-    """K and V for every layer and position: 2 x layers x ctx x KV heads x head size x 2 bytes."""
+    """K and V for every layer and cell: 2 x layers x ctx x KV heads x head size x 2 bytes.
+
+    ctx is the context llama.cpp allocated, which it may round up from --ctx.
+    """
     model = session.llama.model
     head = llama_cpp.llama_model_n_embd(model) // max(llama_cpp.llama_model_n_head(model), 1)
-    return (2 * llama_cpp.llama_model_n_layer(model) * session.info.n_ctx
+    return (2 * llama_cpp.llama_model_n_layer(model) * session.llama.n_ctx()
             * llama_cpp.llama_model_n_head_kv(model) * head * KV_BYTES)
 
 
