@@ -22,15 +22,14 @@ from .conversation import load_threads, save_conversation
 from .errors import ExpoError
 from .repl import Backend, Repl
 from .runtime import ChatModel, Message, Sampling
-from .units import human_bytes
+from .units import distinct_names, human_bytes
 
 KV_BYTES = 2  # llama.cpp's default KV cache type is f16
 
 
 def labels(paths: Sequence[Path]) -> list[str]:
     """File stems, numbered when two are the same file name."""
-    stems = [p.stem for p in paths]
-    return [s if stems[:i].count(s) == 0 else f"{s} #{stems[:i].count(s) + 1}" for i, s in enumerate(stems)]
+    return distinct_names([p.stem for p in paths])
 
 
 def kv_cache_bytes(session: ChatModel) -> int:

@@ -91,7 +91,7 @@ def compare_command(models: tuple[Path, ...], reference: Path | None, prompts_pa
     out = console if console.is_terminal else Console(highlight=False, width=200)
     out.print(render_table(result))
     for line in verdict_lines(result):
-        out.print(line, markup=False)
+        out.print(line, markup=False, soft_wrap=True)
     if report_path:
         write_atomic(report_path, markdown(result))
         err.print(f"wrote {report_path}", markup=False, style="dim")

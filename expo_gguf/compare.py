@@ -15,6 +15,7 @@ model compared with itself gives exactly 0: both sides are the same computation.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -29,6 +30,7 @@ from .errors import ExpoError
 from .gguf_check import check_header
 from .loader import LoadOptions, load_model
 from .runtime import ChatModel, Sampling, set_llama_log
+from .units import distinct_names
 
 Progress = Callable[[str, int, int], None]  # (what runs now, steps done since the last call, total)
 
@@ -88,9 +90,7 @@ class Comparison:
 
 def labels(models: Sequence[Path], reference: Path | None) -> list[str]:
     """File stems, the reference's marked, repeats numbered: unique column names for the report."""
-    names = ([f"{reference.stem} (ref)"] if reference else []) + [m.stem for m in models]
-    return [name if names[:i].count(name) == 0 else f"{name} #{names[:i].count(name) + 1}"
-            for i, name in enumerate(names)]
+    return distinct_names(([f"{reference.stem} (ref)"] if reference else []) + [m.stem for m in models])
 
 
 def compare(models: Sequence[Path], reference: Path | None, prompts_path: Path | None,
@@ -104,36 +104,36 @@ def compare(models: Sequence[Path], reference: Path | None, prompts_path: Path |
         for p in paths[1:]:
             check_same_vocab(ref_vocab, read_vocab(p))
     steps = len(paths) * len(prompts) * (2 if reference else 1)
-    tick: Progress = on_progress or (lambda what, n, total: None)
+    tick = on_progress or (lambda what, n, total: None)
+
+    def step(what: str, n: int) -> None:
+        tick(what, n, steps)
+
     names = labels(paths[1:] if reference else paths, paths[0] if reference else None)
-    runs = []
     if reference is None:
-        for path, label in zip(paths, names):
-            runs.append(_run(path, label, prompts, opts, lambda what, n: tick(what, n, steps)))
+        runs = [_run(path, label, prompts, opts, step)[0] for path, label in zip(paths, names)]
     else:
         stride = opts.max_tokens  # a reply with its stop token is at most max_tokens ids
         with reference_cache(len(prompts) * stride, ref_vocab.n_vocab, "lower --max-tokens") as cache:
-            ref_forced = _Forced(cache, stride, store=True)
-            runs.append(_run(paths[0], names[0], prompts, opts, lambda what, n: tick(what, n, steps),
-                             ref_forced))
-            for path, label in zip(paths[1:], names[1:]):
-                runs.append(_run(path, label, prompts, opts, lambda what, n: tick(what, n, steps),
-                                 _Forced(cache, stride, store=False, seqs=ref_forced.seqs)))
+            ref, seqs = _run(paths[0], names[0], prompts, opts, step, _Forced(cache, stride))
+            runs = [ref] + [_run(path, label, prompts, opts, step, _Forced(cache, stride, seqs))[0]
+                            for path, label in zip(paths[1:], names[1:])]
     return Comparison(name, tuple(prompts), opts, tuple(runs), paths[0] if reference else None)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Forced:
-    """The teacher-forced pass of one model: ``store`` the reference's rows, or compare with them."""
+    """How a model's teacher-forced pass goes: without ``ref_seqs`` it is the reference's and
+    stores its log-probs in ``cache`` (``stride`` rows per prompt); with them, it compares."""
 
     cache: np.ndarray
     stride: int
-    store: bool
-    seqs: list[list[int]] | None = None  # the reference's replies; filled by the storing pass
+    ref_seqs: list[list[int]] | None = None  # the reference's replies, stop tokens included
 
 
 def _run(path: Path, label: str, prompts: Sequence[Prompt], opts: CompareOptions,
-         tick: Callable[[str, int], None], forced: _Forced | None = None) -> ModelRun:
+         step: Callable[[str, int], None], forced: _Forced | None = None) -> tuple[ModelRun, list[list[int]]]:
+    """One model: every prompt's greedy reply, then its teacher-forced pass; also the reply ids."""
     sampling = Sampling(temp=0.0, seed=opts.seed, max_tokens=opts.max_tokens)
     with _loaded(path, opts) as session:
         prompt_ids = [session.tokenize(list(p.messages)) for p in prompts]
@@ -142,7 +142,7 @@ def _run(path: Path, label: str, prompts: Sequence[Prompt], opts: CompareOptions
                 raise ExpoError(f"prompt {p.id} is {len(ids)} tokens for {path.name}: with --max-tokens "
                                 f"{opts.max_tokens} it needs --ctx {len(ids) + opts.max_tokens} "
                                 f"(now {session.info.n_ctx})")
-        tick(f"{label}: generating", 0)
+        step(f"{label}: generating", 0)
         replies, generated = [], []
         for p in prompts:
             session.llama.reset()  # every reply from an empty cache: independent of prompt order
@@ -151,20 +151,16 @@ def _run(path: Path, label: str, prompts: Sequence[Prompt], opts: CompareOptions
             assert s is not None
             replies.append(Reply(text, s.generated, s.stop, max(s.generated - 1, 0), s.gen_ms))
             generated.append(list(session.last_tokens))
-            tick(f"{label}: generating", 1)
+            step(f"{label}: generating", 1)
         kld = None
         if forced is not None:
-            tick(f"{label}: KL divergence" if not forced.store else f"{label}: reference log-probs", 0)
-            if forced.store:
-                forced.seqs = generated
-            per_reply, kld = _teacher_forced(session, prompt_ids, forced, lambda: tick("", 1))
-            replies = [_with_kld(r, k) for r, k in zip(replies, per_reply)]
-        return ModelRun(path, label, session.info.quant.removeprefix("ALL_"), path.stat().st_size,
-                        forced is not None and forced.store, tuple(replies), kld)
-
-
-def _with_kld(r: Reply, kld: float | None) -> Reply:
-    return Reply(r.text, r.tokens, r.stop, r.timed_tokens, r.gen_ms, kld)
+            step(f"{label}: " + ("reference log-probs" if forced.ref_seqs is None else "KL divergence"), 0)
+            per_reply, kld = _teacher_forced(session, prompt_ids, forced, forced.ref_seqs or generated,
+                                             lambda: step("", 1))
+            replies = [dataclasses.replace(r, kld_mean=k) for r, k in zip(replies, per_reply)]
+        run = ModelRun(path, label, session.info.quant.removeprefix("ALL_"), path.stat().st_size,
+                       forced is not None and forced.ref_seqs is None, tuple(replies), kld)
+    return run, generated
 
 
 @contextlib.contextmanager
@@ -177,19 +173,18 @@ def _loaded(path: Path, opts: CompareOptions) -> Iterator[ChatModel]:
         session.close()
 
 
-def _teacher_forced(session: ChatModel, prompt_ids: list[list[int]], forced: _Forced,
+def _teacher_forced(session: ChatModel, prompt_ids: list[list[int]], forced: _Forced, seqs: list[list[int]],
                     tick: Callable[[], None]) -> tuple[list[float | None], KldStats | None]:
     """Store or compare the log-probs along each reference reply; per-reply mean KLD and the summary."""
-    assert forced.seqs is not None
     per_reply: list[float | None] = []
     kld, same = [], []
-    for i, (prompt, reply) in enumerate(zip(prompt_ids, forced.seqs)):
-        base = i * forced.stride
+    for i, (prompt, reply) in enumerate(zip(prompt_ids, seqs)):
         mine = []
         for row, logits in _forced_logits(session, prompt + reply, len(prompt) - 1):
             for block, logp in logprob_blocks(logits):
-                rows = slice(base + row + block.start, base + row + block.stop)
-                if forced.store:
+                at = i * forced.stride + row
+                rows = slice(at + block.start, at + block.stop)
+                if forced.ref_seqs is None:
                     forced.cache[rows] = logp
                 else:
                     k, agree = against(forced.cache[rows], logp)
@@ -198,7 +193,7 @@ def _teacher_forced(session: ChatModel, prompt_ids: list[list[int]], forced: _Fo
         kld += mine
         per_reply.append(float(np.concatenate(mine).mean()) if mine else None)
         tick()
-    if forced.store:
+    if forced.ref_seqs is None:
         return per_reply, None
     return per_reply, kld_stats(np.concatenate(kld), np.concatenate(same))
 

@@ -77,14 +77,14 @@ class Threshold:
 
 
 def _pct(x: float) -> str:
-    return f"{100 * x:.0f} %" if x * 100 == round(x * 100) else f"{100 * x:.1f} %"
+    return f"{100 * x:.1f}".removesuffix(".0") + " %"
 
 
 THRESHOLDS = (
     Threshold("rep4", "repeated 4-grams", 0.10, True, _pct, "it repeats itself"),
     Threshold("distinct2", "distinct-2", 0.50, False, lambda x: f"{x:.2f}", "its wording is repetitive"),
     Threshold("runaway", "runaway", 0.20, True, _pct, "replies often do not end"),
-    Threshold("kld_mean", "mean KLD", 0.10, True, lambda x: f"{x:.3f}", "far from the reference"),
+    Threshold("kld_mean", "mean KLD", 0.10, True, lambda x: f"{x:.3g}", "far from the reference"),
 )
 
 

@@ -113,8 +113,8 @@ def markdown(c: Comparison) -> str:
     out += ["", "Verdicts (thresholds: " + thresholds_text() + "):", ""]
     out += [f"- {line}" for line in verdict_lines(c)]
     for i, p in enumerate(c.prompts):
-        cat = f" ({p.category})" if p.category else ""
-        out += ["", f"## {i + 1}. {p.id}{cat}", ""]
+        title = f"{i + 1}. {p.id}" if p.id != str(i + 1) else f"{i + 1}."
+        out += ["", f"## {title}" + (f" ({p.category})" if p.category else ""), ""]
         for m in p.messages:
             out += [f"> **{m['role']}:** " + _cell(m["content"])]
         out += [""]
