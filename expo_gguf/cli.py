@@ -40,6 +40,7 @@ def cli() -> None:
       expo-gguf info FILE.gguf            what a GGUF holds
       expo-gguf quantize FILE.gguf -q q4_k_m
       expo-gguf chat                      talk to the newest model in ./models
+      expo-gguf compare A.gguf B.gguf     same prompts through each: which to keep
     """
 
 
@@ -48,6 +49,7 @@ from . import cli_build  # noqa: E402,F401
 from . import cli_chat  # noqa: E402,F401
 from . import cli_modelfile  # noqa: E402,F401
 from . import cli_eval  # noqa: E402,F401
+from . import cli_compare  # noqa: E402,F401
 
 
 def _terminate(signum: int, frame: object) -> None:

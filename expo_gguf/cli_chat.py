@@ -10,6 +10,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+from . import chat_vs
 from .cli import cli
 from .errors import ExpoError
 from .units import human_bytes
@@ -96,21 +97,25 @@ def _backend(session: ChatModel, sampling: Sampling) -> Backend:
 @click.option("--max-tokens", type=int, default=-1, show_default=True, help="-1 = until the model stops.")
 @click.option("--seed", type=int, default=-1, help="Sampling seed (default: random).")
 @click.option("--plain", is_flag=True, help="Print replies as plain text, not markdown.")
+@click.option("--vs", "vs_model", type=click.Path(path_type=Path), metavar="MODEL2",
+              help="Load MODEL2 too: each message is answered by MODEL, then MODEL2, each keeping its own thread.")
 def chat(model: Path | None, verbose: bool, n_gpu_layers: str, ctx: int, threads: int | None,
          prompt: str | None, interactive: bool, system: str | None, temp: float, top_p: float,
          top_k: int, min_p: float, repeat_penalty: float, max_tokens: int, seed: int,
-         plain: bool) -> None:
+         plain: bool, vs_model: Path | None) -> None:
     """Chat with a GGUF model (default: the newest under ./models).
 
     \b
       expo-gguf chat models/Starling-LM-7B-beta-ExPO-Q4_K_M.gguf -ngl auto
       expo-gguf chat MODEL -p "Summarise this" < notes.txt    one reply on stdout
       echo "hi" | expo-gguf chat MODEL                        piped stdin: one reply too
+      expo-gguf chat A.gguf --vs B.gguf                       both answer, A first
     """
     seed = seed if seed >= 0 else DEFAULTS.seed
     sampling = Sampling(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p,
                         repeat_penalty=repeat_penalty, max_tokens=max_tokens, seed=seed)
     path = check_header(model if model is not None else find_default_model())
+    paths = [path] + ([check_header(vs_model)] if vs_model is not None else [])
     one_shot = prompt is not None or (not sys.stdin.isatty() and not interactive)
     question = ""
     if one_shot:
@@ -119,18 +124,28 @@ def chat(model: Path | None, verbose: bool, n_gpu_layers: str, ctx: int, threads
         if not question.strip():
             raise ExpoError("nothing to answer: give -p TEXT or pipe text on stdin")
     err = Console(stderr=True, highlight=False)
-    session = load_model(LoadOptions(model=path, n_ctx=ctx, n_gpu_layers=n_gpu_layers,
-                                     threads=threads, seed=seed, verbose=verbose))
-    for warning in session.info.warnings:
-        err.print(f"warning: {warning}", style="yellow", markup=False, soft_wrap=True)
     messages = [{"role": "system", "content": system}] if system else []
+    sessions: list[ChatModel] = []
     try:
-        if one_shot:
-            _one_shot(session, sampling, messages + [{"role": "user", "content": question}], err, verbose)
+        for p in paths:  # one after the other: a second model that fails to load closes the first
+            sessions.append(load_model(LoadOptions(model=p, n_ctx=ctx, n_gpu_layers=n_gpu_layers,
+                                                   threads=threads, seed=seed, verbose=verbose)))
+            for warning in sessions[-1].info.warnings:
+                err.print(f"warning: {warning}", style="yellow", markup=False, soft_wrap=True)
+        asked = messages + [{"role": "user", "content": question}]
+        if len(sessions) > 1:
+            names = chat_vs.labels(paths)
+            if one_shot:
+                chat_vs.one_shot(sessions, names, sampling, asked)
+            else:
+                _interactive_vs(sessions, names, sampling, messages, plain)
+        elif one_shot:
+            _one_shot(sessions[0], sampling, asked, err, verbose)
         else:
-            _interactive(session, sampling, messages, plain)
+            _interactive(sessions[0], sampling, messages, plain)
     finally:
-        session.close()
+        for session in sessions:
+            session.close()
 
 
 def _one_shot(session: ChatModel, sampling: Sampling, messages: list[dict[str, str]],
@@ -157,6 +172,22 @@ def _interactive(session: ChatModel, sampling: Sampling, messages: list[dict[str
     console.print("/help for commands, Ctrl+D or /exit to leave", style="dim")
     run_repl(_backend(session, sampling), sampling, console=console, messages=messages,
              markdown=not plain and console.is_terminal)
+
+
+def _interactive_vs(sessions: list[ChatModel], names: list[str], sampling: Sampling,
+                    messages: list[dict[str, str]], plain: bool) -> None:
+    console = Console(highlight=False)
+    if sys.stdin.isatty():
+        import readline  # noqa: F401  (line editing and history for input())
+    for line in chat_vs.banner(sessions, names):
+        console.print(line, markup=False, soft_wrap=True)
+    for note in dict.fromkeys(n for s in sessions for n in s.info.notes):
+        console.print(f"note: {note}", style="dim", markup=False, soft_wrap=True)
+    console.print("each message is answered by both, each model keeping its own thread;"
+                  " /help for commands, Ctrl+D or /exit to leave", style="dim", soft_wrap=True)
+    sides = [(name, s.info.path, _backend(s, sampling)) for name, s in zip(names, sessions)]
+    chat_vs.run_vs(sides, sampling, console=console, messages=messages,
+                   markdown=not plain and console.is_terminal)
 
 
 def is_loopback(host: str) -> bool:

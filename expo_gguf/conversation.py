@@ -16,14 +16,14 @@ ROLES = ("system", "user", "assistant")
 MAX_LOAD_BYTES = 10 * 2**20  # a long chat is well under 1 MB; a cap keeps a wrong file harmless
 
 
-def _read_capped(path: Path) -> str:
+def read_capped(path: Path, reader: str = "/load reads conversations") -> str:
     """The file's text, refusing what is not a regular file or is over ``MAX_LOAD_BYTES``.
 
     The size is checked before reading and the read itself is bounded, so neither a 30 GB file
     nor a device such as /dev/zero (size 0, endless) can fill a running session's memory; a
     FIFO is refused before opening, since opening one blocks until a writer appears.
     """
-    cap = f"/load reads conversations up to {MAX_LOAD_BYTES // 2**20} MB"
+    cap = f"{reader} up to {MAX_LOAD_BYTES // 2**20} MB"
     try:
         if not path.is_file():
             raise ExpoError(f"cannot read {path}: "
@@ -42,7 +42,7 @@ def _read_capped(path: Path) -> str:
         raise ExpoError(f"cannot read {path}: not UTF-8 text (byte {e.start})") from None
 
 
-def _message_problem(i: int, m: object) -> str | None:
+def message_problem(i: int, m: object) -> str | None:
     """Why ``m`` (the ``i``-th entry) is not a message the REPL can send, or None."""
     if not isinstance(m, dict):
         return f"message {i} is a {type(m).__name__}, not an object with role and content"
@@ -57,34 +57,64 @@ def _message_problem(i: int, m: object) -> str | None:
     return None
 
 
-def load_conversation(path: Path) -> list[Message]:
-    """Messages from a ``/save`` file (or a bare list of messages), validated.
-
-    A file someone else wrote is hostile until checked: every way it can be wrong is one
-    ``ExpoError`` line naming the first offender, so the session that loads it goes on.
-    """
-    text = _read_capped(path)
+def _read_json(path: Path) -> object:
+    text = read_capped(path)
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise ExpoError(f"cannot read {path}: invalid JSON ({e.msg} at line {e.lineno},"
                         f" column {e.colno})") from None
     except RecursionError:  # json recurses per nesting level
         raise ExpoError(f"cannot read {path}: JSON nested too deeply") from None
-    messages = data.get("messages") if isinstance(data, dict) else data
+
+
+def _checked(messages: object, path: Path, where: str = "") -> list[Message]:
     if not isinstance(messages, list):
-        raise ExpoError(f"{path} is not a conversation: expected a list of messages or an"
+        raise ExpoError(f"{path} is not a conversation{where}: expected a list of messages or an"
                         ' object with "messages", as /save writes')
     for i, m in enumerate(messages):
-        problem = _message_problem(i, m)
+        problem = message_problem(i, m)
         if problem:
-            raise ExpoError(f"{path} is not a conversation: {problem}")
+            raise ExpoError(f"{path} is not a conversation{where}: {problem}")
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
-def save_conversation(path: Path, messages: list[Message], settings: dict[str, object]) -> None:
-    """The JSON ``load_conversation`` reads back: the messages, and the sampling settings as a record."""
-    data = {"messages": messages, "settings": settings}
+def load_conversation(path: Path) -> list[Message]:
+    """Messages from a ``/save`` file (or a bare list of messages), validated.
+
+    A file someone else wrote is hostile until checked: every way it can be wrong is one
+    ``ExpoError`` line naming the first offender, so the session that loads it goes on. A file
+    ``chat --vs`` saved gives its first model's thread (its ``messages``).
+    """
+    data = _read_json(path)
+    return _checked(data.get("messages") if isinstance(data, dict) else data, path)
+
+
+def load_threads(path: Path, n: int) -> list[list[Message]]:
+    """One conversation per model for ``chat --vs``: the threads of a file ``chat --vs`` saved
+    (as many as there are models), or else the file's one conversation, copied for each model."""
+    data = _read_json(path)
+    threads = data.get("threads") if isinstance(data, dict) else None
+    if threads is None:
+        one = _checked(data.get("messages") if isinstance(data, dict) else data, path)
+        return [[dict(m) for m in one] for _ in range(n)]
+    if not isinstance(threads, list) or len(threads) != n:
+        count = len(threads) if isinstance(threads, list) else "no list of"
+        raise ExpoError(f"{path} holds {count} threads; this chat has {n} models")
+    return [_checked(t.get("messages") if isinstance(t, dict) else None, path, f" (thread {i + 1})")
+            for i, t in enumerate(threads)]
+
+
+def save_conversation(path: Path, messages: list[Message], settings: dict[str, object],
+                      threads: list[dict[str, object]] | None = None) -> None:
+    """The JSON ``load_conversation`` reads back: the messages, and the sampling settings as a record.
+
+    ``chat --vs`` adds ``threads``, one ``{"model", "file", "messages"}`` per model; ``messages``
+    is then the first model's thread, so a plain ``chat`` can load the file too.
+    """
+    data: dict[str, object] = {"messages": messages, "settings": settings}
+    if threads is not None:
+        data["threads"] = threads
     try:
         path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", "utf-8")
     except OSError as e:

@@ -5,11 +5,10 @@ Definitions follow llama.cpp's ``tools/perplexity/perplexity.cpp`` (``perplexity
 where the vocab adds one) and cut into whole chunks of ``n_ctx`` tokens, each evaluated from an
 empty KV cache with its first token replaced by BOS (same condition); only the second half is
 scored, the logits at positions ``n_ctx//2 .. n_ctx-2`` predicting the next token. PPL =
-exp(mean NLL) ± PPL * sqrt(var(NLL) / (n - 1)); per token KLD = sum_v p_ref (log p_ref - log p),
-summarised by its mean, 99th percentile (linear interpolation) and "same top p", the share of
-positions where both models' most likely token agrees. Deliberate differences: the reference's
-log-probabilities are kept as float32 (llama.cpp quantizes them to 16 bits and drops p_ref < e^-16)
-and the KLD sum runs over the whole vocabulary.
+exp(mean NLL) ± PPL * sqrt(var(NLL) / (n - 1)); KLD and its summary are ``divergence``'s, shared
+with ``compare``. Deliberate differences: the reference's log-probabilities are kept as float32
+(llama.cpp quantizes them to 16 bits and drops p_ref < e^-16) and the KLD sum runs over the whole
+vocabulary.
 
 One model is loaded at a time: the reference's log-probabilities for the scored positions go to a
 temporary memmap, then each candidate is compared against it chunk by chunk, so memory is bounded
@@ -19,24 +18,19 @@ by one chunk's logits whatever the text length.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import llama_cpp
 import numpy as np
 
+from .divergence import (KldStats, against, check_same_vocab, kld_stats, logprob_blocks, mean_unc,
+                         read_vocab, reference_cache, vocab_model)
 from .errors import ExpoError
 from .gguf_check import check_header, open_gguf
-from .runtime import quant_name, set_llama_log
-
-# float32, not float16: float16's step (~1e-3 relative) would be as large as the KLD of Q8_0.
-CACHE_DTYPE = np.float32
-ROW_BLOCK = 64  # logits rows turned into float64 log-probs at once: bounds memory for any n_ctx
+from .runtime import set_llama_log
 
 
 @dataclass(frozen=True)
@@ -51,34 +45,11 @@ class EvalOptions:
 
 
 @dataclass(frozen=True)
-class VocabInfo:
-    """What must match between reference and candidate for their distributions to be comparable."""
-
-    path: Path
-    n_vocab: int
-    texts: tuple[bytes, ...]  # every token's text, in id order
-    bos: int | None  # the id to put first in each chunk, None where the vocab adds no BOS
-    file_type: str
-
-
-@dataclass(frozen=True)
 class PplStats:
     n: int
     mean_nll: float
     ppl: float
     ppl_unc: float
-
-
-@dataclass(frozen=True)
-class KldStats:
-    n: int
-    mean: float
-    mean_unc: float
-    median: float
-    p99: float
-    max: float
-    same_top_pct: float
-    same_top_unc: float
 
 
 @dataclass(frozen=True)
@@ -95,88 +66,16 @@ class FileScore:
                 "mean_nll": self.ppl.mean_nll, "kld": asdict(self.kld) if self.kld else None}
 
 
-def _mean_unc(values: np.ndarray) -> tuple[float, float]:
-    """llama.cpp's ``mean_and_uncertainty``: no uncertainty from 10 values or fewer."""
-    n = len(values)
-    mean = float(values.mean())
-    var = float((values * values).mean()) - mean * mean
-    return mean, (float(np.sqrt(var / (n - 1))) if var > 0 and n > 10 else 0.0)
-
-
 def ppl_stats(nll: np.ndarray) -> PplStats:
     """Perplexity from per-token negative log-likelihoods (natural log)."""
-    mean, unc = _mean_unc(np.asarray(nll, dtype=np.float64))
+    mean, unc = mean_unc(np.asarray(nll, dtype=np.float64))
     ppl = float(np.exp(mean))
     return PplStats(len(nll), mean, ppl, ppl * unc)
 
 
-def kld_stats(kld: np.ndarray, same_top: np.ndarray) -> KldStats:
-    """Summary of per-token KL divergences and top-token agreement, as llama.cpp prints them."""
-    kld = np.asarray(kld, dtype=np.float64)
-    n = len(kld)
-    mean, unc = _mean_unc(kld)
-    p = float(np.mean(same_top))
-    p_unc = float(np.sqrt(p * (1 - p) / (n - 1))) if n > 1 else 0.0
-    return KldStats(n, mean, unc, float(np.median(kld)), float(np.percentile(kld, 99)),
-                    float(kld.max()), 100 * p, 100 * p_unc)
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise log-probabilities in float64 (llama.cpp sums its exponentials in double too)."""
-    x = np.asarray(logits, dtype=np.float64)
-    m = x.max(axis=-1, keepdims=True)
-    return x - (m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))
-
-
-def kld_rows(ref_logp: np.ndarray, logp: np.ndarray) -> np.ndarray:
-    """Per-row KL(ref || cand) from log-probabilities of the same positions."""
-    ref = np.asarray(ref_logp, dtype=np.float64)
-    return (np.exp(ref) * (ref - np.asarray(logp, dtype=np.float64))).sum(axis=-1)
-
-
-@contextlib.contextmanager
-def _vocab_model(path: Path) -> Iterator[llama_cpp.llama_model_p]:
-    """The vocabulary alone: fast even for a 7B file, so every input is checked before scoring."""
-    params = llama_cpp.llama_model_default_params()
-    params.vocab_only = True
-    model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
-    if not model:
-        open_gguf(path)
-        raise ExpoError(f"llama.cpp could not read the vocabulary of {path}; --verbose shows its log")
-    try:
-        yield model
-    finally:
-        llama_cpp.llama_model_free(model)
-
-
-def read_vocab(path: Path) -> VocabInfo:
-    path = check_header(path)
-    with _vocab_model(path) as model:
-        vocab = llama_cpp.llama_model_get_vocab(model)
-        n = llama_cpp.llama_vocab_n_tokens(vocab)
-        texts = tuple(llama_cpp.llama_vocab_get_text(vocab, i) or b"" for i in range(n))
-        add_bos = bool(llama_cpp.llama_vocab_get_add_bos(vocab))
-        bos = llama_cpp.llama_vocab_bos(vocab)
-        buf = ctypes.create_string_buffer(64)
-        got = llama_cpp.llama_model_meta_val_str(model, b"general.file_type", buf, len(buf))
-        file_type = quant_name(buf.value.decode() if got > 0 else None).removeprefix("ALL_")
-    return VocabInfo(path, n, texts, bos if add_bos and bos >= 0 else None, file_type)
-
-
-def check_same_vocab(ref: VocabInfo, cand: VocabInfo) -> None:
-    """Distributions over different vocabularies have no KL divergence: refuse in one line."""
-    if cand.n_vocab != ref.n_vocab:
-        raise ExpoError(f"{cand.path} has a different vocabulary than {ref.path} ({cand.n_vocab} vs "
-                        f"{ref.n_vocab} tokens); KL divergence needs the same tokenizer")
-    if cand.texts != ref.texts:
-        i = next(i for i, (a, b) in enumerate(zip(ref.texts, cand.texts)) if a != b)
-        raise ExpoError(f"{cand.path} has a different vocabulary than {ref.path} (token {i}: "
-                        f"{cand.texts[i]!r} vs {ref.texts[i]!r}); KL divergence needs the same tokenizer")
-
-
 def tokenize(vocab_path: Path, text: bytes, bos: int | None) -> list[int]:
     """The text as llama.cpp's ``common_tokenize(ctx, text, add_special=true)`` gives it."""
-    with _vocab_model(vocab_path) as model:
+    with vocab_model(vocab_path) as model:
         vocab = llama_cpp.llama_model_get_vocab(model)
         buf = (llama_cpp.llama_token * (len(text) + 1))()
         n = llama_cpp.llama_tokenize(vocab, text, len(text), buf, len(buf), False, False)
@@ -268,17 +167,15 @@ def score_file(path: Path, chunks: np.ndarray, opts: EvalOptions, *, reference: 
         for c, chunk in enumerate(chunks):
             logits = ev.logits(chunk)
             targets = chunk[ev.first + 1:]
-            for lo in range(0, n_scored, ROW_BLOCK):
-                hi = min(lo + ROW_BLOCK, n_scored)
-                rows = slice(c * n_scored + lo, c * n_scored + hi)
-                logp = log_softmax(logits[lo:hi]).astype(CACHE_DTYPE)
-                nll.append(-logp[np.arange(hi - lo), targets[lo:hi]].astype(np.float64))
+            for block, logp in logprob_blocks(logits[:n_scored]):
+                rows = slice(c * n_scored + block.start, c * n_scored + block.stop)
+                nll.append(-logp[np.arange(len(logp)), targets[block]].astype(np.float64))
                 if store is not None:
                     store[rows] = logp
                 if reference is not None:
-                    ref = np.asarray(reference[rows])
-                    kld.append(kld_rows(ref, logp))
-                    same.append(ref.argmax(axis=1) == logp.argmax(axis=1))
+                    k, agree = against(reference[rows], logp)
+                    kld.append(k)
+                    same.append(agree)
             if on_chunk:
                 on_chunk()
     finally:
@@ -336,16 +233,9 @@ def evaluate(reference: Path, candidates: Sequence[Path], text_path: Path, opts:
     chunks, n_tokens, n_vocab = prepare(reference, candidates, text_path, opts)
     total = len(chunks) * (1 + len(candidates))
     tick = (lambda: on_chunk(total)) if on_chunk else None
-    rows = len(chunks) * scored_count(opts.n_ctx)
-    with tempfile.TemporaryDirectory(prefix="expo-eval-") as tmp:
-        need = rows * n_vocab * np.dtype(CACHE_DTYPE).itemsize if candidates else 0
-        free = shutil.disk_usage(tmp).free
-        if need > free:
-            raise ExpoError(f"the reference's log-probabilities need {need / 1e9:.1f} GB in {tmp} "
-                            f"({free / 1e9:.1f} GB free); use --chunks or point TMPDIR elsewhere")
-        cache = np.lib.format.open_memmap(Path(tmp) / "ref.npy", mode="w+", dtype=CACHE_DTYPE,
-                                          shape=(rows, n_vocab)) if candidates else None
-        ref = score_file(reference, chunks, opts, store=cache, on_chunk=tick)
+    rows = len(chunks) * scored_count(opts.n_ctx) if candidates else 0
+    with reference_cache(rows, n_vocab, "use --chunks") as cache:
+        ref = score_file(reference, chunks, opts, store=cache if candidates else None, on_chunk=tick)
         if on_file:
             on_file(ref)
         scores = []
@@ -353,5 +243,4 @@ def evaluate(reference: Path, candidates: Sequence[Path], text_path: Path, opts:
             scores.append(score_file(c, chunks, opts, reference=cache, on_chunk=tick))
             if on_file:
                 on_file(scores[-1])
-        del cache
     return Report(Path(text_path), opts.n_ctx, len(chunks), n_tokens, ref, tuple(scores))

@@ -278,9 +278,12 @@ class Repl:
                 if not self.handle(text):
                     return
             except KeyboardInterrupt:  # outside a reply's own handling: drop a dangling question
-                if self.messages and self.messages[-1]["role"] == "user":
-                    self.messages.pop()
+                self.drop_dangling()
                 self.note("(interrupted)")
+
+    def drop_dangling(self) -> None:
+        if self.messages and self.messages[-1]["role"] == "user":
+            self.messages.pop()
 
     def handle(self, text: str) -> bool:
         """Act on one input; False to leave."""

@@ -177,6 +177,7 @@ class ChatModel:
             add_generation_prompt=True,
         )
         self.last_stats: TurnStats | None = None
+        self.last_tokens: list[int] = []  # the last reply's ids, its stop token included (compare)
 
     def _text(self, token: int) -> str:
         return self._piece(token, special=True).decode("utf-8", errors="replace")
@@ -255,12 +256,14 @@ class ChatModel:
         llama_cpp.llama_perf_context_reset(ctx)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         start, ttft, generated, stop, leading = time.perf_counter(), 0.0, 0, "interrupted", True
+        self.last_tokens = []
         try:
             tokens = llama.generate(
                 prompt, temp=sampling.temp, top_p=sampling.top_p, top_k=sampling.top_k,
                 min_p=sampling.min_p, repeat_penalty=sampling.repeat_penalty,
             )
             for token in tokens:
+                self.last_tokens.append(token)
                 if token in self.stop_ids:
                     stop = "eog"
                     break

@@ -1,6 +1,11 @@
-"""How sizes are printed, in one place for every command."""
+"""How sizes and model names are printed, in one place for every command."""
 
 
 def human_bytes(n: int) -> str:
     """GB above 100 MB, MB below: the units `ls -lh` users and model cards use (decimal)."""
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def distinct_names(names: list[str]) -> list[str]:
+    """``names`` with repeats numbered (``x``, ``x #2``), so columns and labels tell models apart."""
+    return [n if names[:i].count(n) == 0 else f"{n} #{names[:i].count(n) + 1}" for i, n in enumerate(names)]

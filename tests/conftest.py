@@ -86,3 +86,17 @@ def smollm2() -> Path:
 
 
 smollm2_path = _load_script("_models").smollm2_path
+
+
+@pytest.fixture(scope="session")
+def smollm2_quants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """SmolLM2 expanded to F32, then re-quantized from that F32 through the CLI (eval, compare)."""
+    out = tmp_path_factory.mktemp("smollm2")
+    files = {"f32": out / "smollm2-F32.gguf"}
+    res = run_cli("quantize", smollm2(), "-q", "f32", "-o", files["f32"])
+    assert res.exit_code == 0, res.output
+    for q in ("q8_0", "q4_0"):
+        files[q] = out / f"smollm2-{q.upper()}.gguf"
+        res = run_cli("quantize", files["f32"], "-q", q, "-o", files[q])
+        assert res.exit_code == 0, res.output
+    return files

@@ -1,4 +1,5 @@
-"""``expo-gguf eval``: PPL and KLD as llama-perplexity defines them, on SmolLM2 re-quantized from F32."""
+"""``expo-gguf eval``: PPL and KLD as llama-perplexity defines them, on SmolLM2 re-quantized from F32
+(the session fixture ``smollm2_quants`` in conftest)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, Pair, run_cli, smollm2_path
 
-from expo_gguf.evaluate import EvalOptions, Report, evaluate, log_softmax, prepare, scored_count
+from expo_gguf.divergence import kld_rows, kld_stats, log_softmax
+from expo_gguf.evaluate import EvalOptions, Report, evaluate, ppl_stats, prepare, scored_count
 
 SAMPLE = ROOT / "scripts" / "data" / "sample.txt"
 CTX = 128
@@ -22,23 +24,10 @@ pytestmark = pytest.mark.skipif(smollm2_path() is None, reason="needs the llm-sm
 
 
 @pytest.fixture(scope="module")
-def quants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """SmolLM2 expanded to F32, then re-quantized from that F32 through the CLI."""
-    out = tmp_path_factory.mktemp("smollm2")
-    files = {"f32": out / "smollm2-F32.gguf"}
-    res = run_cli("quantize", smollm2_path(), "-q", "f32", "-o", files["f32"])
-    assert res.exit_code == 0, res.output
-    for q in ("q8_0", "q4_0"):
-        files[q] = out / f"smollm2-{q.upper()}.gguf"
-        res = run_cli("quantize", files["f32"], "-q", q, "-o", files[q])
-        assert res.exit_code == 0, res.output
-    return files
-
-
-@pytest.fixture(scope="module")
-def report(quants: dict[str, Path]) -> Report:
+def report(smollm2_quants: dict[str, Path]) -> Report:
     """F32 against itself, Q8_0 and Q4_0: one reference pass, three candidates."""
-    return evaluate(quants["f32"], [quants["f32"], quants["q8_0"], quants["q4_0"]], SAMPLE, OPTS)
+    q = smollm2_quants
+    return evaluate(q["f32"], [q["f32"], q["q8_0"], q["q4_0"]], SAMPLE, OPTS)
 
 
 def test_kld_orders_quants(report: Report) -> None:
@@ -58,14 +47,14 @@ def test_model_against_itself(report: Report) -> None:
     assert same.ppl == report.reference.ppl
 
 
-def test_ppl_matches_direct_numpy_from_llama_cpp_python(report: Report, quants: dict[str, Path]) -> None:
+def test_ppl_matches_direct_numpy_from_llama_cpp_python(report: Report, smollm2_quants: dict[str, Path]) -> None:
     """Independent of our batch code: llama-cpp-python's logits_all eval of the same chunk.
 
     llama-perplexity leaves flash attention on auto (on, on CPU), so the direct run enables it too.
     """
-    chunks, _, _ = prepare(quants["f32"], [], SAMPLE, OPTS)
-    llm = llama_cpp.Llama(str(quants["f32"]), n_ctx=CTX, n_batch=CTX, logits_all=True, flash_attn=True,
-                          n_threads=2, n_threads_batch=2, verbose=False)
+    chunks, _, _ = prepare(smollm2_quants["f32"], [], SAMPLE, OPTS)
+    llm = llama_cpp.Llama(str(smollm2_quants["f32"]), n_ctx=CTX, n_batch=CTX, logits_all=True,
+                          flash_attn=True, n_threads=2, n_threads_batch=2, verbose=False)
     try:
         llm.eval(chunks[0].tolist())
         scores = np.array(llm.scores[:CTX], dtype=np.float64)
@@ -78,8 +67,6 @@ def test_ppl_matches_direct_numpy_from_llama_cpp_python(report: Report, quants: 
 
 
 def test_log_softmax_and_kld_by_hand() -> None:
-    from expo_gguf.evaluate import kld_rows, kld_stats, ppl_stats
-
     logits = np.array([[1.0, 2.0, 3.0]])
     p = np.exp(logits) / np.exp(logits).sum()
     assert np.allclose(np.exp(log_softmax(logits)), p)
@@ -90,11 +77,11 @@ def test_log_softmax_and_kld_by_hand() -> None:
     assert ppl_stats(np.full(5, np.log(7.0))).ppl == pytest.approx(7.0)
 
 
-def test_cli_table_json_and_png(quants: dict[str, Path], tmp_path: Path) -> None:
+def test_cli_table_json_and_png(smollm2_quants: dict[str, Path], tmp_path: Path) -> None:
     out, png = tmp_path / "eval.json", tmp_path / "eval.png"
     with_png = importlib.util.find_spec("matplotlib") is not None  # the optional `plot` extra
-    res = run_cli("eval", quants["q8_0"], quants["q4_0"], "--text", SAMPLE, "--ctx", CTX, "--chunks", 1,
-                  "--threads", 2, "--json", out, *(["--png", png] if with_png else []))
+    res = run_cli("eval", smollm2_quants["q8_0"], smollm2_quants["q4_0"], "--text", SAMPLE, "--ctx", CTX,
+                  "--chunks", 1, "--threads", 2, "--json", out, *(["--png", png] if with_png else []))
     assert res.exit_code == 0, res.output
     for name in ("smollm2-Q8_0.gguf", "smollm2-Q4_0.gguf", "PPL", "mean KLD", "KLD p99", "same top"):
         assert name in res.output
@@ -108,10 +95,10 @@ def test_cli_table_json_and_png(quants: dict[str, Path], tmp_path: Path) -> None
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_png_without_matplotlib_is_one_line(quants: dict[str, Path], tmp_path: Path,
+def test_png_without_matplotlib_is_one_line(smollm2_quants: dict[str, Path], tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    res = run_cli("eval", quants["q4_0"], "--text", SAMPLE, "--ctx", CTX, "--png", tmp_path / "x.png")
+    res = run_cli("eval", smollm2_quants["q4_0"], "--text", SAMPLE, "--ctx", CTX, "--png", tmp_path / "x.png")
     assert res.exit_code != 0
     assert res.output.strip().splitlines() == [
         "error: --png needs matplotlib: pip install matplotlib (or pip install 'expo-gguf[plot]')"]
@@ -132,8 +119,8 @@ def _one_error_line(res, expected: str) -> None:  # noqa: ANN001
     assert "Traceback" not in res.output
 
 
-def test_bad_inputs(quants: dict[str, Path], starling_tiny: Path, tmp_path: Path) -> None:
-    q4 = quants["q4_0"]
+def test_bad_inputs(smollm2_quants: dict[str, Path], starling_tiny: Path, tmp_path: Path) -> None:
+    q4 = smollm2_quants["q4_0"]
     _one_error_line(run_cli("eval", q4, tmp_path / "missing.gguf", "--text", SAMPLE), "no such file")
     not_gguf = tmp_path / "notes.gguf"
     not_gguf.write_text("hello")

@@ -1,0 +1,151 @@
+"""``chat A --vs B``: two labelled replies per message, a thread per model, /save and /load of both;
+with scripted fakes, then on SmolLM2 (one-shot, and a session in a pseudo-terminal)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from conftest import run_cli, smollm2
+from pty_terminal import Terminal
+from expo_gguf.chat_vs import kv_cache_bytes, run_vs
+from expo_gguf.conversation import load_conversation, save_conversation
+from expo_gguf.loader import LoadOptions, load_model
+from expo_gguf.repl import Backend
+from expo_gguf.runtime import Sampling
+
+Message = dict[str, str]
+
+
+class Fake:
+    """Answers "<name> #<n>: <last message>" and records the thread it was shown."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.seen = name, []
+
+    def reply(self, messages: list[Message]) -> Iterator[str]:
+        self.seen.append([dict(m) for m in messages])
+        yield f"{self.name} #{len(self.seen)}: {messages[-1]['content']}"
+
+
+def vs(*lines: str, messages: list[Message] | None = None) -> tuple[list[list[Message]], str, Fake, Fake]:
+    a, b = Fake("alpha"), Fake("beta")
+    queue = list(lines)
+
+    def read_line(prompt: str) -> str:
+        if not queue:
+            raise EOFError
+        return queue.pop(0)
+
+    out = io.StringIO()
+    sides = [("A", Path("a.gguf"), Backend(reply=a.reply)), ("B", Path("b.gguf"), Backend(reply=b.reply))]
+    threads = run_vs(sides, Sampling(), console=Console(file=out, width=200), messages=messages or [],
+                     markdown=False, read_line=read_line)
+    return threads, out.getvalue(), a, b
+
+
+def test_each_model_answers_in_turn_and_keeps_its_own_thread() -> None:
+    threads, out, a, b = vs("hello", "again")
+    shown = [line for line in out.splitlines() if line.strip()]
+    assert shown == ["A:", "alpha #1: hello", "B:", "beta #1: hello", "A:", "alpha #2: again", "B:", "beta #2: again"]
+    assert [m["content"] for m in threads[0]] == ["hello", "alpha #1: hello", "again", "alpha #2: again"]
+    assert [m["content"] for m in threads[1]] == ["hello", "beta #1: hello", "again", "beta #2: again"]
+    assert b.seen[1][1]["content"] == "beta #1: hello"  # B never sees A's replies
+    assert a.seen[1][1]["content"] == "alpha #1: hello"
+
+
+def test_commands_apply_to_both(tmp_path: Path) -> None:
+    saved = tmp_path / "vs.json"
+    threads, out, a, b = vs("/system Be brief.", "hi", "/regen", f"/save {saved}", "/clear", "/show")
+    assert out.count("system message set") == 1 and "both conversations cleared" in out
+    assert [m["content"] for m in threads[0]] == ["Be brief."] == [m["content"] for m in threads[1]]
+    assert len(a.seen) == len(b.seen) == 2  # the message and its /regen, for each model
+    assert "saved 2 threads (3, 3 messages)" in out
+    data = json.loads(saved.read_text())
+    assert [t["model"] for t in data["threads"]] == ["A", "B"]
+    assert [m["content"] for m in data["threads"][1]["messages"]] == ["Be brief.", "hi", "beta #2: hi"]
+    assert data["messages"] == data["threads"][0]["messages"]
+    # a plain chat loads a --vs file as the first model's conversation
+    assert load_conversation(saved)[-1]["content"] == "alpha #2: hi"
+
+
+def test_load_threads_or_one_conversation_for_both(tmp_path: Path) -> None:
+    saved = tmp_path / "vs.json"
+    vs("one", f"/save {saved}")
+    threads, out, _, b = vs(f"/load {saved}", "two")
+    assert "loaded 2 threads (2, 2 messages)" in out
+    assert [m["content"] for m in threads[1]] == ["one", "beta #1: one", "two", "beta #1: two"]
+    plain = tmp_path / "plain.json"
+    save_conversation(plain, [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], {})
+    threads, out, _, _ = vs(f"/load {plain}")
+    assert threads[0] == threads[1] == [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    data = json.loads(saved.read_text())
+    data["threads"].append(data["threads"][0])
+    saved.write_text(json.dumps(data))
+    threads, out, _, _ = vs(f"/load {saved}")
+    assert "holds 3 threads; this chat has 2 models" in out and threads == [[], []]
+
+
+def test_banner_memory_matches_llama_cpp(capsys: pytest.CaptureFixture[str]) -> None:
+    """Our KV estimate against the size llama.cpp logs when it allocates the cache (500 -> 512 cells)."""
+    session = load_model(LoadOptions(model=smollm2(), n_ctx=500, threads=1, verbose=True))
+    try:
+        logged = re.search(r"llama_kv_cache: size = +([\d.]+) MiB", capsys.readouterr().err)
+        assert logged, "llama.cpp did not log its KV cache size"
+        assert kv_cache_bytes(session) / 2**20 == pytest.approx(float(logged.group(1)), abs=0.01)
+    finally:
+        session.close()
+
+
+def test_one_shot_prints_both_replies_under_their_names(smollm2_quants: dict[str, Path]) -> None:
+    res = run_cli("chat", smollm2(), "--vs", smollm2_quants["q4_0"], "-p", "Name a colour.", "--temp", "0",
+                  "--max-tokens", "12", "--ctx", "512", "--threads", "1")
+    assert res.exit_code == 0, res.output
+    parts = re.split(r"^## (.+)$", res.output, flags=re.M)
+    assert parts[1::2] == [smollm2().stem, "smollm2-Q4_0"]
+    assert all(reply.strip() for reply in parts[2::2])
+
+
+def test_vs_in_a_terminal(smollm2_quants: dict[str, Path], tmp_path: Path) -> None:
+    saved = tmp_path / "vs.json"
+    names = [smollm2().stem, "smollm2-Q4_0"]
+    term = Terminal([sys.executable, "-c", "from expo_gguf.cli import main; main()", "chat", str(smollm2()),
+                     "--vs", str(smollm2_quants["q4_0"]), "--temp", "0", "--seed", "0", "--threads", "1",
+                     "--ctx", "512", "--max-tokens", "16"])
+    try:
+        banner = term.expect("/help for commands")
+        assert "memory: about" in banner and names[0] in banner and names[1] in banner
+        term.prompt()
+        for question in ("Name a colour.", "Name a fruit."):
+            term.send(question + "\n")
+            term.expect(question)  # readline's echo
+            for name in names:
+                term.expect(f"{name}:")
+                term.expect("tok/s")  # its reply ended with its status line
+            term.prompt()
+        term.send(f"/save {saved}\n")
+        assert "saved 2 threads (4, 4 messages)" in term.prompt()
+        term.send("/exit\n")
+        assert term.wait() == 0
+        assert "Traceback" not in term.text
+    finally:
+        try:
+            os.kill(term.pid, 9)
+            os.waitpid(term.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(term.fd)
+    threads = json.loads(saved.read_text())["threads"]
+    assert [t["model"] for t in threads] == names
+    for t in threads:
+        assert [m["role"] for m in t["messages"]] == ["user", "assistant"] * 2
+        assert all(m["content"] for m in t["messages"])
+    assert threads[0]["messages"][0] == threads[1]["messages"][0]
