@@ -62,3 +62,29 @@ def test_chat_auto_offloads(built):
     assert res.exit_code == 0, res.output
     assert "layers on GPU" in res.output and "CPU only" not in res.output, res.output
     print(f"chat session on GPU: {time.perf_counter() - t0:.1f} s")
+
+
+@pytest.fixture(scope="module")
+def llama3_built(tmp_path_factory):
+    """A Llama-3-shaped pair (tied embeddings, GQA, head_dim 32, llama3 rope_freqs) built at F32 and Q8_0."""
+    from conftest import synthetic
+
+    try:
+        sft, rlhf = synthetic.make_pair(tmp_path_factory.mktemp("l3"), "tiny", seed=5, family="llama3", tied=True)
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    out = tmp_path_factory.mktemp("l3-out")
+    res = run_cli("build", "--sft", sft, "--rlhf", rlhf, "-q", "f32,q8_0", "--outdir", out)
+    assert res.exit_code == 0, res.output
+    return {p.stem.rsplit("-", 1)[1]: p for p in out.glob("*.gguf")}
+
+
+@pytest.mark.parametrize("quant,bound", [("F32", 1e-3), ("Q8_0", 0.02)])
+def test_offloaded_llama3_computes_what_the_cpu_does(llama3_built, quant, bound):
+    cpu, _ = _logits(llama3_built[quant], 0)
+    gpu, log = _logits(llama3_built[quant], -1)
+    done = re.search(r"offloaded (\d+)/(\d+) layers to GPU", "".join(log))
+    assert done and done.group(1) == done.group(2), "".join(log)[-2000:]
+    rel = float(np.sqrt(((gpu - cpu) ** 2).mean() / (cpu**2).mean()))
+    print(f"llama3 {quant}: GPU vs CPU relative RMS {rel:.2e}")
+    assert rel < bound
