@@ -10,6 +10,7 @@ from the 16-bit output through llama.cpp.
 from __future__ import annotations
 
 import errno
+import re
 import threading
 import time
 from collections import deque
@@ -26,7 +27,7 @@ from .extrapolate import extrapolate, widen
 from .mapping import permute_rows
 from .modelfile import write_modelfile
 from .plan import Plan, TensorJob
-from .quantize import llama_quantize, quantize_rows
+from .quantize import INTERMEDIATE, QUANTS, llama_quantize, quantize_rows
 from .writer import GGUFStream, part_path, sha256_file, verify
 
 
@@ -183,11 +184,15 @@ def _interruptible(fn: Callable[..., None], *args: object) -> None:
 
 
 def _remove_stale_parts(plan: Plan) -> None:
-    """Temporaries of an earlier build of this NAME that was killed (kill -9, power loss)."""
+    """Temporaries of an earlier build of this NAME that was killed (kill -9, power loss): our own
+    naming exactly (NAME[-aALPHA]-QUANT), never another build's whose name merely starts the same."""
     outdir = plan.request.outdir
+    labels = "|".join(re.escape(q.label) for q in [*QUANTS.values(), INTERMEDIATE])
+    ours = re.compile(rf"\.?{re.escape(plan.name)}(-a-?[^-/]+)?-({labels})(\.intermediate)?\.gguf\.part")
     if outdir.is_dir():
-        for stale in [*outdir.glob(f"{plan.name}-*.gguf.part"), *outdir.glob(f".{plan.name}-*.intermediate.gguf.part")]:
-            stale.unlink(missing_ok=True)
+        for stale in outdir.glob("*.part"):
+            if ours.fullmatch(stale.name):
+                stale.unlink(missing_ok=True)
 
 
 def run_build(plan: Plan, progress: Progress | None = None) -> list[BuiltFile]:

@@ -12,8 +12,8 @@ from rich.table import Table
 
 from . import build as build_mod
 from .cli import cli
-from .gguf_info import describe, render_info
 from .errors import ExpoError
+from .gguf_info import describe, render_info
 from .plan import BuildRequest, Plan, make_plan, usable_cores
 from .presets import find_preset, load_presets
 from .quantize import QUANTS, parse_quants
@@ -96,11 +96,10 @@ def build(preset: str | None, sft: str | None, rlhf: str | None, alpha_text: str
     GGUF goes an Ollama Modelfile (NAME-QUANT.Modelfile).
     """
     p = find_preset(preset) if preset else load_presets()[0]
-    if name is None and (rlhf is None or rlhf == p.rlhf):  # the preset's name only for the preset's model
-        name = p.output_name
     alphas = parse_alphas(alpha_text) if alpha_text is not None else (p.alpha,)
-    req = BuildRequest(sft or p.sft, rlhf or p.rlhf, alphas, tuple(parse_quants(quant_text)), outdir, name, force,
-                       threads or usable_cores(), chat_template)
+    sft, rlhf = sft or p.sft, rlhf or p.rlhf
+    req = BuildRequest(sft, rlhf, alphas, tuple(parse_quants(quant_text)), outdir, name or p.name_for(sft, rlhf, alphas),
+                       force, threads or usable_cores(), chat_template)
     plan = make_plan(req)
     for w in plan.warnings:
         err.print(f"[yellow]warning:[/] {w}")

@@ -66,7 +66,18 @@ def _rope_scaling(config: dict) -> tuple[tuple[str, float | str], ...]:
             out[key] = float(value)
         else:
             raise ValueError(f"rope_scaling.{key} = {value!r}")
+    if out.get("rope_type") == "default":  # transformers 5 writes this where older configs wrote null
+        del out["rope_type"]
     return tuple(sorted(out.items()))
+
+
+def describe_rope(hp: HParams) -> str:
+    """For messages: 'none' or 'llama3 factor=8 ...', not a tuple repr."""
+    if not hp.rope_scaling:
+        return "none"
+    rope = hp.rope
+    rest = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in rope.items() if k != "rope_type")
+    return f"{hp.rope_type} {rest}".strip()
 
 
 def hparams_from_config(config: dict, where: str) -> HParams:

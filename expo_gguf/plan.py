@@ -18,7 +18,8 @@ import numpy as np
 
 from .checkpoint import Checkpoint, TensorRef, load_checkpoint
 from .errors import ExpoError
-from .mapping import HParams, check_hparams, expected_shapes, hparams_from_config, rope_freqs, rope_heads, tensor_names
+from .mapping import (HParams, check_hparams, describe_rope, expected_shapes, hparams_from_config, rope_freqs,
+                      rope_heads, tensor_names)
 from .quantize import INTERMEDIATE, Quant, nbytes, tensor_type
 from .vocab import Vocab, load_vocab
 
@@ -109,7 +110,9 @@ def _check_pair(sft: Checkpoint, rlhf: Checkpoint) -> HParams:
     hp_r = hparams_from_config(rlhf.config, rlhf.label)
     for field in hp_r.__dataclass_fields__:
         if getattr(hp_s, field) != getattr(hp_r, field):
-            problems.append(f"{field} {getattr(hp_s, field)} (SFT) vs {getattr(hp_r, field)} (RLHF)")
+            s, r = ((describe_rope(hp_s), describe_rope(hp_r)) if field == "rope_scaling"
+                    else (getattr(hp_s, field), getattr(hp_r, field)))
+            problems.append(f"{field} {s} (SFT) vs {r} (RLHF)")
     only_r = sorted(set(rlhf.tensors) - set(sft.tensors))
     only_s = sorted(set(sft.tensors) - set(rlhf.tensors))
     if only_r:
@@ -157,8 +160,13 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def expo_name(rlhf: str) -> str:
+    """The ExPO authors' naming: the RLHF model's name with -ExPO."""
+    return rlhf.rstrip("/").split("/")[-1] + "-ExPO"
+
+
 def default_name(rlhf: Checkpoint) -> str:
-    return rlhf.label.split("/")[-1] + "-ExPO"
+    return expo_name(rlhf.label)
 
 
 def _free_space(path: Path) -> int:

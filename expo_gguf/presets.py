@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 
 from .errors import ExpoError
+from .plan import expo_name
 
 
 @dataclass(frozen=True)
@@ -19,8 +20,18 @@ class Preset:
 
     @property
     def output_name(self) -> str:
-        """The authors' own name for the model: the RLHF model's, with -ExPO."""
-        return self.rlhf.split("/")[-1] + "-ExPO"
+        """The authors' own name for the model."""
+        return expo_name(self.rlhf)
+
+    def name_for(self, sft: str, rlhf: str, alphas: tuple[float, ...]) -> str | None:
+        """The published name only for the published model: same pair and alpha (or several
+        alphas, whose files carry -aALPHA); another alpha of the pair gets NAME-aALPHA; another
+        pair gets the build's default name (None)."""
+        if (sft, rlhf) != (self.sft, self.rlhf):
+            return None
+        if len(alphas) > 1 or alphas == (self.alpha,):
+            return self.output_name
+        return f"{self.output_name}-a{alphas[0]:g}"
 
 
 def load_presets() -> tuple[Preset, ...]:

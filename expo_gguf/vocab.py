@@ -134,13 +134,17 @@ def _chat_template(root: Path, tok_config: dict, override: Path | None, has_end_
 
 
 def _own_template(root: Path, tok_config: dict, has_end_of_turn: bool) -> tuple[str, str | None]:
+    """In transformers' order: a chat_template.jinja file before tokenizer_config.json's entry."""
     tmpl = tok_config.get("chat_template")
     if isinstance(tmpl, list):  # named templates: take the default one, as transformers does
         tmpl = next((t.get("template") for t in tmpl if isinstance(t, dict) and t.get("name") == "default"), None)
+    if (root / "chat_template.jinja").is_file():
+        text = _read_template(root / "chat_template.jinja")
+        differs = isinstance(tmpl, str) and tmpl and tmpl != text
+        return text, ("chat_template.jinja and tokenizer_config.json's chat_template differ; writing the "
+                      ".jinja file's, as transformers uses it") if differs else None
     if isinstance(tmpl, str) and tmpl:
         return tmpl, None
-    if (root / "chat_template.jinja").is_file():
-        return _read_template(root / "chat_template.jinja"), None
     tmpl = read_json(root / "chat_template.json", "chat template", required=False).get("chat_template")
     if isinstance(tmpl, str) and tmpl:
         return tmpl, None
@@ -178,7 +182,8 @@ class _Pieces:
     types: list[int]
     merges: list[str]
     special: dict[str, int]  # ids the tokenizer model itself names
-    add_bos: bool | None
+    add_bos: bool | None  # what the tokenizer file itself says; None: tokenizer_config.json decides
+    add_eos: bool | None = None
 
     def append(self, text: bytes, ttype: int) -> None:
         self.tokens.append(text)
@@ -207,7 +212,7 @@ def _bpe(root: Path, added: dict[int, tuple[str, bool]]) -> _Pieces:
     for tid, entry in base.added.items():
         added.setdefault(tid, entry)  # tokenizer_config.json's decoder, read first, wins
     return _Pieces("gpt2", base.pre, [t.encode("utf-8") for t in base.tokens], None, [NORMAL] * len(base.tokens),
-                   base.merges, {}, base.add_bos)
+                   base.merges, {}, base.add_bos, base.add_eos)
 
 
 def _place_added(p: _Pieces, added: dict[int, tuple[str, bool]], vocab_size: int, root: Path,
@@ -234,49 +239,61 @@ def _place_added(p: _Pieces, added: dict[int, tuple[str, bool]], vocab_size: int
         raise ExpoError(f"{root}: tokenizer has {len(p.tokens)} tokens, config.json vocab_size {vocab_size}")
 
 
-def _eos_ids(root: Path, tok_config: dict, ids: dict[str, int]) -> list[int]:
+def _eos_ids(root: Path, tok_config: dict, ids: dict[str, int], vocab_size: int, warnings: list[str]) -> list[int]:
     """Every id the checkpoint says ends generation: tokenizer_config's eos first, then the
     generation config's ``eos_token_id`` (an int or a list)."""
     out = []
     content = _token_content(tok_config.get("eos_token"))
-    if content is not None and content in ids:
-        out.append(ids[content])
+    if content is not None:
+        if content in ids:
+            out.append(ids[content])
+        else:
+            warnings.append(f"eos_token {content!r} of tokenizer_config.json is not in the vocabulary; ignored")
     where = root / "generation_config.json"
     gen = read_json(where, "generation config", required=False).get("eos_token_id")
     for tid in gen if isinstance(gen, list) else [] if gen is None else [gen]:
-        out.append(_token_id(tid, where))
+        tid = _token_id(tid, where)
+        if tid < vocab_size:
+            out.append(tid)
+        else:
+            warnings.append(f"eos_token_id {tid} of generation_config.json is beyond the {vocab_size} embedding rows; ignored")
     return list(dict.fromkeys(out))
+
+
+def _end_of_generation(eog: list[int], text: dict[int, str], special: dict[str, int], root: Path,
+                       warnings: list[str]) -> None:
+    """Give eot and eom to the end ids that are not eos: those llama.cpp does not know by their
+    text first (nothing else would stop at them), then the ones it knows (older llama.cpp builds,
+    as in Ollama or LM Studio, know fewer texts)."""
+    rest = [t for t in eog if t not in special.values()]
+    for t in sorted(rest, key=lambda t: text[t] in LLAMA_CPP_EOG_TEXTS):  # stable: unknown texts first
+        if text[t] == "<|eom_id|>" and "eom" not in special:
+            special["eom"] = t
+            continue
+        slot = next((k for k in ("eot", "eom") if k not in special), None)
+        if slot:
+            special[slot] = t
+        elif text[t] not in LLAMA_CPP_EOG_TEXTS:
+            warnings.append(f"token {text[t]!r} (id {t}) ends generation in {root.name}, but a GGUF marks at "
+                            "most three (eos, eot, eom): llama.cpp will not stop at it")
 
 
 def _special_ids(root: Path, tok_config: dict, p: _Pieces, vocab_size: int, warnings: list[str]) -> dict[str, int]:
     ids = {t.decode("utf-8", "replace"): i for i, t in enumerate(p.tokens)}
     special = dict(p.special)
-    for kind in ("bos", "eos", "unk", "pad"):
+    for kind in ("bos", "unk", "pad"):
         content = _token_content(tok_config.get(f"{kind}_token"))
         if content is not None and content in ids:
             special[kind] = ids[content]
-    eog = [t for t in _eos_ids(root, tok_config, ids) if t < vocab_size]
+    eog = _eos_ids(root, tok_config, ids, vocab_size, warnings)
     if END_OF_TURN in ids:  # OpenChat: the end of a turn is the end of generation
         eog = list(dict.fromkeys([ids[END_OF_TURN], *eog]))
         special["eot"] = ids[END_OF_TURN]
     if eog:
         special["eos"] = eog[0]
-    text = {t: p.tokens[t].decode("utf-8", "replace") for t in eog}
-    for t in eog:
-        if text[t] == "<|eot_id|>":
-            special.setdefault("eot", t)
-        if text[t] == "<|eom_id|>":
-            special.setdefault("eom", t)
-    # ids llama.cpp knows by their text stop generation without a key; the others need a free one
-    for t in eog:
-        if t in (special.get("eos"), special.get("eot"), special.get("eom")) or text[t] in LLAMA_CPP_EOG_TEXTS:
-            continue
-        slot = next((k for k in ("eot", "eom") if k not in special), None)
-        if slot:
-            special[slot] = t
-        else:
-            warnings.append(f"token {text[t]!r} (id {t}) ends generation in {root.name}, but a GGUF marks at "
-                            "most three (eos, eot, eom): llama.cpp will not stop at it")
+    ends = {k: special.pop(k) for k in ("eos", "eot", "eom") if k in special}
+    _end_of_generation(eog, {t: p.tokens[t].decode("utf-8", "replace") for t in eog}, ends, root, warnings)
+    special |= ends
     return {k: v for k, v in special.items() if 0 <= v < vocab_size}
 
 
@@ -297,7 +314,9 @@ def load_vocab(root: Path, vocab_size: int, chat_template: Path | None = None) -
                                        any(t == END_OF_TURN.encode() for t in pieces.tokens))
     if warning:
         warnings.append(warning)
-    add_bos = tok_config.get("add_bos_token", pieces.add_bos if pieces.add_bos is not None else pieces.model == "llama")
+    # a tokenizer.json's post-processor decides BOS/EOS where it says (as transformers and gguf-py read it)
+    add_bos = pieces.add_bos if pieces.add_bos is not None else tok_config.get("add_bos_token")
+    add_eos = pieces.add_eos if pieces.add_eos is not None else tok_config.get("add_eos_token")
     return Vocab(
         model=pieces.model,
         pre=pieces.pre,
@@ -306,8 +325,8 @@ def load_vocab(root: Path, vocab_size: int, chat_template: Path | None = None) -
         types=pieces.types,
         merges=pieces.merges,
         special_ids=special,
-        add_bos=bool(add_bos),
-        add_eos=bool(tok_config.get("add_eos_token", False)),
+        add_bos=pieces.model == "llama" if add_bos is None else bool(add_bos),
+        add_eos=bool(add_eos),
         chat_template=template,
         warnings=tuple(warnings),
     )

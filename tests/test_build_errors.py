@@ -174,7 +174,7 @@ CASES = {
     "index names missing file": (_index_names_missing_file, "missing shard"),
     "corrupt header": (_corrupt_header, "corrupt safetensors header"),
     "huge header": (_huge_header, "corrupt safetensors header"),
-    "other architecture": (_other_architecture, "GPT2LMHeadModel"),
+    "other architecture": (_other_architecture, "GPT2LMHeadModel; supported: MistralForCausalLM, LlamaForCausalLM"),
     "tensor sets differ": (_tensor_only_in_rlhf, "only in RLHF"),
     "shapes differ": (_shape_differs, "q_proj.weight shape"),
     "vocab differs": (_vocab_differs, "vocab_size 32000 (SFT) vs 32002 (RLHF)"),
@@ -297,11 +297,16 @@ def test_read_error_names_file_and_offset(pair, tmp_path, monkeypatch):
 
 def test_stale_temporaries_of_a_killed_build_are_removed(pair, tmp_path):
     stale = [tmp_path / "Starling-LM-7B-beta-ExPO-Q5_1.gguf.part",
-             tmp_path / ".Starling-LM-7B-beta-ExPO-F16.intermediate.gguf.part"]
-    for p in stale:
+             tmp_path / ".Starling-LM-7B-beta-ExPO-F16.intermediate.gguf.part",
+             tmp_path / "Starling-LM-7B-beta-ExPO-a0.3-Q4_K_M.gguf.part",
+             tmp_path / ".Starling-LM-7B-beta-ExPO-a-1-F16.intermediate.gguf.part"]
+    others = [tmp_path / "Starling-LM-7B-beta-ExPO-v2-Q8_0.gguf.part",  # another build, still running
+              tmp_path / "Starling-LM-7B-beta-ExPO-a0.3-v2-Q8_0.gguf.part"]
+    for p in stale + others:
         p.write_bytes(b"GGUF half")
     assert _build(pair, tmp_path, "-q", "q8_0").exit_code == 0
     assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in others)
 
 
 def test_not_enough_disk_is_found_before_writing(pair, tmp_path):

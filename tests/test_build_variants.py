@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import Pair, run_cli, synthetic
+from conftest import Pair, llama_cpp_src, make_family_pair, run_cli, synthetic
 from test_build_errors import assert_clean_failure
 
 from expo_gguf.gguf_check import read_gguf_header
@@ -76,6 +76,12 @@ def test_preset_fills_pair_alpha_and_name_from_the_hf_cache(tmp_path, tmp_path_f
     res = run_cli("build", "--preset", "zephyr-7b-beta", "--alpha", "0.2", "--name", "Z", "-q", "q8_0",
                   "--outdir", tmp_path / "m", "--dry-run")
     assert res.exit_code == 0 and "Z alpha=0.2" in " ".join(res.output.split()), res.output
+    for extra, name in ((["--alpha", "0.2"], "zephyr-7b-beta-ExPO-a0.2-Q8_0.gguf"),  # not the published model
+                        (["--alpha", "0.1,0.3"], "zephyr-7b-beta-ExPO-a0.1-Q8_0.gguf"),
+                        (["--sft", str(sft)], "zephyr-7b-beta-ExPO-Q8_0.gguf")):  # own SFT: the folder's name
+        res = run_cli("build", "--preset", "zephyr-7b-beta", *extra, "-q", "q8_0", "--outdir", tmp_path / "m2",
+                      "--dry-run")
+        assert res.exit_code == 0 and name in " ".join(res.output.split()), (extra, res.output)
     res = run_cli("build", "--preset", "no-such-model", "--outdir", tmp_path / "m3")
     assert_clean_failure(res, tmp_path / "m3", "no preset 'no-such-model'; presets: starling-lm-7b-beta")
 
@@ -125,10 +131,8 @@ def test_chat_template_jinja_file_is_used(zephyr, tmp_path):
 
 
 def test_unknown_pre_tokenizer_is_refused(tmp_path, tmp_path_factory):
-    try:
-        sft, rlhf = synthetic.make_pair(tmp_path_factory.mktemp("l3"), "tiny", seed=4, family="llama3", tied=True)
-    except RuntimeError as e:
-        pytest.skip(str(e))
+    pair = make_family_pair(tmp_path_factory.mktemp("l3"), "llama3", tied=True, seed=4)
+    sft, rlhf = pair.sft, pair.rlhf
     tok = json.loads((rlhf / "tokenizer.json").read_text("utf-8"))
     tok["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = r"\p{N}{1,2}|\s+"  # Qwen-like digits
     (rlhf / "tokenizer.json").write_text(json.dumps(tok), "utf-8")
@@ -159,9 +163,7 @@ def test_rope_freqs_equal_llama_cpp_converter():
 
     from expo_gguf.mapping import hparams_from_config, rope_freqs
 
-    src = synthetic.models.llama_cpp_src(fetch=False)
-    if src is None:
-        pytest.skip("llama.cpp sources not fetched (make venv does it)")
+    src = llama_cpp_src()
     sys.path[:0] = [str(src), str(src / "gguf-py")]
     try:
         llama = pytest.importorskip("conversion.llama")
@@ -179,3 +181,46 @@ def test_rope_freqs_equal_llama_cpp_converter():
         ours = rope_freqs(hparams_from_config(config, "test"))
         assert ours.tobytes() == theirs.numpy().astype(np.float32).tobytes()
         assert len(set(ours.tolist())) > 2  # 1, factor, and smoothed values in between
+
+
+def test_dry_run_lists_every_alpha(pair, tmp_path):
+    res = run_cli("build", "--sft", pair.sft, "--rlhf", pair.rlhf, "--alpha", "0.1,0.3", "-q", "q8_0,q4_k_m",
+                  "--outdir", tmp_path / "o", "--dry-run")
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0 and "alpha=0.1,0.3" in text, res.output
+    for a in ("0.1", "0.3"):
+        for q in ("Q8_0", "Q4_K_M"):
+            assert f"Starling-LM-7B-beta-ExPO-a{a}-{q}.gguf" in text
+    assert text.count("(temporary)") == 2  # one 16-bit intermediate per alpha, for the K-quant
+    assert not (tmp_path / "o").exists()
+
+
+def _set_rope(d: Path, **keys: object) -> None:
+    cfg = json.loads((d / "config.json").read_text())
+    for k in ("rope_scaling", "rope_parameters", "rope_theta"):
+        cfg.pop(k, None)
+    cfg.update(keys)
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
+def test_transformers_5_rope_parameters_match_an_older_config(pair_copy, tmp_path):
+    """A DPO run saved by transformers 5 (rope_parameters, type default) against an SFT saved by 4.x
+    (rope_scaling null, rope_theta): the same model; a real difference is named readably."""
+    _set_rope(pair_copy.sft, rope_scaling=None, rope_theta=10000.0)
+    _set_rope(pair_copy.rlhf, rope_parameters={"rope_theta": 10000.0, "rope_type": "default"})
+    res = run_cli("build", "--sft", pair_copy.sft, "--rlhf", pair_copy.rlhf, "-q", "q8_0", "--outdir", tmp_path / "o")
+    assert res.exit_code == 0, res.output
+    _set_rope(pair_copy.rlhf, rope_parameters={"rope_theta": 10000.0, "rope_type": "linear", "factor": 2.0})
+    res = run_cli("build", "--sft", pair_copy.sft, "--rlhf", pair_copy.rlhf, "-q", "q8_0", "--outdir", tmp_path / "p")
+    assert_clean_failure(res, tmp_path / "p", "rope_scaling none (SFT) vs linear factor=2 (RLHF)", code=2)
+
+
+def test_template_file_beats_tokenizer_config_as_in_transformers(zephyr, tmp_path):
+    (zephyr.rlhf / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    res = run_cli("build", "--sft", zephyr.sft, "--rlhf", zephyr.rlhf, "-q", "q8_0", "--outdir", tmp_path / "o")
+    assert res.exit_code == 0 and "chat_template.jinja and tokenizer_config.json's chat_template differ" in \
+        " ".join(res.output.split()), res.output
+    import transformers
+
+    expected = transformers.AutoTokenizer.from_pretrained(zephyr.rlhf).chat_template
+    assert read_gguf_header(next((tmp_path / "o").glob("*.gguf"))).values["tokenizer.chat_template"] == expected

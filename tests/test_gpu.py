@@ -70,12 +70,10 @@ def test_chat_auto_offloads(built):
 @pytest.fixture(scope="module")
 def llama3_built(tmp_path_factory):
     """A Llama-3-shaped pair (tied embeddings, GQA, head_dim 32, llama3 rope_freqs) built at F32 and Q8_0."""
-    from conftest import synthetic
+    from conftest import make_family_pair
 
-    try:
-        sft, rlhf = synthetic.make_pair(tmp_path_factory.mktemp("l3"), "tiny", seed=5, family="llama3", tied=True)
-    except RuntimeError as e:
-        pytest.skip(str(e))
+    pair = make_family_pair(tmp_path_factory.mktemp("l3"), "llama3", tied=True, seed=5)
+    sft, rlhf = pair.sft, pair.rlhf
     out = tmp_path_factory.mktemp("l3-out")
     res = run_cli("build", "--sft", sft, "--rlhf", rlhf, "-q", "f32,q8_0", "--outdir", out)
     assert res.exit_code == 0, res.output

@@ -11,7 +11,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 import pytest
-from conftest import Pair, run_cli, synthetic
+from conftest import Pair, llama_cpp_src, make_family_pair, run_cli
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -22,11 +22,7 @@ FAMILIES = {"zephyr": ("zephyr", False), "llama3": ("llama3", False), "llama3-ti
 
 def _make(tmp_path_factory: pytest.TempPathFactory, key: str) -> Pair:
     family, tied = FAMILIES[key]
-    try:
-        sft, rlhf = synthetic.make_pair(tmp_path_factory.mktemp(key), "tiny", seed=1, family=family, tied=tied)
-    except RuntimeError as e:  # llama.cpp's vocab files could not be had (offline, no cache)
-        pytest.skip(str(e))
-    return Pair(sft, rlhf)
+    return make_family_pair(tmp_path_factory.mktemp(key), family, tied, seed=1)
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
@@ -160,7 +156,7 @@ def test_llama3_tokenizes_as_llama_cpp_expects(llama3_built):
     from tokenizers import Tokenizer
 
     pair, path = llama3_built
-    src = synthetic.models.llama_cpp_src()
+    src = llama_cpp_src()
     llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
     hf = Tokenizer.from_file(str(pair.rlhf / "tokenizer.json"))
     for text, expected in _vocab_tests(src):
@@ -199,3 +195,104 @@ def test_info_shortens_a_long_template(family):
         assert "more lines (--template prints it all)" in short.output and template.strip() not in short.output
     else:
         assert template.strip() in short.output
+
+
+@pytest.fixture
+def llama3_copy(tmp_path_factory: pytest.TempPathFactory) -> Pair:
+    """A fresh tied Llama-3-shaped pair to edit (0.2 s once the tokenizer is cached)."""
+    return _make(tmp_path_factory, "llama3-tied")
+
+
+def _build_q8(pair: Pair, out: Path, *extra: str) -> tuple[Path, str]:
+    res = run_cli("build", "--sft", pair.sft, "--rlhf", pair.rlhf, "-q", "q8_0", "--outdir", out, *extra)
+    assert res.exit_code == 0, res.output
+    return next(out.glob("*.gguf")), " ".join(res.output.split())
+
+
+def _edit(path: Path, **changes: object) -> None:
+    data = json.loads(path.read_text("utf-8"))
+    data.update(changes)
+    path.write_text(json.dumps(data), "utf-8")
+
+
+def test_end_ids_llama_cpp_does_not_know_get_the_keys(llama3_copy, tmp_path):
+    """Five end ids: eos, then eot and eom go to ids llama.cpp cannot recognise by their text; the
+    one left over is named in a warning, and it is the only one that does not stop generation."""
+    gen = llama3_copy.rlhf / "generation_config.json"
+    _edit(gen, eos_token_id=[128001, 128008, 128009, 128002, 128003])
+    path, output = _build_q8(llama3_copy, tmp_path)
+    llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    kv = llm.metadata
+    assert kv["tokenizer.ggml.eos_token_id"] == "128009"
+    assert {kv["tokenizer.ggml.eot_token_id"], kv["tokenizer.ggml.eom_token_id"]} == {"128008", "128002"}
+    assert "(id 128003) ends generation" in output and "llama.cpp will not stop at it" in output
+    eog = {t: bool(llama_cpp.llama_vocab_is_eog(vocab, t)) for t in (128001, 128002, 128003, 128008, 128009)}
+    assert eog == {128001: True, 128002: True, 128003: False, 128008: True, 128009: True}
+
+
+@pytest.mark.parametrize("post,config_bos,want", [("template", False, True), ("bytelevel", True, False)])
+def test_bos_follows_the_post_processor_as_transformers_does(llama3_copy, tmp_path, post, config_bos, want):
+    tok_path = llama3_copy.rlhf / "tokenizer.json"
+    tok = json.loads(tok_path.read_text("utf-8"))
+    if post == "bytelevel":
+        tok["post_processor"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False,
+                                 "use_regex": True}
+        tok_path.write_text(json.dumps(tok), "utf-8")
+    _edit(llama3_copy.rlhf / "tokenizer_config.json", add_bos_token=config_bos)
+    path, _ = _build_q8(llama3_copy, tmp_path)
+    kv = llama_cpp.Llama(str(path), vocab_only=True, verbose=False).metadata
+    assert kv["tokenizer.ggml.add_bos_token"] == str(want).lower()
+    hf = transformers.AutoTokenizer.from_pretrained(llama3_copy.rlhf)
+    assert (hf.encode("hi")[0] == 128000) == want
+
+
+def test_merges_as_pairs_and_a_saved_tied_lm_head(llama3_copy, tmp_path):
+    """transformers >= 4.45 writes merges as pairs; some exporters save the tied lm_head anyway:
+    the same GGUF tensors and vocabulary as the plain checkpoint."""
+    from safetensors.torch import load_file, save_file
+
+    from expo_gguf.gguf_check import read_gguf_header
+
+    plain, _ = _build_q8(llama3_copy, tmp_path / "plain")
+    tok_path = llama3_copy.rlhf / "tokenizer.json"
+    tok = json.loads(tok_path.read_text("utf-8"))
+    tok["model"]["merges"] = [m.split(" ") for m in tok["model"]["merges"]]
+    tok_path.write_text(json.dumps(tok), "utf-8")
+    for d in (llama3_copy.sft, llama3_copy.rlhf):
+        index = json.loads((d / "model.safetensors.index.json").read_text())
+        shard = d / index["weight_map"]["model.embed_tokens.weight"]
+        tensors = load_file(shard)
+        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
+        save_file(tensors, shard, metadata={"format": "pt"})
+        index["weight_map"]["lm_head.weight"] = shard.name
+        (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    edited, _ = _build_q8(llama3_copy, tmp_path / "edited")
+    a, b = read_gguf_header(plain), read_gguf_header(edited)
+    assert [t.name for t in a.tensors] == [t.name for t in b.tensors] and "output.weight" not in {t.name for t in b.tensors}
+    assert a.values["tokenizer.ggml.merges"] == b.values["tokenizer.ggml.merges"]
+
+
+def test_llama3_pre_tokenizer_hash_is_llama_cpp_s(llama3_built):
+    """llama.cpp's converter recognises a pre-tokenizer by hashing what transformers makes of a test
+    string; the tokenizer.json we call llama-bpe must give the hash it calls llama-bpe."""
+    import hashlib
+    import re
+
+    pair, _ = llama3_built
+    base = (llama_cpp_src() / "conversion" / "base.py").read_text("utf-8")
+    chktxt = re.search(r"chktxt = (['\"].*['\"])\n", base).group(1)
+    known = re.findall(r'chkhsh == "([0-9a-f]{64})":\n\s*# ref: [^\n]*\n\s*res = "llama-bpe"', base)
+    assert known
+    tokens = transformers.AutoTokenizer.from_pretrained(pair.rlhf).encode(eval(chktxt))  # a Python literal
+    assert hashlib.sha256(str(tokens).encode()).hexdigest() in known
+
+
+def test_llama3_k_quant_runs(llama3_copy, tmp_path):
+    """rope_freqs and the tied token_embd through llama.cpp's own quantizer (Q4_K_M), then evaluated."""
+    res = run_cli("build", "--sft", llama3_copy.sft, "--rlhf", llama3_copy.rlhf, "-q", "f32,q4_k_m", "--outdir", tmp_path)
+    assert res.exit_code == 0, res.output
+    files = {p.stem.rsplit("-", 1)[1]: p for p in tmp_path.glob("*.gguf")}
+    ids = [128000, 791, 4062, 14198, 39935, 35308, 927, 279, 16053, 5679, 13]
+    ref, got = _llama_logits(files["F32"], ids), _llama_logits(files["Q4_K_M"], ids)
+    assert np.isfinite(got).all() and np.corrcoef(got.ravel(), ref.ravel())[0, 1] > 0.9

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import synthetic
+from conftest import llama_cpp_src, synthetic
 
 gen = synthetic
 
@@ -151,14 +151,6 @@ CHAT_HI = {  # one user turn "hi" with add_generation_prompt, as the models' car
                "Today Date: 26 Jul 2024\n\n<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"
                "<|start_header_id|>assistant<|end_header_id|>\n\n"),
 }
-
-
-def llama_cpp_src() -> Path:
-    """llama.cpp's sources as `make venv` fetched them, or skip (tests never download)."""
-    src = gen.models.llama_cpp_src(fetch=False)
-    if src is None:
-        pytest.skip(gen.models.LLAMA_CPP_SRC_HINT)
-    return src
 
 
 @pytest.fixture(scope="module", params=FAMILY_CASES, ids=["zephyr", "llama3", "llama3-tied"])
