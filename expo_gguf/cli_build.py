@@ -66,7 +66,7 @@ def parse_alphas(text: str) -> tuple[float, ...]:
 
 @cli.command()
 @click.option("--preset", default=None, metavar="NAME",
-              help="A published ExPO model (see `expo-gguf presets`): fills --sft, --rlhf, --alpha and --name "
+              help="A published ExPO model (see `expo-gguf presets`): fills --sft, --rlhf and --alpha "
                    "[default: starling-lm-7b-beta].")
 @click.option("--sft", default=None,
               help="SFT checkpoint: a local directory or a Hugging Face repo id (looked up in the local HF cache, "
@@ -82,7 +82,9 @@ def parse_alphas(text: str) -> tuple[float, ...]:
               help=f"Comma-separated quant types, case-insensitive: {', '.join(QUANTS)}. "
                    "All come from one extrapolation pass.")
 @click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("models"), show_default=True)
-@click.option("--name", default=None, help="Output base name [default: <RLHF name>-ExPO]; files are OUTDIR/NAME-QUANT.gguf.")
+@click.option("--name", default=None,
+              help="Output base name; files are OUTDIR/NAME-QUANT.gguf [default: <RLHF name>-ExPO, the published "
+                   "model's name; with -aALPHA when the alpha is not the preset's].")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @click.option("--dry-run", is_flag=True, help="Check both checkpoints and print the plan (sizes, RAM, disk); write nothing.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="Worker threads [default: all cores].")
