@@ -296,3 +296,27 @@ def test_llama3_k_quant_runs(llama3_copy, tmp_path):
     ids = [128000, 791, 4062, 14198, 39935, 35308, 927, 279, 16053, 5679, 13]
     ref, got = _llama_logits(files["F32"], ids), _llama_logits(files["Q4_K_M"], ids)
     assert np.isfinite(got).all() and np.corrcoef(got.ravel(), ref.ravel())[0, 1] > 0.9
+
+
+def test_texts_we_leave_to_llama_cpp_do_end_generation(llama3_copy, tmp_path):
+    """vocab.LLAMA_CPP_EOG_TEXTS is our copy of llama.cpp's list of end texts (ids with them get no
+    key when keys run short): every one must end generation in the llama.cpp we ship with."""
+    from expo_gguf.vocab import LLAMA_CPP_EOG_TEXTS
+
+    texts = sorted(LLAMA_CPP_EOG_TEXTS - {"<|eot_id|>", "<|end_of_text|>"})  # already in the vocabulary
+    first = 128010  # <|reserved_special_token_5|> on: renamed, as a checkpoint would name its own
+    tok_path, cfg_path = llama3_copy.rlhf / "tokenizer.json", llama3_copy.rlhf / "tokenizer_config.json"
+    tok, cfg = json.loads(tok_path.read_text("utf-8")), json.loads(cfg_path.read_text("utf-8"))
+    for i, text in enumerate(texts):
+        next(a for a in tok["added_tokens"] if a["id"] == first + i)["content"] = text
+        cfg["added_tokens_decoder"][str(first + i)]["content"] = text
+    tok_path.write_text(json.dumps(tok), "utf-8")
+    cfg_path.write_text(json.dumps(cfg), "utf-8")
+    _edit(llama3_copy.rlhf / "generation_config.json", eos_token_id=128009)
+    path, _ = _build_q8(llama3_copy, tmp_path)
+    llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    for i, text in enumerate(texts):
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == [first + i]
+        assert llama_cpp.llama_vocab_is_eog(vocab, first + i), text
+    assert not llama_cpp.llama_vocab_is_eog(vocab, first + len(texts))  # an untouched reserved token
