@@ -19,18 +19,13 @@ import gguf
 
 from .checkpoint import read_json
 from .errors import ExpoError
+from .template import END_OF_TURN, OPENCHAT_TEMPLATE, chat_template  # noqa: F401 (OPENCHAT_TEMPLATE: for modelfile)
 from .vocab_bpe import load_bpe
 
 log = logging.getLogger("expo_gguf")
 
-END_OF_TURN = "<|end_of_turn|>"
-OPENCHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}{{ 'GPT4 Correct ' + message['role'].title() + ': ' "
-    "+ message['content'] + '<|end_of_turn|>'}}{% endfor %}{% if add_generation_prompt %}"
-    "{{ 'GPT4 Correct Assistant:' }}{% endif %}"
-)
 # Token texts llama.cpp itself treats as end of generation (llama-vocab.cpp, load): an id among
-# these needs no GGUF key to stop generation.
+# these needs no GGUF key to stop generation (test_llama_family checks each against llama.cpp).
 LLAMA_CPP_EOG_TEXTS = frozenset({
     "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>",
     "<EOT>", "<|end_of_text|>", "<eos>",
@@ -93,65 +88,6 @@ def _token_id(value: object, where: Path) -> int:
 def looks_special(text: str) -> bool:
     """Added tokens some checkpoints forget to mark special; llama.cpp's converter types them CONTROL too."""
     return (text.startswith("<|") and text.endswith("|>")) or text in ("<pad>", "<mask>")
-
-
-def _read_template(path: Path) -> str:
-    try:
-        text = path.read_bytes().decode("utf-8")  # byte for byte: no newline translation
-    except OSError as e:
-        raise ExpoError(f"chat template {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise ExpoError(f"chat template {path}: not UTF-8 text") from None
-    if not text.strip():
-        raise ExpoError(f"chat template {path} is empty")
-    return text
-
-
-def jinja_error(template: str) -> str | None:
-    """A template that does not parse would only fail later, at the first chat."""
-    import jinja2
-
-    try:
-        jinja2.Environment().parse(template)
-    except jinja2.TemplateSyntaxError as e:
-        return f"line {e.lineno}: {e.message}"
-    except (jinja2.TemplateError, RecursionError) as e:
-        return str(e)[:100] or type(e).__name__
-    return None
-
-
-def _chat_template(root: Path, tok_config: dict, override: Path | None, has_end_of_turn: bool) -> tuple[str, str | None]:
-    """--chat-template, else the checkpoint's own byte for byte; OpenChat's only for an OpenChat vocab."""
-    if override is not None:
-        text = _read_template(override)
-        if (problem := jinja_error(text)) is not None:
-            raise ExpoError(f"chat template {override} is not valid Jinja ({problem})")
-        return text, None
-    text, warning = _own_template(root, tok_config, has_end_of_turn)
-    if (problem := jinja_error(text)) is not None:
-        warning = f"{root.name}'s chat template is not valid Jinja ({problem}); chat will fail: give --chat-template FILE"
-    return text, warning
-
-
-def _own_template(root: Path, tok_config: dict, has_end_of_turn: bool) -> tuple[str, str | None]:
-    """In transformers' order: a chat_template.jinja file before tokenizer_config.json's entry."""
-    tmpl = tok_config.get("chat_template")
-    if isinstance(tmpl, list):  # named templates: take the default one, as transformers does
-        tmpl = next((t.get("template") for t in tmpl if isinstance(t, dict) and t.get("name") == "default"), None)
-    if (root / "chat_template.jinja").is_file():
-        text = _read_template(root / "chat_template.jinja")
-        differs = isinstance(tmpl, str) and tmpl and tmpl != text
-        return text, ("chat_template.jinja and tokenizer_config.json's chat_template differ; writing the "
-                      ".jinja file's, as transformers uses it") if differs else None
-    if isinstance(tmpl, str) and tmpl:
-        return tmpl, None
-    tmpl = read_json(root / "chat_template.json", "chat template", required=False).get("chat_template")
-    if isinstance(tmpl, str) and tmpl:
-        return tmpl, None
-    if has_end_of_turn:
-        return OPENCHAT_TEMPLATE, f"{root.name} has no chat template; writing the OpenChat one (its vocab has {END_OF_TURN})"
-    raise ExpoError(f"{root} has no chat template (tokenizer_config.json chat_template, chat_template.jinja); "
-                    "give one with --chat-template FILE")
 
 
 def _added_tokens(root: Path, tok_config: dict) -> dict[int, tuple[str, bool]]:
@@ -297,7 +233,7 @@ def _special_ids(root: Path, tok_config: dict, p: _Pieces, vocab_size: int, warn
     return {k: v for k, v in special.items() if 0 <= v < vocab_size}
 
 
-def load_vocab(root: Path, vocab_size: int, chat_template: Path | None = None) -> Vocab:
+def load_vocab(root: Path, vocab_size: int, template_file: Path | None = None) -> Vocab:
     """The RLHF checkpoint's tokenizer as exactly ``vocab_size`` tokens (the embedding rows)."""
     tok_config = read_json(root / "tokenizer_config.json", "tokenizer config", required=False)
     added = _added_tokens(root, tok_config)
@@ -310,7 +246,7 @@ def load_vocab(root: Path, vocab_size: int, chat_template: Path | None = None) -
     warnings: list[str] = []
     _place_added(pieces, added, vocab_size, root, warnings)
     special = _special_ids(root, tok_config, pieces, vocab_size, warnings)
-    template, warning = _chat_template(root, tok_config, chat_template,
+    template, warning = chat_template(root, tok_config, template_file,
                                        any(t == END_OF_TURN.encode() for t in pieces.tokens))
     if warning:
         warnings.append(warning)
