@@ -126,7 +126,10 @@ def load_bpe(root: Path) -> BpeBase:
             raise ExpoError(f"{where}: token ids are not 0..{len(vocab) - 1}, each once (at {text!r}: {tid!r})")
         tokens[tid] = text
     added: dict[int, tuple[str, bool]] = {}
-    for entry in tok.get("added_tokens") or []:
+    entries = tok.get("added_tokens") or []
+    if not isinstance(entries, list):
+        raise ExpoError(f"{where}: added_tokens is not a list")
+    for entry in entries:
         tid, content = (entry.get("id"), entry.get("content")) if isinstance(entry, dict) else (None, None)
         if not (isinstance(tid, int) and not isinstance(tid, bool) and tid >= 0 and isinstance(content, str)):
             raise ExpoError(f"{where}: added token {entry!r} has no id and content")

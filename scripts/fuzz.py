@@ -212,7 +212,70 @@ class GGUFTarget(Target):
         return lambda: describe(path)
 
 
-TARGETS = {t.name: t for t in (HeaderTarget, CheckpointTarget, GGUFTarget)}
+def _byte_level_alphabet() -> list[str]:
+    """GPT-2's bytes-to-unicode map: the 256 single-byte tokens of a byte-level BPE."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = iter(range(256, 512))
+    return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
+
+
+class TokenizerTarget(Target):
+    """A small Llama-3-style tokenizer.json (byte-level BPE, llama-bpe pre-tokenizer, specials, an
+    eos list in generation_config.json, a template file), through load_vocab."""
+
+    name = "tokenizer"
+    SIZE = 264
+
+    def __init__(self, work: Path, pair: tuple[Path, Path]) -> None:
+        super().__init__(work, pair)
+        from expo_gguf.vocab_bpe import LLAMA3_REGEX
+
+        alphabet = _byte_level_alphabet()
+        vocab = {t: i for i, t in enumerate(alphabet)} | {"Ġt": 256, "he": 257, "Ġthe": 258}
+        specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|my_end|>"]
+        added = [{"id": 259 + i, "content": c, "special": True, "normalized": False} for i, c in enumerate(specials)]
+        self.files = {
+            "tokenizer.json": {
+                "version": "1.0", "added_tokens": added, "normalizer": None,
+                "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                    {"type": "Split", "pattern": {"Regex": LLAMA3_REGEX}, "behavior": "Isolated", "invert": False},
+                    {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
+                "post_processor": {"type": "TemplateProcessing", "single": [
+                    {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}]},
+                "decoder": {"type": "ByteLevel"},
+                "model": {"type": "BPE", "byte_fallback": False, "ignore_merges": True, "vocab": vocab,
+                          "merges": ["Ġ t", ["h", "e"], "Ġt he"]}},
+            "tokenizer_config.json": {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
+                                      "added_tokens_decoder": {str(a["id"]): a for a in added}},
+            "generation_config.json": {"eos_token_id": [260, 261, 262]},
+        }
+        self.template = b"{% for m in messages %}{{ m['content'] }}<|eot_id|>{% endfor %}"
+
+    def case(self, rng: random.Random) -> Callable[[], object]:
+        from expo_gguf.vocab import load_vocab
+
+        case = self.work / "case"
+        shutil.rmtree(case, ignore_errors=True)
+        case.mkdir(parents=True)
+        victim = rng.choice([*self.files, "chat_template.jinja"])
+        for name, obj in self.files.items():
+            text = _json_text(obj)
+            if name == victim:
+                text = _json_text(mutate_json(obj, rng)) if rng.random() < 0.85 else mutate_bytes(text, rng)
+            (case / name).write_bytes(text)
+        (case / "chat_template.jinja").write_bytes(
+            mutate_bytes(self.template, rng) if victim == "chat_template.jinja" else self.template)
+
+        def run() -> object:
+            vocab = load_vocab(case, self.SIZE)
+            assert len(vocab.tokens) == len(vocab.types) == self.SIZE, "vocab size differs from the embedding rows"
+            assert all(0 <= t < self.SIZE for t in vocab.special_ids.values()), "special id out of range"
+            return vocab
+
+        return run
+
+
+TARGETS = {t.name: t for t in (HeaderTarget, CheckpointTarget, GGUFTarget, TokenizerTarget)}
 
 
 def run_case(fn: Callable[[], object]) -> str | None:

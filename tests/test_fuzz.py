@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 fuzz = _load_script("fuzz")
-BUDGET = {"safetensors": 1500, "gguf": 1500, "checkpoint": 250}
+BUDGET = {"safetensors": 1500, "gguf": 1500, "checkpoint": 250, "tokenizer": 600}
 
 
 @pytest.fixture(scope="module")
