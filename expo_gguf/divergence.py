@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import llama_cpp
 import numpy as np
@@ -100,6 +100,41 @@ def against(ref_logp: np.ndarray, logp: np.ndarray) -> tuple[np.ndarray, np.ndar
     return kld_rows(ref, logp), ref.argmax(axis=1) == logp.argmax(axis=1)
 
 
+def forced_logits(ctx: llama_cpp.llama_context_p, tokens: Sequence[int], first: int,
+                  n_batch: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Teacher forcing: the logits at positions ``first .. len(tokens)-2``, each predicting the
+    next id, from one pass over ``tokens`` on an empty KV cache in ``n_batch`` pieces.
+
+    Yields ``(row, logits)``: ``row`` counts from ``first``, and ``logits`` is a view of llama.cpp's
+    output buffer, valid until the next piece. ``eval`` and ``compare`` both score through here.
+    """
+    n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(llama_cpp.llama_get_model(ctx)))
+    memory = llama_cpp.llama_get_memory(ctx)
+    batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+    try:
+        for i in range(n_batch):
+            batch.seq_id[i][0] = 0
+        np.ctypeslib.as_array(batch.n_seq_id, shape=(n_batch,))[:] = 1
+        llama_cpp.llama_memory_clear(memory, True)
+        end = len(tokens) - 1  # the last id is only a target
+        for lo in range(0, end, n_batch):
+            n = min(n_batch, end - lo)
+            pos = np.arange(lo, lo + n)
+            np.ctypeslib.as_array(batch.token, shape=(n_batch,))[:n] = tokens[lo:lo + n]
+            np.ctypeslib.as_array(batch.pos, shape=(n_batch,))[:n] = pos
+            np.ctypeslib.as_array(batch.logits, shape=(n_batch,))[:n] = pos >= first
+            batch.n_tokens = n
+            rc = llama_cpp.llama_decode(ctx, batch)
+            if rc != 0:
+                raise ExpoError(f"llama_decode failed ({rc}) on a {n}-token batch")
+            k = int((pos >= first).sum())
+            if k:
+                yield max(lo - first, 0), np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx), shape=(k, n_vocab))
+    finally:
+        llama_cpp.llama_batch_free(batch)
+        llama_cpp.llama_memory_clear(memory, True)
+
+
 @contextlib.contextmanager
 def reference_cache(rows: int, n_vocab: int, hint: str) -> Iterator[np.ndarray]:
     """A ``(rows, n_vocab)`` float32 memmap in TMPDIR for the reference's log-probabilities,
@@ -109,7 +144,7 @@ def reference_cache(rows: int, n_vocab: int, hint: str) -> Iterator[np.ndarray]:
         free = shutil.disk_usage(tmp).free
         if need > free:
             raise ExpoError(f"the reference's log-probabilities need {need / 1e9:.1f} GB in {tmp} "
-                            f"({free / 1e9:.1f} GB free); {hint} or point TMPDIR elsewhere")
+                            f"({free / 1e9:.1f} GB free); {hint} or point TMPDIR at a disk with room")
         cache = np.lib.format.open_memmap(Path(tmp) / "ref.npy", mode="w+", dtype=CACHE_DTYPE,
                                           shape=(max(rows, 1), n_vocab))
         try:

@@ -26,11 +26,11 @@ from typing import Callable, Sequence
 import llama_cpp
 import numpy as np
 
-from .divergence import (KldStats, against, check_same_vocab, kld_stats, logprob_blocks, mean_unc,
-                         read_vocab, reference_cache, vocab_model)
+from .divergence import (KldStats, against, check_same_vocab, forced_logits, kld_stats, logprob_blocks,
+                         mean_unc, read_vocab, reference_cache, vocab_model)
 from .errors import ExpoError
 from .gguf_check import check_header, open_gguf
-from .runtime import set_llama_log
+from .runtime import set_llama_log, tokenize_text
 
 
 @dataclass(frozen=True)
@@ -76,13 +76,7 @@ def ppl_stats(nll: np.ndarray) -> PplStats:
 def tokenize(vocab_path: Path, text: bytes, bos: int | None) -> list[int]:
     """The text as llama.cpp's ``common_tokenize(ctx, text, add_special=true)`` gives it."""
     with vocab_model(vocab_path) as model:
-        vocab = llama_cpp.llama_model_get_vocab(model)
-        buf = (llama_cpp.llama_token * (len(text) + 1))()
-        n = llama_cpp.llama_tokenize(vocab, text, len(text), buf, len(buf), False, False)
-        if n < 0:
-            buf = (llama_cpp.llama_token * -n)()
-            n = llama_cpp.llama_tokenize(vocab, text, len(text), buf, len(buf), False, False)
-        toks = list(buf[:n])
+        toks = tokenize_text(llama_cpp.llama_model_get_vocab(model), text, special=False)
     return ([bos] if bos is not None else []) + toks
 
 
@@ -123,28 +117,7 @@ class _Evaluator:
             self._stack.close()
             raise ExpoError(f"llama.cpp could not create a {opts.n_ctx}-token context for {path}")
         self._stack.callback(llama_cpp.llama_free, self.ctx)
-        self.n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model))
-        self.n_ctx = opts.n_ctx
-        self.first = opts.n_ctx // 2
-        self.batch = llama_cpp.llama_batch_init(opts.n_ctx, 0, 1)
-        self._stack.callback(llama_cpp.llama_batch_free, self.batch)
-        for i in range(opts.n_ctx):
-            self.batch.seq_id[i][0] = 0
-        np.ctypeslib.as_array(self.batch.n_seq_id, shape=(opts.n_ctx,))[:] = 1
-        np.ctypeslib.as_array(self.batch.pos, shape=(opts.n_ctx,))[:] = np.arange(opts.n_ctx)
-        # llama.cpp asks for logits from position n_ctx/2 on; the last one predicts nothing.
-        np.ctypeslib.as_array(self.batch.logits, shape=(opts.n_ctx,))[:] = np.arange(opts.n_ctx) >= self.first
-        self.batch.n_tokens = opts.n_ctx
-
-    def logits(self, chunk: np.ndarray) -> np.ndarray:
-        """A view of llama.cpp's output buffer: rows for positions first..n_ctx-1, valid until the next call."""
-        np.ctypeslib.as_array(self.batch.token, shape=(self.n_ctx,))[:] = chunk
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
-        rc = llama_cpp.llama_decode(self.ctx, self.batch)
-        if rc != 0:
-            raise ExpoError(f"llama_decode failed ({rc}) on a {self.n_ctx}-token chunk")
-        n_out = self.n_ctx - self.first
-        return np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.ctx), shape=(n_out, self.n_vocab))
+        self.first = opts.n_ctx // 2  # llama.cpp scores the second half of each chunk
 
     def close(self) -> None:
         self._stack.close()
@@ -165,17 +138,18 @@ def score_file(path: Path, chunks: np.ndarray, opts: EvalOptions, *, reference: 
     nll, kld, same = [], [], []
     try:
         for c, chunk in enumerate(chunks):
-            logits = ev.logits(chunk)
             targets = chunk[ev.first + 1:]
-            for block, logp in logprob_blocks(logits[:n_scored]):
-                rows = slice(c * n_scored + block.start, c * n_scored + block.stop)
-                nll.append(-logp[np.arange(len(logp)), targets[block]].astype(np.float64))
-                if store is not None:
-                    store[rows] = logp
-                if reference is not None:
-                    k, agree = against(reference[rows], logp)
-                    kld.append(k)
-                    same.append(agree)
+            for row, logits in forced_logits(ev.ctx, chunk, ev.first, opts.n_ctx):
+                for block, logp in logprob_blocks(logits):
+                    lo, hi = row + block.start, row + block.stop
+                    rows = slice(c * n_scored + lo, c * n_scored + hi)
+                    nll.append(-logp[np.arange(len(logp)), targets[lo:hi]].astype(np.float64))
+                    if store is not None:
+                        store[rows] = logp
+                    if reference is not None:
+                        k, agree = against(reference[rows], logp)
+                        kld.append(k)
+                        same.append(agree)
             if on_chunk:
                 on_chunk()
     finally:

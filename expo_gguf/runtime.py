@@ -84,6 +84,7 @@ class TurnStats:
     prompt_evaluated: int  # prompt tokens llama.cpp decoded in batches (the rest came from cache)
     prompt_ms: float
     generated: int
+    gen_evaluated: int  # llama.cpp's n_eval: the one-token decodes ``gen_ms`` timed
     gen_ms: float
     ttft_s: float
     ctx_used: int
@@ -96,8 +97,9 @@ class TurnStats:
 
     @property
     def gen_tps(self) -> float:
-        # The first generated token is sampled from the prompt's logits; the rest cost one decode.
-        return max(self.generated - 1, 0) / self.gen_ms * 1000 if self.gen_ms > 0 else 0.0
+        # llama.cpp's own count: a reply cut at max_tokens leaves its last token undecoded, one
+        # that ends decodes every token before its stop token.
+        return self.gen_evaluated / self.gen_ms * 1000 if self.gen_ms > 0 else 0.0
 
     def line(self) -> str:
         cached = self.prompt_evaluated <= 1 or self.prompt_ms <= 0  # /regen replays one token
@@ -159,6 +161,60 @@ def quant_name(file_type: str | None) -> str:
 
 
 
+def token_piece(vocab: llama_cpp.llama_vocab_p, token: int, special: bool = False) -> bytes:
+    """Bytes of one token; control tokens give b"" unless ``special``."""
+    buf = ctypes.create_string_buffer(256)
+    n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, special)
+    if n < 0:  # piece longer than the buffer: llama.cpp returns minus the size it needs
+        buf = ctypes.create_string_buffer(-n)
+        n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, special)
+    return buf.raw[:n]
+
+
+def tokenize_text(vocab: llama_cpp.llama_vocab_p, text: bytes, special: bool) -> list[int]:
+    """llama.cpp's tokenizer without BOS; ``special`` parses control-token texts as those tokens."""
+    buf = (llama_cpp.llama_token * (len(text) + 2))()
+    n = llama_cpp.llama_tokenize(vocab, text, len(text), buf, len(buf), False, special)
+    if n < 0:  # more tokens than the buffer: llama.cpp returns minus the count
+        buf = (llama_cpp.llama_token * -n)()
+        n = llama_cpp.llama_tokenize(vocab, text, len(text), buf, len(buf), False, special)
+    return list(buf[:n])
+
+
+class PromptFormat:
+    """A model's chat template over its vocabulary: needs no weights, so ``compare`` can measure
+    every prompt of every model (from a vocab-only load) before generating anything."""
+
+    def __init__(self, vocab: llama_cpp.llama_vocab_p, template: str, source: str) -> None:
+        self.vocab, self.source = vocab, source
+        bos, eos = llama_cpp.llama_vocab_bos(vocab), llama_cpp.llama_vocab_eos(vocab)
+        self._bos = bos
+        self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(vocab))
+        self._formatter = Jinja2ChatFormatter(
+            template,
+            eos_token=self._text(eos) if eos >= 0 else "",
+            bos_token=self._text(bos) if bos >= 0 else "",
+            add_generation_prompt=True,
+        )
+
+    def _text(self, token: int) -> str:
+        return token_piece(self.vocab, token, special=True).decode("utf-8", errors="replace")
+
+    def render(self, messages: list[Message]) -> str:
+        """The prompt text, exactly as the model's template lays it out."""
+        try:
+            return self._formatter(messages=messages).prompt
+        except Exception as e:  # jinja raises a zoo of types; a template bug is the user's GGUF
+            raise ExpoError(f"the chat template of {self.source} failed: {e}") from None
+
+    def tokenize(self, messages: list[Message]) -> list[int]:
+        """Prompt tokens; BOS only where the vocab wants one and the template did not write it."""
+        toks = tokenize_text(self.vocab, self.render(messages).encode(), special=True)
+        if self._add_bos and self._bos >= 0 and (not toks or toks[0] != self._bos):
+            toks.insert(0, self._bos)
+        return toks
+
+
 class ChatModel:
     """A loaded model plus everything needed to chat with it; one per session."""
 
@@ -166,30 +222,10 @@ class ChatModel:
         self.llama = llama
         self.info = info
         self.vocab = llama_cpp.llama_model_get_vocab(llama.model)
-        bos, eos = llama.token_bos(), llama.token_eos()
-        self._bos = bos
-        self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
         self.stop_ids = self._find_stop_ids()
-        self._formatter = Jinja2ChatFormatter(
-            template,
-            eos_token=self._text(eos) if eos >= 0 else "",
-            bos_token=self._text(bos) if bos >= 0 else "",
-            add_generation_prompt=True,
-        )
+        self.prompt_format = PromptFormat(self.vocab, template, info.path.name)
         self.last_stats: TurnStats | None = None
         self.last_tokens: list[int] = []  # the last reply's ids, its stop token included (compare)
-
-    def _text(self, token: int) -> str:
-        return self._piece(token, special=True).decode("utf-8", errors="replace")
-
-    def _piece(self, token: int, special: bool = False) -> bytes:
-        """Bytes of one token; control tokens give b"" unless ``special``."""
-        buf = ctypes.create_string_buffer(256)
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
-        if n < 0:  # piece longer than the buffer: llama.cpp returns minus the size it needs
-            buf = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
-        return buf.raw[:n]
 
     def _find_stop_ids(self) -> frozenset[int]:
         """Every end-of-generation id: llama.cpp's eog set, eos, eot, and known turn ends."""
@@ -197,24 +233,16 @@ class ChatModel:
         ids = {t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)}
         ids |= {t for t in (self.llama.token_eos(), llama_cpp.llama_vocab_eot(self.vocab)) if t >= 0}
         for text in EXTRA_STOP_TEXTS:
-            toks = self.llama.tokenize(text.encode(), add_bos=False, special=True)
+            toks = tokenize_text(self.vocab, text.encode(), special=True)
             if len(toks) == 1 and llama_cpp.llama_vocab_is_control(self.vocab, toks[0]):
                 ids.add(toks[0])
         return frozenset(ids)
 
     def render(self, messages: list[Message]) -> str:
-        """The prompt text, exactly as the model's template lays it out."""
-        try:
-            return self._formatter(messages=messages).prompt
-        except Exception as e:  # jinja raises a zoo of types; a template bug is the user's GGUF
-            raise ExpoError(f"the model's chat template failed: {e}") from None
+        return self.prompt_format.render(messages)
 
     def tokenize(self, messages: list[Message]) -> list[int]:
-        """Prompt tokens; BOS only where the vocab wants one and the template did not write it."""
-        toks = self.llama.tokenize(self.render(messages).encode(), add_bos=False, special=True)
-        if self._add_bos and self._bos >= 0 and (not toks or toks[0] != self._bos):
-            toks.insert(0, self._bos)
-        return toks
+        return self.prompt_format.tokenize(messages)
 
     def fit(self, messages: list[Message], sampling: Sampling) -> tuple[list[Message], int]:
         """Drop the oldest turns until the prompt leaves room for a reply.
@@ -270,7 +298,7 @@ class ChatModel:
                 generated += 1
                 if not ttft:
                     ttft = time.perf_counter() - start
-                text = decoder.decode(self._piece(token))
+                text = decoder.decode(token_piece(self.vocab, token))
                 if leading:  # templates end on "Assistant:"; the reply's first space is layout
                     text = text.lstrip()
                     leading = not text
@@ -291,7 +319,8 @@ class ChatModel:
             perf = llama_cpp.llama_perf_context(ctx)
             self.last_stats = TurnStats(
                 prompt_tokens=len(prompt), prompt_evaluated=perf.n_p_eval,
-                prompt_ms=perf.t_p_eval_ms, generated=generated, gen_ms=perf.t_eval_ms,
+                prompt_ms=perf.t_p_eval_ms, generated=generated, gen_evaluated=perf.n_eval,
+                gen_ms=perf.t_eval_ms,
                 ttft_s=ttft, ctx_used=llama.n_tokens, n_ctx=n_ctx, stop=stop,
             )
 

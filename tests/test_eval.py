@@ -11,7 +11,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 import pytest
-from conftest import ROOT, Pair, run_cli, smollm2_path
+from conftest import ROOT, Pair, one_error_line, run_cli, smollm2_path
 
 from expo_gguf.divergence import kld_rows, kld_stats, log_softmax
 from expo_gguf.evaluate import EvalOptions, Report, evaluate, ppl_stats, prepare, scored_count
@@ -112,22 +112,15 @@ def starling_tiny(pair: Pair, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return next(out.glob("*.gguf"))
 
 
-def _one_error_line(res, expected: str) -> None:  # noqa: ANN001
-    assert res.exit_code == 2, res.output
-    lines = res.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], res.output
-    assert "Traceback" not in res.output
-
-
 def test_bad_inputs(smollm2_quants: dict[str, Path], starling_tiny: Path, tmp_path: Path) -> None:
     q4 = smollm2_quants["q4_0"]
-    _one_error_line(run_cli("eval", q4, tmp_path / "missing.gguf", "--text", SAMPLE), "no such file")
+    one_error_line(run_cli("eval", q4, tmp_path / "missing.gguf", "--text", SAMPLE), "no such file")
     not_gguf = tmp_path / "notes.gguf"
     not_gguf.write_text("hello")
-    _one_error_line(run_cli("eval", not_gguf, q4, "--text", SAMPLE), "is not a GGUF file")
-    _one_error_line(run_cli("eval", q4, starling_tiny, "--text", SAMPLE),
+    one_error_line(run_cli("eval", not_gguf, q4, "--text", SAMPLE), "is not a GGUF file")
+    one_error_line(run_cli("eval", q4, starling_tiny, "--text", SAMPLE),
                     "has a different vocabulary than")
     short = tmp_path / "short.txt"
     short.write_text("Four score and seven years ago.")
-    _one_error_line(run_cli("eval", q4, "--text", short), "shorter than one chunk of --ctx 512")
-    _one_error_line(run_cli("eval", q4, "--text", tmp_path / "none.txt"), "cannot read the text")
+    one_error_line(run_cli("eval", q4, "--text", short), "shorter than one chunk of --ctx 512")
+    one_error_line(run_cli("eval", q4, "--text", tmp_path / "none.txt"), "cannot read the text")
