@@ -30,6 +30,7 @@ from pathlib import Path
 
 import jinja2
 
+from .atomic import write_text_atomic
 from .errors import ExpoError
 from .gguf_info import GGUFInfo, describe
 from .vocab import OPENCHAT_TEMPLATE
@@ -171,15 +172,5 @@ def write_modelfile(gguf_path: Path, force: bool = False, out: Path | None = Non
     if target.exists() and not force:
         raise ExpoError(f"{target} exists; use --force to overwrite it")
     text = modelfile_text(gguf_path, info, from_dir=target.parent)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
-    try:
-        try:
-            with tmp.open("w", encoding="utf-8", newline="\n") as f:
-                f.write(text)
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    except OSError as e:
-        raise ExpoError(f"cannot write {target}: {e.strerror or e}") from None
+    write_text_atomic(target, text)
     return target
