@@ -6,18 +6,16 @@ import json
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .atomic import write_text_atomic
 from .cli import cli
-from .compare import Comparison, CompareOptions, compare
+from .cli_progress import err, progress_bar, table_console
+from .compare import Comparison, CompareOptions, run_checked
+from .compare_check import Checked, check_inputs
 from .compare_metrics import thresholds_text
-from .compare_report import COLUMNS, check_writable, markdown, table_rows, to_json, verdict_lines, write_atomic
-
-console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+from .compare_report import check_outputs, columns, markdown, table_rows, to_json, verdict_lines
 
 HELP = f"""Run the same prompts through each MODEL and measure the replies, to pick an alpha or a quant.
 
@@ -25,10 +23,13 @@ Greedy (fixed seed), each model with its own chat template, one model loaded at 
 model: mean reply length (tokens, characters), distinct-2 and repeated 4-grams (repetition, on
 words), runaway (replies that reach --max-tokens without ending), generation tok/s, and with
 --ref the mean and 99th-percentile KL divergence from REF along REF's own greedy replies
-(teacher-forced, as `expo-gguf eval` defines it; REF's log-probabilities wait in TMPDIR, at most
-prompts x max-tokens x vocabulary x 4 bytes).
+(teacher-forced, as `expo-gguf eval` defines it). REF's log-probabilities wait in a temporary
+file in TMPDIR, sized once REF has answered: its reply tokens x vocabulary x 4 bytes (25 replies
+of 256 tokens with a 128k vocabulary: up to 3.3 GB). Where /tmp is a tmpfs that is RAM: point
+TMPDIR at a disk for long runs.
 
-A verdict line per model names every figure past its threshold: {thresholds_text()}.
+Repetition is counted on words, punctuation left out; distinct-2 per reply, averaged. A verdict
+line per model names every figure past its rule: {thresholds_text()}.
 
 --prompts: a .json list (strings, or objects with "prompt" or "messages" for multi-turn, and
 optional "id" and "category"), or plain text with one prompt per line (# comments).
@@ -43,13 +44,23 @@ def render_table(c: Comparison) -> Table:
     kld = f", KL divergence from {c.reference.name}" if c.reference else ""
     t = Table(title=f"{len(c.prompts)} prompts ({c.prompts_name}), greedy, up to "
                     f"{c.options.max_tokens} tokens{kld}")
-    columns = COLUMNS if c.reference else tuple(x for x in COLUMNS if "KLD" not in x)
-    for i, col in enumerate(columns):
+    for i, col in enumerate(columns(c)):
         right = i >= 2
         t.add_column(col, justify="right" if right else "left", overflow="fold", no_wrap=right)
     for row in table_rows(c):
-        t.add_row(*(row if c.reference else row[:8] + row[10:]))
+        t.add_row(*row)
     return t
+
+
+def print_checked(checked: Checked) -> None:
+    """What the check found that the user should know before the run: once per model."""
+    for text in checked.warnings:
+        err.print(f"warning: {text}", style="yellow", markup=False, soft_wrap=True)
+    for m in checked.every:
+        for text in m.warnings:
+            err.print(f"warning: {m.label}: {text}", style="yellow", markup=False, soft_wrap=True)
+        for text in m.notes:
+            err.print(f"note: {m.label}: {text}", style="dim", markup=False, soft_wrap=True)
 
 
 @cli.command(name="compare", help=HELP)
@@ -74,27 +85,24 @@ def render_table(c: Comparison) -> Table:
 def compare_command(models: tuple[Path, ...], reference: Path | None, prompts_path: Path | None,
                     max_tokens: int, ctx: int, seed: int, threads: int | None, n_gpu_layers: str,
                     report_path: Path | None, json_path: Path | None, verbose: bool) -> None:
-    for path, option in ((report_path, "--report"), (json_path, "--json")):
-        if path is not None:
-            check_writable(path, option)
+    check_outputs({"--report": report_path, "--json": json_path}, [*models, reference, prompts_path])
     opts = CompareOptions(max_tokens=max_tokens, n_ctx=ctx, seed=seed, threads=threads,
                           n_gpu_layers=n_gpu_layers, verbose=verbose)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as p:
-        task = p.add_task("checking inputs", total=None)
+    checked = check_inputs(models, reference, prompts_path, opts)
+    print_checked(checked)
+    with progress_bar() as p:
+        task = p.add_task("starting", total=None)
 
         def progress(what: str, n: int, total: int) -> None:
             p.update(task, total=total, advance=n, **({"description": escape(what)} if what else {}))
 
-        result = compare(models, reference, prompts_path, opts, on_progress=progress)
-    # Piped or redirected output keeps the table's natural width instead of rich's 80 columns.
-    out = console if console.is_terminal else Console(highlight=False, width=200)
+        result = run_checked(checked, opts, on_progress=progress)
+    out = table_console()
     out.print(render_table(result))
     for line in verdict_lines(result):
         out.print(line, markup=False, soft_wrap=True)
-    if report_path:
-        write_atomic(report_path, markdown(result))
-        err.print(f"wrote {report_path}", markup=False, style="dim")
-    if json_path:
-        write_atomic(json_path, json.dumps(to_json(result), indent=2, ensure_ascii=False) + "\n")
-        err.print(f"wrote {json_path}", markup=False, style="dim")
+    for path, text in ((report_path, lambda: markdown(result)),
+                       (json_path, lambda: json.dumps(to_json(result), indent=2, ensure_ascii=False) + "\n")):
+        if path:
+            write_text_atomic(path, text())
+            err.print(f"wrote {path}", markup=False, style="dim")

@@ -6,18 +6,16 @@ import json
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .atomic import write_text_atomic
 from .cli import cli
+from .cli_progress import err, progress_bar, table_console
 from .units import human_bytes as _gb
 from .errors import ExpoError
 from .evaluate import EvalOptions, FileScore, Report, evaluate
 from .runtime import resolve_gpu_layers
 
-console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
 PLOT_HINT = "pip install matplotlib (or pip install 'expo-gguf[plot]')"
 
 
@@ -114,8 +112,7 @@ def eval_(reference: Path, candidates: tuple[Path, ...], text_path: Path, ctx: i
     if warning:
         err.print(f"[yellow]warning:[/] {warning}")
     opts = EvalOptions(n_ctx=ctx, max_chunks=chunks, threads=threads, n_gpu_layers=ngl, verbose=verbose)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as p:
+    with progress_bar() as p:
         task = p.add_task("scoring", total=None)
 
         def done(s: FileScore) -> None:
@@ -124,13 +121,8 @@ def eval_(reference: Path, candidates: tuple[Path, ...], text_path: Path, ctx: i
 
         report = evaluate(reference, candidates, text_path, opts, on_file=done,
                           on_chunk=lambda total: p.update(task, total=total, advance=1))
-    # Piped or redirected output keeps the table's natural width instead of rich's 80 columns.
-    out = console if console.is_terminal else Console(highlight=False, width=200)
-    out.print(render_table(report))
+    table_console().print(render_table(report))
     if json_path:
-        try:
-            json_path.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
-        except OSError as e:
-            raise ExpoError(f"cannot write {json_path}: {e.strerror or e}") from None
+        write_text_atomic(json_path, json.dumps(report.to_json(), indent=2) + "\n")
     if png_path:
         write_png(report, png_path)

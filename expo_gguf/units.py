@@ -1,5 +1,10 @@
 """How sizes and model names are printed, in one place for every command."""
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
 
 def human_bytes(n: int) -> str:
     """GB above 100 MB, MB below: the units `ls -lh` users and model cards use (decimal)."""
@@ -9,3 +14,8 @@ def human_bytes(n: int) -> str:
 def distinct_names(names: list[str]) -> list[str]:
     """``names`` with repeats numbered (``x``, ``x #2``), so columns and labels tell models apart."""
     return [n if names[:i].count(n) == 0 else f"{n} #{names[:i].count(n) + 1}" for i, n in enumerate(names)]
+
+
+def file_labels(paths: Sequence[Path]) -> list[str]:
+    """File stems, numbered when two are the same name: the column and reply labels of compare and chat --vs."""
+    return distinct_names([Path(p).stem for p in paths])

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from pty_terminal import Terminal
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,6 +49,14 @@ synthetic = _load_script("make_synthetic_pair")
 class Pair:
     sft: Path
     rlhf: Path
+
+
+def one_error_line(res: Result, expected: str) -> None:
+    """A refused command: exit 2 and one 'error:' line holding ``expected``, no traceback."""
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], res.output
+    assert "Traceback" not in res.output
 
 
 def run_cli(*args: str | Path, input: str | None = None) -> Result:
@@ -117,3 +128,25 @@ def smollm2_quants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         res = run_cli("quantize", files["f32"], "-q", q, "-o", files[q])
         assert res.exit_code == 0, res.output
     return files
+
+
+@pytest.fixture
+def chat() -> Iterator[Callable[..., Terminal]]:
+    """Start ``expo-gguf chat`` on SmolLM2 (greedy, one thread) with extra options, in a pseudo-terminal."""
+    model = smollm2()
+    started: list[Terminal] = []
+
+    def start(*options: str | Path) -> Terminal:
+        t = Terminal([sys.executable, "-c", "from expo_gguf.cli import main; main()", "chat", str(model),
+                      "--temp", "0", "--seed", "0", "--threads", "1", *map(str, options)])
+        started.append(t)
+        return t
+
+    yield start
+    for t in started:
+        try:
+            os.kill(t.pid, 9)
+            os.waitpid(t.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(t.fd)

@@ -7,38 +7,11 @@ it as a user would (see there for how Ctrl+C and waiting work).
 from __future__ import annotations
 
 import json
-import os
 import re
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from pty_terminal import Terminal
-from conftest import smollm2
-
-
-@pytest.fixture
-def chat() -> Iterator[Callable[..., Terminal]]:
-    """Start ``expo-gguf chat`` on SmolLM2 (greedy, one thread) with extra options."""
-    model = smollm2()
-    started: list[Terminal] = []
-
-    def start(*options: str) -> Terminal:
-        t = Terminal([sys.executable, "-c", "from expo_gguf.cli import main; main()", "chat", str(model),
-                      "--temp", "0", "--seed", "0", "--threads", "1", *options])
-        started.append(t)
-        return t
-
-    yield start
-    for t in started:
-        try:
-            os.kill(t.pid, 9)
-            os.waitpid(t.pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-        os.close(t.fd)
 
 
 def test_terminal_session(chat: Callable[..., Terminal], tmp_path: Path) -> None:
