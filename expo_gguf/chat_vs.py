@@ -9,50 +9,64 @@ history from a plain conversation file.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import click
-import llama_cpp
 from rich.console import Console
 from rich.markup import escape
 
 from .conversation import load_threads, save_conversation
 from .errors import ExpoError
-from .repl import Backend, Repl
+from .gguf_info import describe
+from .loader import cap_context
+from .repl import Backend, Repl, sigint_flag
 from .runtime import ChatModel, Message, Sampling
-from .units import distinct_names, human_bytes
+from .units import human_bytes
 
-KV_BYTES = 2  # llama.cpp's default KV cache type is f16
-
-
-def labels(paths: Sequence[Path]) -> list[str]:
-    """File stems, numbered when two are the same file name."""
-    return distinct_names([p.stem for p in paths])
+KV_PAD = 256  # llama.cpp allocates KV cells in multiples of 256
+UBATCH = 512  # llama-cpp-python's n_ubatch, capped at the context as loader caps n_batch
+LOGIT_BYTES = 4
 
 
-def kv_cache_bytes(session: ChatModel) -> int:
-    """K and V for every layer and cell: 2 x layers x ctx x KV heads x head size x 2 bytes.
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """What both models need together, from their headers alone, so it is said before loading."""
 
-    ctx is the context llama.cpp allocated, which it may round up from --ctx.
-    """
-    model = session.llama.model
-    head = llama_cpp.llama_model_n_embd(model) // max(llama_cpp.llama_model_n_head(model), 1)
-    return (2 * llama_cpp.llama_model_n_layer(model) * session.llama.n_ctx()
-            * llama_cpp.llama_model_n_head_kv(model) * head * KV_BYTES)
+    files: tuple[int, ...]  # memory-mapped weights: RAM, or GPU memory for offloaded layers
+    kv: tuple[int, ...]  # f16 K and V caches for the cells llama.cpp allocates
+    compute: tuple[int, ...]  # the compute buffer (one ubatch's logits over the vocabulary) + output buffer
+
+    @property
+    def total(self) -> int:
+        return sum(self.files) + sum(self.kv) + sum(self.compute)
+
+    def line(self) -> str:
+        def each(parts: tuple[int, ...]) -> str:
+            return " + ".join(human_bytes(x) for x in parts)
+
+        return (f"memory: about {human_bytes(self.total)} for both (RAM, or GPU memory for offloaded layers)"
+                f" = the files ({each(self.files)}, memory-mapped) + f16 KV caches ({each(self.kv)})"
+                f" + compute buffers ({each(self.compute)})")
+
+
+def estimate_memory(paths: Sequence[Path], n_ctx: int) -> MemoryEstimate:
+    files, kv, compute = [], [], []
+    for path in paths:
+        info = describe(path)
+        ctx = cap_context(n_ctx, info.context_length, [])
+        files.append(info.nbytes)
+        kv.append(info.kv_cache_bytes(-(-ctx // KV_PAD) * KV_PAD))
+        compute.append((min(UBATCH, ctx) + 1) * info.n_vocab * LOGIT_BYTES)
+    return MemoryEstimate(tuple(files), tuple(kv), tuple(compute))
 
 
 def banner(sessions: Sequence[ChatModel], names: Sequence[str]) -> list[str]:
-    """Who answers, in which order, and the memory both models need together."""
-    lines = [f"{i + 1}. {name} · {s.info.quant} · {human_bytes(s.info.size_bytes)} · ctx {s.info.n_ctx}"
-             f" · {s.info.device}" for i, (s, name) in enumerate(zip(sessions, names))]
-    files = sum(s.info.size_bytes for s in sessions)
-    kv = [kv_cache_bytes(s) for s in sessions]
-    lines.append(f"memory: about {human_bytes(files + sum(kv))} for both = the files "
-                 f"({human_bytes(files)}, memory-mapped) + their f16 KV caches "
-                 f"({' + '.join(human_bytes(k) for k in kv)}: 2 x layers x ctx x KV heads x head size x 2 bytes)")
-    return lines
+    """Who answers, in which order, on what."""
+    return [f"{i + 1}. {name} · {s.info.quant} · {human_bytes(s.info.size_bytes)} · ctx {s.info.n_ctx}"
+            f" · {s.info.device}" for i, (s, name) in enumerate(zip(sessions, names))]
 
 
 def one_shot(sessions: Sequence[ChatModel], names: Sequence[str], sampling: Sampling,
@@ -69,14 +83,12 @@ def one_shot(sessions: Sequence[ChatModel], names: Sequence[str], sampling: Samp
 class VsRepl(Repl):
     """The REPL with one ``Repl`` per model underneath; ``self.messages`` is the first's thread."""
 
-    def __init__(self, sides: Sequence[tuple[str, Path, Backend]], settings: Any,
+    def __init__(self, sides: Sequence[tuple[str, Path, Backend]], settings: Sampling,
                  threads: list[list[Message]], console: Console, markdown: bool) -> None:
         super().__init__(sides[0][2], settings, threads[0], console, markdown)
         self.names = [name for name, _, _ in sides]
         self.files = [path for _, path, _ in sides]
         self.sides = [Repl(b, settings, t, console, markdown) for (_, _, b), t in zip(sides, threads)]
-        self.commands.update(clear=self.clear, system=self.system, show=self.show, stats=self.stats,
-                             regen=self.regen, save=self.save, load=self.load)
 
     def _each(self, act: Callable[[Repl], None]) -> None:
         """Run ``act`` on each model's side, under its name."""
@@ -84,12 +96,26 @@ class VsRepl(Repl):
             self.console.print(f"[bold cyan]{escape(name)}:[/]", highlight=False)
             act(side)
 
+    def _turn(self, answer: Callable[[Repl, threading.Event], None]) -> None:
+        """Every model answers in turn under one Ctrl+C flag: a Ctrl+C stops the reply under way
+        (keeping its start) and skips the models after it, whose threads get the empty reply a
+        Ctrl+C before the first token leaves, so every thread holds the same questions."""
+        with sigint_flag() as stop:
+            for name, side in zip(self.names, self.sides):
+                self.console.print(f"[bold cyan]{escape(name)}:[/]", highlight=False)
+                if not stop.is_set():
+                    answer(side, stop)
+                    continue
+                if side.messages and side.messages[-1]["role"] == "user":
+                    side.messages.append({"role": "assistant", "content": ""})
+                self.note("(skipped)")
+
     def handle(self, text: str) -> bool:
         if not text.strip() or (text.startswith("/") and not text.startswith("//")):
             return super().handle(text)
         for side in self.sides:
             side.messages.append({"role": "user", "content": text.removeprefix("/")})
-        self._each(lambda side: side.respond())
+        self._turn(lambda side, stop: side.respond(stop))
         return True
 
     def drop_dangling(self) -> None:
@@ -112,9 +138,9 @@ class VsRepl(Repl):
         self.note("system message set for both models")
 
     def regen(self, _: str) -> None:
-        if not any(m["role"] == "user" for m in self.messages):
-            raise ExpoError("nothing to regenerate")
-        self._each(lambda side: side.command("/regen"))
+        for side in self.sides:
+            side.drop_reply()
+        self._turn(lambda side, stop: side.respond(stop))
 
     def show(self, _: str) -> None:
         settings = {k: str(v) for k, v in dataclasses.asdict(self.settings).items()}
@@ -142,7 +168,7 @@ class VsRepl(Repl):
                   f" messages) from {arg}")
 
 
-def run_vs(sides: Sequence[tuple[str, Path, Backend]], settings: Any, *, console: Console,
+def run_vs(sides: Sequence[tuple[str, Path, Backend]], settings: Sampling, *, console: Console,
            messages: list[Message], markdown: bool, read_line: Callable[[str], str] = input) -> list[list[Message]]:
     """Chat with every model in turn until /exit, Ctrl+D or Ctrl+C twice; returns each thread."""
     threads = [[dict(m) for m in messages] for _ in sides]

@@ -13,7 +13,7 @@ from rich.markup import escape
 from . import chat_vs
 from .cli import cli
 from .errors import ExpoError
-from .units import human_bytes
+from .units import file_labels, human_bytes
 from .gguf_check import check_header, trained_context_length
 from .repl import Backend, run_repl
 from .loader import LoadOptions, cap_context, load_model
@@ -125,6 +125,8 @@ def chat(model: Path | None, verbose: bool, n_gpu_layers: str, ctx: int, threads
             raise ExpoError("nothing to answer: give -p TEXT or pipe text on stdin")
     err = Console(stderr=True, highlight=False)
     messages = [{"role": "system", "content": system}] if system else []
+    if len(paths) > 1 and not one_shot:  # before loading: the user may not have the memory for both
+        Console(highlight=False).print(chat_vs.estimate_memory(paths, ctx).line(), markup=False, soft_wrap=True)
     sessions: list[ChatModel] = []
     try:
         for p in paths:  # one after the other: a second model that fails to load closes the first
@@ -134,7 +136,7 @@ def chat(model: Path | None, verbose: bool, n_gpu_layers: str, ctx: int, threads
                 err.print(f"warning: {warning}", style="yellow", markup=False, soft_wrap=True)
         asked = messages + [{"role": "user", "content": question}]
         if len(sessions) > 1:
-            names = chat_vs.labels(paths)
+            names = file_labels(paths)
             if one_shot:
                 chat_vs.one_shot(sessions, names, sampling, asked)
             else:

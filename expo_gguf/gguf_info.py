@@ -36,12 +36,16 @@ class GGUFInfo:
     kv_width: int | None  # n_head_kv * head_dim: what one token costs per layer in the KV cache
     special_tokens: dict[str, tuple[int, str]]
     chat_template: str | None
+    n_vocab: int = 0
     extra: dict[str, object] = field(default_factory=dict)
+
+    def kv_cache_bytes(self, n_cells: int) -> int:
+        """An F16 K and V cache of ``n_cells`` cells: 2 x layers x cells x KV heads x head size x 2 bytes."""
+        return 2 * 2 * (self.block_count or 0) * n_cells * (self.kv_width or 0)
 
     def ram_estimate(self, n_ctx: int) -> int:
         """Weights plus an F16 K and V cache for ``n_ctx`` tokens, plus ~10% compute buffers."""
-        kv = 2 * 2 * (self.block_count or 0) * n_ctx * (self.kv_width or 0)
-        return int(self.nbytes * 1.1) + kv
+        return int(self.nbytes * 1.1) + self.kv_cache_bytes(n_ctx)
 
 
 def describe(path: Path) -> GGUFInfo:
@@ -94,6 +98,7 @@ def _describe(path: Path, kv: dict[str, object], tensors: list[TensorEntry]) -> 
         kv_width=(n_kv * head_dim) if n_kv and head_dim else None,
         special_tokens=specials,
         chat_template=get(gguf.Keys.Tokenizer.CHAT_TEMPLATE),
+        n_vocab=len(tokens),
     )
 
 

@@ -10,7 +10,7 @@ import dataclasses
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,11 +188,15 @@ class Repl:
         self._table(rows) if rows else self.note("no reply yet")
 
     def regen(self, _: str) -> None:
+        self.drop_reply()
+        self.respond()
+
+    def drop_reply(self) -> None:
+        """Take back the last reply, before ``/regen`` asks again."""
         if self.messages and self.messages[-1]["role"] == "assistant":
             self.messages.pop()
         if not self.messages or self.messages[-1]["role"] != "user":
             raise ExpoError("nothing to regenerate")
-        self.respond()
 
     def save(self, arg: str) -> None:
         if not arg:
@@ -207,8 +211,12 @@ class Repl:
         self.note(f"loaded {len(self.messages)} messages from {arg}")
 
     # -- replies ----------------------------------------------------------------------------
-    def respond(self) -> None:
-        """Answer the last user message; on Ctrl+C keep what was said so far."""
+    def respond(self, stop: threading.Event | None = None) -> None:
+        """Answer the last user message; on Ctrl+C keep what was said so far.
+
+        ``stop`` is a caller's Ctrl+C flag (``chat --vs`` holds one for a whole turn); without
+        one the reply sets up its own.
+        """
         try:
             kept, dropped = self.backend.fit(self.messages)
         except ExpoError as e:
@@ -224,12 +232,13 @@ class Repl:
         chunks: list[str] = []
         interrupted = False
         try:
-            with sigint_flag() as stop, closing(self.backend.reply(self.messages)) as reply:
+            flag = nullcontext(stop) if stop is not None else sigint_flag()
+            with flag as pressed, closing(self.backend.reply(self.messages)) as reply:
                 with self._renderer() as show:
                     for chunk in reply:
                         chunks.append(chunk)
                         show("".join(chunks), chunk)
-                        if stop.is_set():
+                        if pressed.is_set():
                             interrupted = True
                             break
         except ExpoError as e:

@@ -7,8 +7,8 @@ import io
 import json
 import os
 import re
-import sys
-from collections.abc import Iterator
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,11 +16,12 @@ from rich.console import Console
 
 from conftest import run_cli, smollm2
 from pty_terminal import Terminal
-from expo_gguf.chat_vs import kv_cache_bytes, run_vs
+from expo_gguf.chat_vs import estimate_memory, run_vs
 from expo_gguf.conversation import load_conversation, save_conversation
 from expo_gguf.loader import LoadOptions, load_model
 from expo_gguf.repl import Backend
 from expo_gguf.runtime import Sampling
+from expo_gguf.units import human_bytes
 
 Message = dict[str, str]
 
@@ -62,6 +63,49 @@ def test_each_model_answers_in_turn_and_keeps_its_own_thread() -> None:
     assert a.seen[1][1]["content"] == "alpha #1: hello"
 
 
+class Interrupting(Fake):
+    """Presses Ctrl+C (a real SIGINT to this process) after its first chunk."""
+
+    def reply(self, messages: list[Message]) -> Iterator[str]:
+        self.seen.append([dict(m) for m in messages])
+        yield "partial"
+        os.kill(os.getpid(), signal.SIGINT)
+        yield " more"
+        yield " never shown"
+
+
+def test_ctrl_c_stops_the_turn_and_the_threads_stay_in_step() -> None:
+    """Ctrl+C during A's reply keeps A's start and skips B, whose thread gets an empty reply; a
+    Ctrl+C between the two replies (here from A's status line) skips B the same way."""
+    a, b = Interrupting("alpha"), Fake("beta")
+    queue = ["hello", "again"]
+
+    def read_line(prompt: str) -> str:
+        if not queue:
+            raise EOFError
+        return queue.pop(0)
+
+    out = io.StringIO()
+    sides = [("A", Path("a.gguf"), Backend(reply=a.reply)), ("B", Path("b.gguf"), Backend(reply=b.reply))]
+    threads = run_vs(sides, Sampling(), console=Console(file=out, width=200), messages=[], markdown=False,
+                     read_line=read_line)
+    assert [m["content"] for m in threads[0]] == ["hello", "partial more", "again", "partial more"]
+    assert [m["content"] for m in threads[1]] == ["hello", "", "again", ""]
+    assert b.seen == [] and out.getvalue().count("(skipped)") == 2
+
+    def status() -> str:
+        os.kill(os.getpid(), signal.SIGINT)
+        return "status"
+
+    a, b = Fake("alpha"), Fake("beta")
+    queue[:] = ["hello"]
+    sides = [("A", Path("a.gguf"), Backend(reply=a.reply, status=status)), ("B", Path("b.gguf"), Backend(reply=b.reply))]
+    threads = run_vs(sides, Sampling(), console=Console(file=io.StringIO(), width=200), messages=[],
+                     markdown=False, read_line=read_line)
+    assert [m["role"] for m in threads[0]] == [m["role"] for m in threads[1]] == ["user", "assistant"]
+    assert threads[0][1]["content"] == "alpha #1: hello" and threads[1][1]["content"] == ""
+
+
 def test_commands_apply_to_both(tmp_path: Path) -> None:
     saved = tmp_path / "vs.json"
     threads, out, a, b = vs("/system Be brief.", "hi", "/regen", f"/save {saved}", "/clear", "/show")
@@ -94,15 +138,24 @@ def test_load_threads_or_one_conversation_for_both(tmp_path: Path) -> None:
     assert "holds 3 threads; this chat has 2 models" in out and threads == [[], []]
 
 
-def test_banner_memory_matches_llama_cpp(capsys: pytest.CaptureFixture[str]) -> None:
-    """Our KV estimate against the size llama.cpp logs when it allocates the cache (500 -> 512 cells)."""
+def test_memory_estimate_matches_llama_cpp(capsys: pytest.CaptureFixture[str]) -> None:
+    """The estimate from the header against the sizes llama.cpp logs when it allocates the KV cache
+    (500 -> 512 cells) and the compute and output buffers."""
+    estimate = estimate_memory([smollm2()], 500)
     session = load_model(LoadOptions(model=smollm2(), n_ctx=500, threads=1, verbose=True))
-    try:
-        logged = re.search(r"llama_kv_cache: size = +([\d.]+) MiB", capsys.readouterr().err)
-        assert logged, "llama.cpp did not log its KV cache size"
-        assert kv_cache_bytes(session) / 2**20 == pytest.approx(float(logged.group(1)), abs=0.01)
-    finally:
-        session.close()
+    session.close()
+    log = capsys.readouterr().err
+
+    def mib(pattern: str) -> float:
+        found = re.findall(pattern + r" += *([\d.]+) MiB", log)
+        assert found, f"llama.cpp did not log {pattern}"
+        return sum(map(float, found))
+
+    assert estimate.kv[0] / 2**20 == pytest.approx(mib(r"llama_kv_cache: size"), abs=0.01)
+    buffers = mib(r"CPU compute buffer size") + mib(r"CPU +output buffer size")
+    assert estimate.compute[0] / 2**20 == pytest.approx(buffers, rel=0.1)
+    assert estimate.files == (smollm2().stat().st_size,)
+    assert estimate.total == sum(estimate.files + estimate.kv + estimate.compute)
 
 
 def test_one_shot_prints_both_replies_under_their_names(smollm2_quants: dict[str, Path]) -> None:
@@ -114,35 +167,28 @@ def test_one_shot_prints_both_replies_under_their_names(smollm2_quants: dict[str
     assert all(reply.strip() for reply in parts[2::2])
 
 
-def test_vs_in_a_terminal(smollm2_quants: dict[str, Path], tmp_path: Path) -> None:
+def test_vs_in_a_terminal(chat: Callable[..., Terminal], smollm2_quants: dict[str, Path], tmp_path: Path) -> None:
     saved = tmp_path / "vs.json"
     names = [smollm2().stem, "smollm2-Q4_0"]
-    term = Terminal([sys.executable, "-c", "from expo_gguf.cli import main; main()", "chat", str(smollm2()),
-                     "--vs", str(smollm2_quants["q4_0"]), "--temp", "0", "--seed", "0", "--threads", "1",
-                     "--ctx", "512", "--max-tokens", "16"])
-    try:
-        banner = term.expect("/help for commands")
-        assert "memory: about" in banner and names[0] in banner and names[1] in banner
+    term = chat("--vs", smollm2_quants["q4_0"], "--ctx", "512", "--max-tokens", "16")
+    banner = term.expect("/help for commands")
+    memory = estimate_memory([smollm2(), smollm2_quants["q4_0"]], 512)
+    assert f"memory: about {human_bytes(memory.total)} for both" in banner
+    assert banner.index("memory: about") < banner.index(f"1. {names[0]}")  # said before loading
+    assert names[0] in banner and names[1] in banner
+    term.prompt()
+    for question in ("Name a colour.", "Name a fruit."):
+        term.send(question + "\n")
+        term.expect(question)  # readline's echo
+        for name in names:
+            term.expect(f"{name}:")
+            term.expect("tok/s")  # its reply ended with its status line
         term.prompt()
-        for question in ("Name a colour.", "Name a fruit."):
-            term.send(question + "\n")
-            term.expect(question)  # readline's echo
-            for name in names:
-                term.expect(f"{name}:")
-                term.expect("tok/s")  # its reply ended with its status line
-            term.prompt()
-        term.send(f"/save {saved}\n")
-        assert "saved 2 threads (4, 4 messages)" in term.prompt()
-        term.send("/exit\n")
-        assert term.wait() == 0
-        assert "Traceback" not in term.text
-    finally:
-        try:
-            os.kill(term.pid, 9)
-            os.waitpid(term.pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-        os.close(term.fd)
+    term.send(f"/save {saved}\n")
+    assert "saved 2 threads (4, 4 messages)" in term.prompt()
+    term.send("/exit\n")
+    assert term.wait() == 0
+    assert "Traceback" not in term.text
     threads = json.loads(saved.read_text())["threads"]
     assert [t["model"] for t in threads] == names
     for t in threads:
