@@ -238,6 +238,9 @@ class ChatModel:
                 ids.add(toks[0])
         return frozenset(ids)
 
+    def _piece(self, token: int, special: bool = False) -> bytes:
+        return token_piece(self.vocab, token, special)
+
     def render(self, messages: list[Message]) -> str:
         return self.prompt_format.render(messages)
 
@@ -298,7 +301,7 @@ class ChatModel:
                 generated += 1
                 if not ttft:
                     ttft = time.perf_counter() - start
-                text = decoder.decode(token_piece(self.vocab, token))
+                text = decoder.decode(self._piece(token))
                 if leading:  # templates end on "Assistant:"; the reply's first space is layout
                     text = text.lstrip()
                     leading = not text
