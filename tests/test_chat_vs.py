@@ -37,8 +37,9 @@ class Fake:
         yield f"{self.name} #{len(self.seen)}: {messages[-1]['content']}"
 
 
-def vs(*lines: str, messages: list[Message] | None = None) -> tuple[list[list[Message]], str, Fake, Fake]:
-    a, b = Fake("alpha"), Fake("beta")
+def vs(*lines: str, messages: list[Message] | None = None, a: Fake | None = None,
+       a_status: Callable[[], str] | None = None) -> tuple[list[list[Message]], str, Fake, Fake]:
+    a, b = a or Fake("alpha"), Fake("beta")
     queue = list(lines)
 
     def read_line(prompt: str) -> str:
@@ -47,7 +48,8 @@ def vs(*lines: str, messages: list[Message] | None = None) -> tuple[list[list[Me
         return queue.pop(0)
 
     out = io.StringIO()
-    sides = [("A", Path("a.gguf"), Backend(reply=a.reply)), ("B", Path("b.gguf"), Backend(reply=b.reply))]
+    backend_a = Backend(reply=a.reply, status=a_status or (lambda: None))
+    sides = [("A", Path("a.gguf"), backend_a), ("B", Path("b.gguf"), Backend(reply=b.reply))]
     threads = run_vs(sides, Sampling(), console=Console(file=out, width=200), messages=messages or [],
                      markdown=False, read_line=read_line)
     return threads, out.getvalue(), a, b
@@ -77,31 +79,16 @@ class Interrupting(Fake):
 def test_ctrl_c_stops_the_turn_and_the_threads_stay_in_step() -> None:
     """Ctrl+C during A's reply keeps A's start and skips B, whose thread gets an empty reply; a
     Ctrl+C between the two replies (here from A's status line) skips B the same way."""
-    a, b = Interrupting("alpha"), Fake("beta")
-    queue = ["hello", "again"]
-
-    def read_line(prompt: str) -> str:
-        if not queue:
-            raise EOFError
-        return queue.pop(0)
-
-    out = io.StringIO()
-    sides = [("A", Path("a.gguf"), Backend(reply=a.reply)), ("B", Path("b.gguf"), Backend(reply=b.reply))]
-    threads = run_vs(sides, Sampling(), console=Console(file=out, width=200), messages=[], markdown=False,
-                     read_line=read_line)
+    threads, out, a, b = vs("hello", "again", a=Interrupting("alpha"))
     assert [m["content"] for m in threads[0]] == ["hello", "partial more", "again", "partial more"]
     assert [m["content"] for m in threads[1]] == ["hello", "", "again", ""]
-    assert b.seen == [] and out.getvalue().count("(skipped)") == 2
+    assert b.seen == [] and out.count("(skipped)") == 2
 
     def status() -> str:
         os.kill(os.getpid(), signal.SIGINT)
         return "status"
 
-    a, b = Fake("alpha"), Fake("beta")
-    queue[:] = ["hello"]
-    sides = [("A", Path("a.gguf"), Backend(reply=a.reply, status=status)), ("B", Path("b.gguf"), Backend(reply=b.reply))]
-    threads = run_vs(sides, Sampling(), console=Console(file=io.StringIO(), width=200), messages=[],
-                     markdown=False, read_line=read_line)
+    threads, _, _, _ = vs("hello", a_status=status)
     assert [m["role"] for m in threads[0]] == [m["role"] for m in threads[1]] == ["user", "assistant"]
     assert threads[0][1]["content"] == "alpha #1: hello" and threads[1][1]["content"] == ""
 

@@ -47,15 +47,19 @@ def _logits(path, n_gpu_layers: int) -> tuple[np.ndarray, list[str]]:
     return scores, log
 
 
-@pytest.mark.parametrize("quant,bound", [("F32", 1e-3), ("F16", 1e-2), ("Q8_0", 0.02), ("Q4_K_M", 0.05)])
-def test_offloaded_model_computes_what_the_cpu_does(built, quant, bound):
-    cpu, _ = _logits(built[quant], 0)
-    gpu, log = _logits(built[quant], -1)
+def _assert_offload_matches_cpu(path, bound: float, label: str) -> None:  # noqa: ANN001
+    cpu, _ = _logits(path, 0)
+    gpu, log = _logits(path, -1)
     done = re.search(r"offloaded (\d+)/(\d+) layers to GPU", "".join(log))
     assert done and done.group(1) == done.group(2), "".join(log)[-2000:]
     rel = float(np.sqrt(((gpu - cpu) ** 2).mean() / (cpu**2).mean()))
-    print(f"{quant}: GPU vs CPU relative RMS {rel:.2e}")
+    print(f"{label}: GPU vs CPU relative RMS {rel:.2e}")
     assert rel < bound
+
+
+@pytest.mark.parametrize("quant,bound", [("F32", 1e-3), ("F16", 1e-2), ("Q8_0", 0.02), ("Q4_K_M", 0.05)])
+def test_offloaded_model_computes_what_the_cpu_does(built, quant, bound):
+    _assert_offload_matches_cpu(built[quant], bound, quant)
 
 
 def test_chat_auto_offloads(built):
@@ -82,10 +86,4 @@ def llama3_built(tmp_path_factory):
 
 @pytest.mark.parametrize("quant,bound", [("F32", 1e-3), ("Q8_0", 0.02)])
 def test_offloaded_llama3_computes_what_the_cpu_does(llama3_built, quant, bound):
-    cpu, _ = _logits(llama3_built[quant], 0)
-    gpu, log = _logits(llama3_built[quant], -1)
-    done = re.search(r"offloaded (\d+)/(\d+) layers to GPU", "".join(log))
-    assert done and done.group(1) == done.group(2), "".join(log)[-2000:]
-    rel = float(np.sqrt(((gpu - cpu) ** 2).mean() / (cpu**2).mean()))
-    print(f"llama3 {quant}: GPU vs CPU relative RMS {rel:.2e}")
-    assert rel < bound
+    _assert_offload_matches_cpu(llama3_built[quant], bound, f"llama3 {quant}")
