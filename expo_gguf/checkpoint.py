@@ -98,7 +98,7 @@ def resolve_source(spec: str) -> tuple[Path, str | None]:
     if snapshot is None or not snapshot.is_dir():
         raise ExpoError(
             f"{spec} is not in the Hugging Face cache ({cache}); download it first with: "
-            f"hf download {spec} --include '*.json' '*.safetensors' 'tokenizer.model'"
+            f"hf download {spec} --include '*.json' '*.safetensors' 'tokenizer.model' '*.jinja'"
         )
     return snapshot, spec
 

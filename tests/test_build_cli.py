@@ -143,7 +143,7 @@ def test_repo_ids_resolve_from_a_fake_hf_cache(pair, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty"))
     res = run_cli("build", "-q", "q8_0", "--outdir", tmp_path / "m2")
     assert res.exit_code == 2
-    assert "not in the Hugging Face cache" in res.output and "hf download Nexusflow/Starling-LM-7B-beta" in res.output
+    assert "not in the Hugging Face cache" in res.output and "hf download Nexusflow/Starling-LM-7B-beta --include '*.json' '*.safetensors' 'tokenizer.model' '*.jinja'" in res.output
 
 
 def test_info(built):
