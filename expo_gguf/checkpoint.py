@@ -70,6 +70,14 @@ class Checkpoint:
         return sum(t.nbytes for t in self.tensors.values())
 
 
+def display_name(path: Path) -> str:
+    """What to call a checkpoint folder in a message: a cache snapshot's own name is a revision hash."""
+    repo = path.parent.parent.name
+    if path.parent.name == "snapshots" and repo.startswith("models--"):
+        return repo.removeprefix("models--").replace("--", "/")
+    return path.name
+
+
 def hub_cache_dir() -> Path:
     """The HF hub cache the same way huggingface_hub finds it, without importing it."""
     if os.environ.get("HF_HUB_CACHE"):

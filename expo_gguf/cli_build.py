@@ -101,7 +101,7 @@ def build(preset: str | None, sft: str | None, rlhf: str | None, alpha_text: str
     alphas = parse_alphas(alpha_text) if alpha_text is not None else (p.alpha,)
     sft, rlhf = sft or p.sft, rlhf or p.rlhf
     req = BuildRequest(sft, rlhf, alphas, tuple(parse_quants(quant_text)), outdir, name or p.name_for(sft, rlhf, alphas),
-                       force, threads or usable_cores(), chat_template)
+                       force, threads or usable_cores(), chat_template, p.fallback_template(rlhf))
     plan = make_plan(req)
     for w in plan.warnings:
         err.print(f"[yellow]warning:[/] {w}")
@@ -150,3 +150,5 @@ def presets() -> None:
     for i, p in enumerate(load_presets()):
         console.print(f"[bold]{p.name}[/]{' (default)' if i == 0 else ''}  alpha {p.alpha:g}  -> {p.output_name}-QUANT.gguf")
         console.print(f"  SFT   {p.sft}\n  RLHF  {p.rlhf}\n  card  {p.source}", soft_wrap=True)
+        if p.chat_template:
+            console.print("  template  its model card's, if the RLHF checkpoint ships none", soft_wrap=True)

@@ -39,6 +39,7 @@ class BuildRequest:
     force: bool = False
     threads: int = 1
     chat_template: Path | None = None  # overrides the RLHF checkpoint's own
+    fallback_template: str | None = None  # the preset's, for a checkpoint that ships none
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,7 @@ def make_plan(req: BuildRequest) -> Plan:
     check_hparams(hp, rlhf.config, rlhf.label)
     names = tensor_names(list(rlhf.tensors), hp)
     _check_against_config(rlhf, names, hp)
-    vocab = load_vocab(rlhf.path, hp.vocab_size, req.chat_template)
+    vocab = load_vocab(rlhf.path, hp.vocab_size, req.chat_template, req.fallback_template)
     order = sorted(names, key=lambda n: (str(rlhf.tensors[n].file), rlhf.tensors[n].offset))
     jobs = []
     for hf_name in order:

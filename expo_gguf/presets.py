@@ -17,6 +17,11 @@ class Preset:
     rlhf: str
     alpha: float
     source: str
+    chat_template: str | None = None  # written only when the RLHF checkpoint ships none
+
+    def fallback_template(self, rlhf: str) -> str | None:
+        """The row's template belongs to its own RLHF model, never to another the user names."""
+        return self.chat_template if rlhf == self.rlhf else None
 
     @property
     def output_name(self) -> str:
@@ -37,7 +42,8 @@ class Preset:
 def load_presets() -> tuple[Preset, ...]:
     """Every preset, the default first."""
     rows = json.loads(files("expo_gguf").joinpath("data/presets.json").read_text("utf-8"))["presets"]
-    return tuple(Preset(r["name"], r["sft"], r["rlhf"], float(r["alpha"]), r["source"]) for r in rows)
+    return tuple(Preset(r["name"], r["sft"], r["rlhf"], float(r["alpha"]), r["source"], r.get("chat_template"))
+                 for r in rows)
 
 
 def find_preset(name: str) -> Preset:

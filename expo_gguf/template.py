@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .checkpoint import read_json
+from .checkpoint import display_name, read_json
 from .errors import ExpoError
 
 END_OF_TURN = "<|end_of_turn|>"
@@ -44,20 +44,22 @@ def jinja_error(template: str) -> str | None:
     return None
 
 
-def chat_template(root: Path, tok_config: dict, override: Path | None, has_end_of_turn: bool) -> tuple[str, str | None]:
-    """--chat-template, else the checkpoint's own byte for byte; OpenChat's only for an OpenChat vocab."""
+def chat_template(root: Path, tok_config: dict, override: Path | None, has_end_of_turn: bool,
+                  fallback: str | None = None) -> tuple[str, str | None]:
+    """--chat-template, else the checkpoint's own byte for byte, else the preset's (``fallback``);
+    OpenChat's only for an OpenChat vocab."""
     if override is not None:
         text = _read_template(override)
         if (problem := jinja_error(text)) is not None:
             raise ExpoError(f"chat template {override} is not valid Jinja ({problem})")
         return text, None
-    text, warning = _own_template(root, tok_config, has_end_of_turn)
+    text, warning = _own_template(root, tok_config, has_end_of_turn, fallback)
     if (problem := jinja_error(text)) is not None:
-        warning = f"{root.name}'s chat template is not valid Jinja ({problem}); chat will fail: give --chat-template FILE"
+        warning = f"{display_name(root)}'s chat template is not valid Jinja ({problem}); chat will fail: give --chat-template FILE"
     return text, warning
 
 
-def _own_template(root: Path, tok_config: dict, has_end_of_turn: bool) -> tuple[str, str | None]:
+def _own_template(root: Path, tok_config: dict, has_end_of_turn: bool, fallback: str | None) -> tuple[str, str | None]:
     """In transformers' order: a chat_template.jinja file before tokenizer_config.json's entry."""
     tmpl = tok_config.get("chat_template")
     if isinstance(tmpl, list):  # named templates: take the default one, as transformers does
@@ -72,7 +74,9 @@ def _own_template(root: Path, tok_config: dict, has_end_of_turn: bool) -> tuple[
     tmpl = read_json(root / "chat_template.json", "chat template", required=False).get("chat_template")
     if isinstance(tmpl, str) and tmpl:
         return tmpl, None
+    if fallback:
+        return fallback, f"{display_name(root)} has no chat template; writing the preset's (the format its model card gives)"
     if has_end_of_turn:
-        return OPENCHAT_TEMPLATE, f"{root.name} has no chat template; writing the OpenChat one (its vocab has {END_OF_TURN})"
+        return OPENCHAT_TEMPLATE, f"{display_name(root)} has no chat template; writing the OpenChat one (its vocab has {END_OF_TURN})"
     raise ExpoError(f"{root} has no chat template (tokenizer_config.json chat_template, chat_template.jinja); "
                     "give one with --chat-template FILE")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import gguf
 
-from .checkpoint import read_json
+from .checkpoint import display_name, read_json
 from .errors import ExpoError
 from .template import END_OF_TURN, OPENCHAT_TEMPLATE, chat_template  # noqa: F401 (OPENCHAT_TEMPLATE: for modelfile)
 from .vocab_bpe import load_bpe
@@ -210,7 +210,7 @@ def _end_of_generation(eog: list[int], text: dict[int, str], special: dict[str, 
         if slot:
             special[slot] = t
         elif text[t] not in LLAMA_CPP_EOG_TEXTS:
-            warnings.append(f"token {text[t]!r} (id {t}) ends generation in {root.name}, but a GGUF marks at "
+            warnings.append(f"token {text[t]!r} (id {t}) ends generation in {display_name(root)}, but a GGUF marks at "
                             "most three (eos, eot, eom): llama.cpp will not stop at it")
 
 
@@ -233,7 +233,7 @@ def _special_ids(root: Path, tok_config: dict, p: _Pieces, vocab_size: int, warn
     return {k: v for k, v in special.items() if 0 <= v < vocab_size}
 
 
-def load_vocab(root: Path, vocab_size: int, template_file: Path | None = None) -> Vocab:
+def load_vocab(root: Path, vocab_size: int, template_file: Path | None = None, fallback: str | None = None) -> Vocab:
     """The RLHF checkpoint's tokenizer as exactly ``vocab_size`` tokens (the embedding rows)."""
     tok_config = read_json(root / "tokenizer_config.json", "tokenizer config", required=False)
     added = _added_tokens(root, tok_config)
@@ -247,7 +247,7 @@ def load_vocab(root: Path, vocab_size: int, template_file: Path | None = None) -
     _place_added(pieces, added, vocab_size, root, warnings)
     special = _special_ids(root, tok_config, pieces, vocab_size, warnings)
     template, warning = chat_template(root, tok_config, template_file,
-                                       any(t == END_OF_TURN.encode() for t in pieces.tokens))
+                                       any(t == END_OF_TURN.encode() for t in pieces.tokens), fallback)
     if warning:
         warnings.append(warning)
     # a tokenizer.json's post-processor decides BOS/EOS where it says (as transformers and gguf-py read it)

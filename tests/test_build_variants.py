@@ -86,6 +86,43 @@ def test_preset_fills_pair_alpha_and_name_from_the_hf_cache(tmp_path, tmp_path_f
     assert_clean_failure(res, tmp_path / "m3", "no preset 'no-such-model'; presets: starling-lm-7b-beta")
 
 
+def test_preset_template_only_for_its_own_checkpoint_without_one(tmp_path, tmp_path_factory, monkeypatch):
+    """tulu-2-dpo-13b: an upload without a chat template gets the format the model card documents
+    ("<|user|>\\nYour message here!\\n<|assistant|>\\n", newline after <|assistant|>); the
+    checkpoint's own template still wins, and another RLHF model never gets the preset's."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    sft, rlhf = synthetic.make_pair(tmp_path_factory.mktemp("tulu"), "tiny", seed=4, family="zephyr")
+    own = json.loads((rlhf / "tokenizer_config.json").read_text())["chat_template"]
+    bare = Path(shutil.copytree(rlhf, tmp_path / "tulu-2-dpo-13b"))
+    _drop_template(bare)
+    cache = tmp_path / "hub"
+    synthetic.fake_hf_cache(cache, "allenai/tulu-2-13b", sft)
+    synthetic.fake_hf_cache(cache, "allenai/tulu-2-dpo-13b", bare)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    res = run_cli("build", "--preset", "tulu-2-dpo-13b", "-q", "q8_0", "--outdir", tmp_path / "m")
+    assert res.exit_code == 0, res.output
+    assert "allenai/tulu-2-dpo-13b has no chat template; writing the preset's" in " ".join(res.output.split())
+    kv = read_gguf_header(tmp_path / "m" / "tulu-2-dpo-13b-ExPO-Q8_0.gguf").values
+    fmt = Jinja2ChatFormatter(kv["tokenizer.chat_template"], eos_token="</s>", bos_token="<s>")
+    prompt = fmt(messages=[{"role": "user", "content": "Your message here!"}]).prompt
+    assert prompt == "<|user|>\nYour message here!\n<|assistant|>\n"
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+             {"role": "user", "content": "Bye"}]
+    assert fmt(messages=turns).prompt == "<|user|>\nHi\n<|assistant|>\nHello.</s>\n<|user|>\nBye\n<|assistant|>\n"
+
+    cache2 = tmp_path / "hub2"  # the same repo shipping its own template: that one, byte for byte
+    synthetic.fake_hf_cache(cache2, "allenai/tulu-2-13b", sft)
+    synthetic.fake_hf_cache(cache2, "allenai/tulu-2-dpo-13b", rlhf)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache2))
+    res = run_cli("build", "--preset", "tulu-2-dpo-13b", "-q", "q8_0", "--outdir", tmp_path / "m2")
+    assert res.exit_code == 0, res.output
+    assert read_gguf_header(tmp_path / "m2" / "tulu-2-dpo-13b-ExPO-Q8_0.gguf").values["tokenizer.chat_template"] == own
+
+    res = run_cli("build", "--preset", "tulu-2-dpo-13b", "--rlhf", bare, "-q", "q8_0", "--outdir", tmp_path / "m3")
+    assert_clean_failure(res, tmp_path / "m3", "has no chat template", code=2)
+
+
 @pytest.fixture
 def zephyr(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Pair:
     sft, rlhf = synthetic.make_pair(tmp_path_factory.mktemp("zephyr"), "tiny", seed=3, family="zephyr")
