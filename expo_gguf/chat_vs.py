@@ -113,8 +113,15 @@ class VsRepl(Repl):
     def handle(self, text: str) -> bool:
         if not text.strip() or (text.startswith("/") and not text.startswith("//")):
             return super().handle(text)
+        question = {"role": "user", "content": text.removeprefix("/")}
+        for name, side in zip(self.names, self.sides):  # one that cannot take it: none is asked
+            try:
+                side.backend.fit([*side.messages, question])
+            except ExpoError as e:
+                self.error(f"{name}: {e}")
+                return True
         for side in self.sides:
-            side.messages.append({"role": "user", "content": text.removeprefix("/")})
+            side.messages.append(dict(question))
         self._turn(lambda side, stop: side.respond(stop))
         return True
 
@@ -138,9 +145,12 @@ class VsRepl(Repl):
         self.note("system message set for both models")
 
     def regen(self, _: str) -> None:
+        before = [list(side.messages) for side in self.sides]
         for side in self.sides:
             side.drop_reply()
         self._turn(lambda side, stop: side.respond(stop))
+        for side, kept in zip(self.sides, before):
+            side.restore_if_unanswered(kept)
 
     def show(self, _: str) -> None:
         settings = {k: str(v) for k, v in dataclasses.asdict(self.settings).items()}

@@ -111,7 +111,6 @@ def chat(model: Path | None, verbose: bool, n_gpu_layers: str, ctx: int, threads
       echo "hi" | expo-gguf chat MODEL                        piped stdin: one reply too
       expo-gguf chat A.gguf --vs B.gguf                       both answer, A first
     """
-    seed = seed if seed >= 0 else DEFAULTS.seed
     sampling = Sampling(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p,
                         repeat_penalty=repeat_penalty, max_tokens=max_tokens, seed=seed)
     path = check_header(model if model is not None else find_default_model())

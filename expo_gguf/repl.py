@@ -169,7 +169,7 @@ class Repl:
             parsed = kind(value.strip())
         except ValueError:
             raise ExpoError(f"{name} takes a {kind.__name__}, not {value.strip()!r}") from None
-        dataclasses.replace(self.settings, **{name: parsed})  # validates, raises ExpoError
+        parsed = getattr(dataclasses.replace(self.settings, **{name: parsed}), name)  # validated (ExpoError)
         setattr(self.settings, name, parsed)
         self.note(f"{name} = {parsed}")
 
@@ -188,8 +188,15 @@ class Repl:
         self._table(rows) if rows else self.note("no reply yet")
 
     def regen(self, _: str) -> None:
+        before = list(self.messages)
         self.drop_reply()
         self.respond()
+        self.restore_if_unanswered(before)
+
+    def restore_if_unanswered(self, before: list[Message]) -> None:
+        """A /regen that could not answer (the question no longer fits) keeps the old answer."""
+        if not self.messages or self.messages[-1]["role"] != "assistant":
+            self.messages[:] = before
 
     def drop_reply(self) -> None:
         """Take back the last reply, before ``/regen`` asks again."""

@@ -63,6 +63,8 @@ class Sampling:
     seed: int = llama_cpp.LLAMA_DEFAULT_SEED
 
     def __post_init__(self) -> None:
+        if self.seed < 0:  # as llama.cpp's --seed -1: a random seed
+            self.seed = llama_cpp.LLAMA_DEFAULT_SEED
         checks = {
             "temp": self.temp >= 0,
             "top_p": 0 < self.top_p <= 1,

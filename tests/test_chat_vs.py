@@ -18,6 +18,7 @@ from conftest import run_cli, smollm2
 from pty_terminal import Terminal
 from expo_gguf.chat_vs import estimate_memory, run_vs
 from expo_gguf.conversation import load_conversation, save_conversation
+from expo_gguf.errors import ExpoError
 from expo_gguf.loader import LoadOptions, load_model
 from expo_gguf.repl import Backend
 from expo_gguf.runtime import Sampling
@@ -38,7 +39,9 @@ class Fake:
 
 
 def vs(*lines: str, messages: list[Message] | None = None, a: Fake | None = None,
-       a_status: Callable[[], str] | None = None) -> tuple[list[list[Message]], str, Fake, Fake]:
+       a_status: Callable[[], str] | None = None,
+       b_fit: Callable[[list[Message]], tuple[list[Message], int]] | None = None,
+       ) -> tuple[list[list[Message]], str, Fake, Fake]:
     a, b = a or Fake("alpha"), Fake("beta")
     queue = list(lines)
 
@@ -49,7 +52,8 @@ def vs(*lines: str, messages: list[Message] | None = None, a: Fake | None = None
 
     out = io.StringIO()
     backend_a = Backend(reply=a.reply, status=a_status or (lambda: None))
-    sides = [("A", Path("a.gguf"), backend_a), ("B", Path("b.gguf"), Backend(reply=b.reply))]
+    backend_b = Backend(reply=b.reply, **({"fit": b_fit} if b_fit else {}))
+    sides = [("A", Path("a.gguf"), backend_a), ("B", Path("b.gguf"), backend_b)]
     threads = run_vs(sides, Sampling(), console=Console(file=out, width=200), messages=messages or [],
                      markdown=False, read_line=read_line)
     return threads, out.getvalue(), a, b
@@ -91,6 +95,26 @@ def test_ctrl_c_stops_the_turn_and_the_threads_stay_in_step() -> None:
     threads, _, _, _ = vs("hello", a_status=status)
     assert [m["role"] for m in threads[0]] == [m["role"] for m in threads[1]] == ["user", "assistant"]
     assert threads[0][1]["content"] == "alpha #1: hello" and threads[1][1]["content"] == ""
+
+
+def small_context(messages: list[Message]) -> tuple[list[Message], int]:
+    """B's fit when its context holds 40 characters, as ChatModel.fit refuses a prompt too long."""
+    if sum(len(m["content"]) for m in messages) > 40:
+        raise ExpoError("message too long: shorten it or raise --ctx")
+    return messages, 0
+
+
+def test_a_message_one_model_cannot_take_goes_to_neither() -> None:
+    """B's context is too small for a message: neither model is asked and the threads stay in step;
+    a /regen B cannot fit keeps B's old answer while A gives a new one."""
+    threads, out, a, b = vs("hi", "x" * 60, "again", b_fit=small_context)
+    assert "B: message too long" in out
+    assert [m["content"] for m in threads[0]] == ["hi", "alpha #1: hi", "again", "alpha #2: again"]
+    assert [m["content"] for m in threads[1]] == ["hi", "beta #1: hi", "again", "beta #2: again"]
+    threads, out, a, b = vs("hi", "/system " + "y" * 39, "/regen", b_fit=small_context)
+    assert [m["content"] for m in threads[0]] == ["y" * 39, "hi", "alpha #2: hi"]
+    assert [m["content"] for m in threads[1]] == ["y" * 39, "hi", "beta #1: hi"]
+    assert "message too long" in out and len(b.seen) == 1
 
 
 def test_commands_apply_to_both(tmp_path: Path) -> None:
