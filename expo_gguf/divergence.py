@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import ExpoError
 from .gguf_check import check_header, open_gguf
-from .runtime import quant_name
+from .gguf_info import file_type_name
 
 # float32, not float16: float16's step (~1e-3 relative) would be as large as the KLD of Q8_0.
 CACHE_DTYPE = np.float32
@@ -178,7 +178,7 @@ def read_vocab(path: Path) -> VocabInfo:
         bos = llama_cpp.llama_vocab_bos(vocab)
         buf = ctypes.create_string_buffer(64)
         got = llama_cpp.llama_model_meta_val_str(model, b"general.file_type", buf, len(buf))
-        file_type = quant_name(buf.value.decode() if got > 0 else None).removeprefix("ALL_")
+        file_type = file_type_name(buf.value.decode() if got > 0 else None).removeprefix("ALL_")
     return VocabInfo(path, n, texts, bos if add_bos and bos >= 0 else None, file_type)
 
 

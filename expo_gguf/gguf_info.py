@@ -57,16 +57,22 @@ def describe(path: Path) -> GGUFInfo:
         raise ExpoError(f"{path} has damaged metadata ({type(e).__name__}: {str(e)[:80]})") from None
 
 
+def file_type_name(file_type: object) -> str:
+    """``general.file_type`` as llama.cpp names it (Q8_0, Q4_K_M, ...), from the header's int or
+    the string llama.cpp's metadata gives; one we do not know keeps its number."""
+    try:
+        return gguf.LlamaFileType(int(str(file_type))).name.removeprefix("MOSTLY_")
+    except ValueError:
+        return "unknown" if file_type in (None, "") else str(file_type)
+
+
 def _describe(path: Path, kv: dict[str, object], tensors: list[TensorEntry]) -> GGUFInfo:
     def get(key: str) -> Any:  # noqa: ANN401 (GGUF values are of any type)
         return kv.get(key)
 
     arch = get(gguf.Keys.General.ARCHITECTURE) or "?"
     ft = get(gguf.Keys.General.FILE_TYPE)
-    try:
-        file_type = gguf.LlamaFileType(ft).name.removeprefix("MOSTLY_") if ft is not None else None
-    except ValueError:
-        file_type = str(ft)
+    file_type = file_type_name(ft) if ft is not None else None
     bases = []
     for i in range(get(gguf.Keys.General.BASE_MODEL_COUNT) or 0):
         org = get(gguf.Keys.General.BASE_MODEL_ORGANIZATION.format(id=i))

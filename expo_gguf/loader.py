@@ -14,7 +14,8 @@ import llama_cpp
 
 from .errors import ExpoError
 from .gguf_check import check_header, open_gguf, trained_context_length
-from .runtime import CUDA_HINT, ChatModel, ModelInfo, quant_name, set_llama_log, resolve_gpu_layers
+from .gguf_info import file_type_name
+from .runtime import CUDA_HINT, ChatModel, ModelInfo, set_llama_log, resolve_gpu_layers
 
 # llama.cpp's own fallback when a GGUF carries no template.
 CHATML_TEMPLATE = (
@@ -80,7 +81,7 @@ def load_model(opts: LoadOptions) -> ChatModel:
     info = ModelInfo(
         name=meta.get("general.name") or path.stem,
         path=path,
-        quant=quant_name(meta.get("general.file_type")),
+        quant=file_type_name(meta.get("general.file_type")),
         size_bytes=path.stat().st_size,
         # llama-cpp-python's token buffer holds what was asked for; llama.cpp may round its own
         # context up (to a multiple of 256), so the smaller of the two is what a prompt may use

@@ -33,7 +33,7 @@ import jinja2
 from .atomic import write_text_atomic
 from .errors import ExpoError
 from .gguf_info import GGUFInfo, describe
-from .vocab import OPENCHAT_TEMPLATE
+from .template import OPENCHAT_TEMPLATE
 
 SUFFIX = ".Modelfile"
 

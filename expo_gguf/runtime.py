@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import gguf
 import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -153,13 +152,6 @@ def resolve_gpu_layers(value: str | int, supports_gpu: bool | None = None) -> tu
     if n != 0 and not supports_gpu:
         return 0, f"this llama-cpp-python build has no GPU support, -ngl {n} ignored; for CUDA: {CUDA_HINT}"
     return n, None
-
-
-def quant_name(file_type: str | None) -> str:
-    try:
-        return gguf.LlamaFileType(int(file_type or "")).name.removeprefix("MOSTLY_")
-    except ValueError:
-        return "unknown"
 
 
 

@@ -19,7 +19,7 @@ import gguf
 
 from .checkpoint import display_name, read_json
 from .errors import ExpoError
-from .template import END_OF_TURN, OPENCHAT_TEMPLATE, chat_template  # noqa: F401 (OPENCHAT_TEMPLATE: for modelfile)
+from .template import END_OF_TURN, chat_template
 from .vocab_bpe import load_bpe
 
 log = logging.getLogger("expo_gguf")
