@@ -59,6 +59,13 @@ def one_error_line(res: Result, expected: str) -> None:
     assert "Traceback" not in res.output
 
 
+def use_hf_cache(cache: Path, monkeypatch: pytest.MonkeyPatch, repos: dict[str, Path]) -> None:
+    """Lay each folder out as the HF cache entry of its repo id, and point the CLI at that cache."""
+    for repo_id, folder in repos.items():
+        synthetic.fake_hf_cache(cache, repo_id, folder)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+
+
 def run_cli(*args: str | Path, input: str | None = None) -> Result:
     """The CLI in process, as a user would call it (strings in, exit code and output back)."""
     from expo_gguf.cli import cli

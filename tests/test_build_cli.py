@@ -8,7 +8,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from conftest import run_cli, smollm2_path, synthetic
+from conftest import run_cli, smollm2_path, use_hf_cache
 
 from expo_gguf.mapping import permute_rows
 
@@ -132,10 +132,8 @@ def test_dry_run_writes_nothing(pair, tmp_path):
 
 
 def test_repo_ids_resolve_from_a_fake_hf_cache(pair, tmp_path, monkeypatch):
-    cache = tmp_path / "hub"
-    synthetic.fake_hf_cache(cache, "Nexusflow/Starling-LM-7B-beta", pair.rlhf)
-    synthetic.fake_hf_cache(cache, "openchat/openchat-3.5-0106", pair.sft)
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    use_hf_cache(tmp_path / "hub", monkeypatch,
+                 {"Nexusflow/Starling-LM-7B-beta": pair.rlhf, "openchat/openchat-3.5-0106": pair.sft})
     res = run_cli("build", "-q", "q8_0", "--outdir", tmp_path / "m")  # the defaults are those repo ids
     assert res.exit_code == 0, res.output
     assert (tmp_path / "m" / "Starling-LM-7B-beta-ExPO-Q8_0.gguf").is_file()

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import Pair, llama_cpp_src, make_family_pair, run_cli, synthetic
+from conftest import Pair, llama_cpp_src, make_family_pair, run_cli, synthetic, use_hf_cache
 from test_build_errors import assert_clean_failure
 
 from expo_gguf.gguf_check import read_gguf_header
@@ -63,10 +63,8 @@ def test_preset_fills_pair_alpha_and_name_from_the_hf_cache(tmp_path, tmp_path_f
     """--preset zephyr-7b-beta: the repo ids resolve in a fake local HF cache, the card's alpha and
     the authors' model name are used; every one of them can still be overridden."""
     sft, rlhf = synthetic.make_pair(tmp_path_factory.mktemp("zephyr"), "tiny", seed=2, family="zephyr")
-    cache = tmp_path / "hub"
-    synthetic.fake_hf_cache(cache, "HuggingFaceH4/zephyr-7b-beta", rlhf)
-    synthetic.fake_hf_cache(cache, "HuggingFaceH4/mistral-7b-sft-beta", sft)
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    use_hf_cache(tmp_path / "hub", monkeypatch,
+                 {"HuggingFaceH4/zephyr-7b-beta": rlhf, "HuggingFaceH4/mistral-7b-sft-beta": sft})
     res = run_cli("build", "--preset", "zephyr-7b-beta", "-q", "q8_0", "--outdir", tmp_path / "m")
     assert res.exit_code == 0, res.output
     out = tmp_path / "m" / "zephyr-7b-beta-ExPO-Q8_0.gguf"
@@ -96,10 +94,7 @@ def test_preset_template_only_for_its_own_checkpoint_without_one(tmp_path, tmp_p
     own = json.loads((rlhf / "tokenizer_config.json").read_text())["chat_template"]
     bare = Path(shutil.copytree(rlhf, tmp_path / "tulu-2-dpo-13b"))
     _drop_template(bare)
-    cache = tmp_path / "hub"
-    synthetic.fake_hf_cache(cache, "allenai/tulu-2-13b", sft)
-    synthetic.fake_hf_cache(cache, "allenai/tulu-2-dpo-13b", bare)
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    use_hf_cache(tmp_path / "hub", monkeypatch, {"allenai/tulu-2-13b": sft, "allenai/tulu-2-dpo-13b": bare})
     res = run_cli("build", "--preset", "tulu-2-dpo-13b", "-q", "q8_0", "--outdir", tmp_path / "m")
     assert res.exit_code == 0, res.output
     assert "allenai/tulu-2-dpo-13b has no chat template; writing the preset's" in " ".join(res.output.split())
@@ -111,10 +106,8 @@ def test_preset_template_only_for_its_own_checkpoint_without_one(tmp_path, tmp_p
              {"role": "user", "content": "Bye"}]
     assert fmt(messages=turns).prompt == "<|user|>\nHi\n<|assistant|>\nHello.</s>\n<|user|>\nBye\n<|assistant|>\n"
 
-    cache2 = tmp_path / "hub2"  # the same repo shipping its own template: that one, byte for byte
-    synthetic.fake_hf_cache(cache2, "allenai/tulu-2-13b", sft)
-    synthetic.fake_hf_cache(cache2, "allenai/tulu-2-dpo-13b", rlhf)
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache2))
+    # the same repo shipping its own template: that one, byte for byte
+    use_hf_cache(tmp_path / "hub2", monkeypatch, {"allenai/tulu-2-13b": sft, "allenai/tulu-2-dpo-13b": rlhf})
     res = run_cli("build", "--preset", "tulu-2-dpo-13b", "-q", "q8_0", "--outdir", tmp_path / "m2")
     assert res.exit_code == 0, res.output
     assert read_gguf_header(tmp_path / "m2" / "tulu-2-dpo-13b-ExPO-Q8_0.gguf").values["tokenizer.chat_template"] == own

@@ -124,16 +124,18 @@ def test_negative_seed_means_random_as_on_the_command_line() -> None:
     assert settings.seed == llama_cpp.LLAMA_DEFAULT_SEED and f"seed = {llama_cpp.LLAMA_DEFAULT_SEED}" in out
 
 
+def small_context(messages: list[Message]) -> tuple[list[Message], int]:
+    """A fit for a context of 40 characters, refusing a longer prompt as ChatModel.fit does."""
+    if sum(len(m["content"]) for m in messages) > 40:
+        raise ExpoError("message too long: shorten it or raise --ctx")
+    return messages, 0
+
+
 def test_regen_that_no_longer_fits_keeps_the_answer() -> None:
     """A system message set after a reply can leave no room to ask again: /regen then says so and
     the conversation is as it was, rather than losing the question with its answer."""
-    def fit(messages: list[Message]) -> tuple[list[Message], int]:
-        if sum(len(m["content"]) for m in messages) > 40:
-            raise ExpoError("message too long: shorten it or raise --ctx")
-        return messages, 0
-
     fake = Fake()
-    history, out = chat(Backend(reply=fake.reply, fit=fit), "hi", "/system " + "x" * 40, "/regen")
+    history, out = chat(Backend(reply=fake.reply, fit=small_context), "hi", "/system " + "x" * 40, "/regen")
     assert "message too long" in out and len(fake.seen) == 1
     assert history == [{"role": "system", "content": "x" * 40}, {"role": "user", "content": "hi"},
                        {"role": "assistant", "content": "echo: hi "}]

@@ -16,9 +16,9 @@ from rich.console import Console
 
 from conftest import run_cli, smollm2
 from pty_terminal import Terminal
+from test_chat_repl import small_context
 from expo_gguf.chat_vs import estimate_memory, run_vs
 from expo_gguf.conversation import load_conversation, save_conversation
-from expo_gguf.errors import ExpoError
 from expo_gguf.loader import LoadOptions, load_model
 from expo_gguf.repl import Backend
 from expo_gguf.runtime import Sampling
@@ -95,13 +95,6 @@ def test_ctrl_c_stops_the_turn_and_the_threads_stay_in_step() -> None:
     threads, _, _, _ = vs("hello", a_status=status)
     assert [m["role"] for m in threads[0]] == [m["role"] for m in threads[1]] == ["user", "assistant"]
     assert threads[0][1]["content"] == "alpha #1: hello" and threads[1][1]["content"] == ""
-
-
-def small_context(messages: list[Message]) -> tuple[list[Message], int]:
-    """B's fit when its context holds 40 characters, as ChatModel.fit refuses a prompt too long."""
-    if sum(len(m["content"]) for m in messages) > 40:
-        raise ExpoError("message too long: shorten it or raise --ctx")
-    return messages, 0
 
 
 def test_a_message_one_model_cannot_take_goes_to_neither() -> None:
