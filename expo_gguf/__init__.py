@@ -1,4 +1,19 @@
-"""expo-gguf: ExPO extrapolation straight to GGUF, and an offline chat on top of it."""
+"""expo-gguf: ExPO extrapolation straight to GGUF, and an offline chat on top of it.
+
+What a Python user imports, from here and nowhere deeper (the modules behind these names may
+move; these names do not)::
+
+    from expo_gguf import BuildRequest, make_plan, run_build, parse_quants
+    plan = make_plan(BuildRequest("org/sft", "org/rlhf", (0.5,), tuple(parse_quants("q8_0")), Path("models")))
+    built = run_build(plan)
+
+The names are loaded on first use, so ``import expo_gguf`` (and ``expo-gguf --help``) stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 # Load llama.cpp's shared libraries before anything imports numpy. With a CUDA build of
 # llama-cpp-python and a numpy wheel loaded first, model loading segfaulted in llama.cpp's
@@ -7,3 +22,79 @@ try:
     import llama_cpp  # noqa: F401
 except ImportError:  # only `chat`, `quantize` and K-quants need it; they say so when used
     pass
+
+_API = {
+    "ExpoError": "errors",
+    "Progress": "progress",
+    "BuiltFile": "_fs",
+    "BuildRequest": "build.plan",
+    "Plan": "build.plan",
+    "make_plan": "build.plan",
+    "run_build": "build.execute",
+    "extrapolate": "build.extrapolate",
+    "QUANTS": "quant.types",
+    "Quant": "quant.types",
+    "parse_quants": "quant.types",
+    "requantize": "quant.requantize",
+    "load_presets": "source.presets",
+    "find_preset": "source.presets",
+    "GGUFInfo": "gguf_file.info",
+    "describe": "gguf_file.info",
+    "write_modelfile": "gguf_file.modelfile",
+    "RunOptions": "runtime.options",
+    "ChatModel": "runtime.model",
+    "load_model": "runtime.loader",
+    "Message": "chat.messages",
+    "Sampling": "chat.messages",
+    "Backend": "chat.repl",
+    "run_repl": "chat.repl",
+    "load_conversation": "chat.conversation",
+    "save_conversation": "chat.conversation",
+    "EvalOptions": "measure.perplexity",
+    "evaluate": "measure.perplexity",
+    "CompareOptions": "measure.compare_checks",
+    "Comparison": "measure.compare",
+    "compare": "measure.compare",
+}
+__all__ = [
+    "Backend", "BuildRequest", "BuiltFile", "ChatModel", "CompareOptions", "Comparison",
+    "EvalOptions", "ExpoError", "GGUFInfo", "Message", "Plan", "Progress", "QUANTS", "Quant",
+    "RunOptions", "Sampling", "compare", "describe", "evaluate", "extrapolate", "find_preset",
+    "load_conversation", "load_model", "load_presets", "make_plan", "parse_quants", "requantize",
+    "run_build", "run_repl", "save_conversation", "write_modelfile",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'expo_gguf' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:
+    from ._fs import BuiltFile
+    from .build.execute import run_build
+    from .build.extrapolate import extrapolate
+    from .build.plan import BuildRequest, Plan, make_plan
+    from .chat.conversation import load_conversation, save_conversation
+    from .chat.messages import Message, Sampling
+    from .chat.repl import Backend, run_repl
+    from .errors import ExpoError
+    from .gguf_file.info import GGUFInfo, describe
+    from .gguf_file.modelfile import write_modelfile
+    from .measure.compare import Comparison, compare
+    from .measure.compare_checks import CompareOptions
+    from .measure.perplexity import EvalOptions, evaluate
+    from .progress import Progress
+    from .quant.requantize import requantize
+    from .quant.types import QUANTS, Quant, parse_quants
+    from .runtime.loader import load_model
+    from .runtime.model import ChatModel
+    from .runtime.options import RunOptions
+    from .source.presets import find_preset, load_presets

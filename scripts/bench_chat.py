@@ -40,8 +40,7 @@ from rich.console import Console
 from rich.table import Table
 
 from _models import SMOLLM2_HINT, smollm2_path  # scripts/, beside this file
-from expo_gguf.loader import LoadOptions, load_model
-from expo_gguf.runtime import ChatModel, Sampling
+from expo_gguf import ChatModel, RunOptions, Sampling, load_model
 
 PROMPT = "Write a long story about a dragon who learns to bake bread."
 TURNS = (
@@ -241,8 +240,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     model = args.model or smollm2()
     load_before = os.getloadavg()[0]
-    session = load_model(LoadOptions(model=model, n_ctx=args.ctx, n_gpu_layers=args.n_gpu_layers,
-                                     threads=args.threads, seed=0))
+    session = load_model(model, RunOptions(n_ctx=args.ctx, n_gpu_layers=args.n_gpu_layers, threads=args.threads),
+                         seed=0)
     try:
         generation = bench_generation(session, args.max_tokens, args.reps)
         turns = bench_turns(session, args.reply_tokens, args.reps)

@@ -176,7 +176,7 @@ def llama3_rope_scaling(shape: Shape) -> dict:
 def read_gguf_kv(path: Path) -> dict[str, object]:
     """The key/values of llama.cpp's vocab file, through expo-gguf's own validating header walk
     (gguf.GGUFReader takes 7 s on its 408k strings, this 0.3 s). Arrays come back as lists."""
-    from expo_gguf.gguf_check import read_gguf_header
+    from expo_gguf.gguf_file.header import read_gguf_header
 
     return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in read_gguf_header(Path(path)).values.items()}
 

@@ -115,7 +115,7 @@ class HeaderTarget(Target):
     name = "safetensors"
 
     def case(self, rng: random.Random) -> Callable[[], object]:
-        from expo_gguf.checkpoint import read_header
+        from expo_gguf.source.checkpoint import read_header
 
         src = rng.choice(sorted(self.rlhf.glob("*.safetensors")))
         with open(src, "rb") as fh:
@@ -154,8 +154,8 @@ class CheckpointTarget(Target):
             sparse_copy(self.rlhf, self.base / "rlhf")
 
     def case(self, rng: random.Random) -> Callable[[], object]:
-        from expo_gguf.plan import BuildRequest, make_plan
-        from expo_gguf.quantize import QUANTS
+        from expo_gguf.build.plan import BuildRequest, make_plan
+        from expo_gguf.quant.types import QUANTS
 
         case = self.work / "case"
         shutil.rmtree(case, ignore_errors=True)
@@ -195,7 +195,7 @@ class GGUFTarget(Target):
         w.close()
 
     def case(self, rng: random.Random) -> Callable[[], object]:
-        from expo_gguf.gguf_info import describe
+        from expo_gguf.gguf_file.info import describe
 
         data = self.good.read_bytes()
         head, tail = data[:512], data[512:]
@@ -228,7 +228,7 @@ class TokenizerTarget(Target):
 
     def __init__(self, work: Path, pair: tuple[Path, Path]) -> None:
         super().__init__(work, pair)
-        from expo_gguf.vocab_bpe import LLAMA3_REGEX
+        from expo_gguf.source.vocab_bpe import LLAMA3_REGEX
 
         alphabet = _byte_level_alphabet()
         vocab = {t: i for i, t in enumerate(alphabet)} | {"Ġt": 256, "he": 257, "Ġthe": 258}
@@ -252,7 +252,7 @@ class TokenizerTarget(Target):
         self.template = b"{% for m in messages %}{{ m['content'] }}<|eot_id|>{% endfor %}"
 
     def case(self, rng: random.Random) -> Callable[[], object]:
-        from expo_gguf.vocab import load_vocab
+        from expo_gguf.source.vocab import load_vocab
 
         case = self.work / "case"
         shutil.rmtree(case, ignore_errors=True)

@@ -1,7 +1,8 @@
-"""Regenerate the ``--help`` blocks in README.md from the CLI itself, so the docs cannot drift.
+"""Regenerate the ``--help`` blocks in README.md and docs/*.md from the CLI itself, so the docs
+cannot drift (docs/cli.md holds every command's).
 
 A block is written between ``<!-- help:COMMAND -->`` and ``<!-- /help -->``. ``--check`` exits 1
-when the README is out of date (the test suite runs it); without it the README is rewritten.
+when a file is out of date (the test suite runs it); without it the files are rewritten.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"(<!-- help:(?P<cmd>[\w-]+) -->\n)(?P<body>.*?)(<!-- /help -->)", re.DOTALL)
 WIDTH = 100
 
@@ -31,14 +33,18 @@ def render(text: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    current = README.read_text(encoding="utf-8")
-    fresh = render(current)
-    if "--check" in argv:
+    stale = []
+    for path in FILES:
+        current = path.read_text(encoding="utf-8")
+        fresh = render(current)
         if fresh != current:
-            print("README.md --help blocks are out of date: run python scripts/readme_help.py", file=sys.stderr)
-            return 1
-        return 0
-    README.write_text(fresh, encoding="utf-8")
+            stale.append(path.relative_to(ROOT))
+            if "--check" not in argv:
+                path.write_text(fresh, encoding="utf-8")
+    if stale and "--check" in argv:
+        print(f"--help blocks out of date in {', '.join(map(str, stale))}: run python scripts/readme_help.py",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -9,6 +9,8 @@ import llama_cpp
 import numpy as np
 import pytest
 
+pytestmark = [pytest.mark.slow, pytest.mark.reference]
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 

@@ -12,7 +12,9 @@ import pytest
 from conftest import Pair, llama_cpp_src, make_family_pair, run_cli, synthetic, use_hf_cache
 from test_build_errors import assert_clean_failure
 
-from expo_gguf.gguf_check import read_gguf_header
+from expo_gguf.gguf_file.header import read_gguf_header
+
+pytestmark = pytest.mark.slow
 
 
 def _sha(path: Path) -> str:
@@ -191,7 +193,7 @@ def test_rope_freqs_equal_llama_cpp_converter():
 
     import numpy as np
 
-    from expo_gguf.mapping import hparams_from_config, rope_freqs
+    from expo_gguf.build.mapping import hparams_from_config, rope_freqs
 
     src = llama_cpp_src()
     sys.path[:0] = [str(src), str(src / "gguf-py")]

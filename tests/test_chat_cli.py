@@ -18,9 +18,9 @@ from conftest import smollm2
 
 from expo_gguf.cli import cli
 from expo_gguf.errors import ExpoError
-from expo_gguf.gguf_check import open_gguf
-from expo_gguf.cli_chat import find_default_model
-from expo_gguf.gguf_check import trained_context_length
+from expo_gguf.gguf_file.header import open_gguf
+from expo_gguf.cli.chat import find_default_model
+from expo_gguf.gguf_file.header import trained_context_length
 
 
 FAST = ["--temp", "0", "--seed", "0", "--ctx", "512", "--threads", "1"]

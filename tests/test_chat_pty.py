@@ -6,12 +6,15 @@ it as a user would (see there for how Ctrl+C and waiting work).
 
 from __future__ import annotations
 
+import pytest
 import json
 import re
 from collections.abc import Callable
 from pathlib import Path
 
 from pty_terminal import Terminal
+
+pytestmark = pytest.mark.pty
 
 
 def test_terminal_session(chat: Callable[..., Terminal], tmp_path: Path) -> None:

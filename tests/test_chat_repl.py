@@ -13,8 +13,8 @@ import pytest
 from rich.console import Console
 
 from expo_gguf.errors import ExpoError
-from expo_gguf.repl import Backend, read_message, run_repl
-from expo_gguf.runtime import Sampling
+from expo_gguf.chat.repl import Backend, read_message, run_repl
+from expo_gguf import Sampling
 
 Message = dict[str, str]
 

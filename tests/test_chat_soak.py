@@ -3,11 +3,14 @@ the suite so a change that leaks memory or breaks trimming fails here, not after
 
 from __future__ import annotations
 
+import pytest
 import subprocess
 import sys
 from pathlib import Path
 
 from conftest import smollm2
+
+pytestmark = [pytest.mark.slow, pytest.mark.pty]
 
 ROOT = Path(__file__).resolve().parents[1]
 

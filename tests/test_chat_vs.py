@@ -17,12 +17,12 @@ from rich.console import Console
 from conftest import run_cli, smollm2
 from pty_terminal import Terminal
 from test_chat_repl import small_context
-from expo_gguf.chat_vs import estimate_memory, run_vs
-from expo_gguf.conversation import load_conversation, save_conversation
-from expo_gguf.loader import LoadOptions, load_model
-from expo_gguf.repl import Backend
-from expo_gguf.runtime import Sampling
-from expo_gguf.units import human_bytes
+from expo_gguf.chat.vs import estimate_memory, run_vs
+from expo_gguf.chat.conversation import load_conversation, save_conversation
+from expo_gguf import RunOptions, load_model
+from expo_gguf.chat.repl import Backend
+from expo_gguf import Sampling
+from expo_gguf._units import human_bytes
 
 Message = dict[str, str]
 
@@ -146,7 +146,7 @@ def test_memory_estimate_matches_llama_cpp(capsys: pytest.CaptureFixture[str]) -
     """The estimate from the header against the sizes llama.cpp logs when it allocates the KV cache
     (500 -> 512 cells) and the compute and output buffers."""
     estimate = estimate_memory([smollm2()], 500)
-    session = load_model(LoadOptions(model=smollm2(), n_ctx=500, threads=1, verbose=True))
+    session = load_model(smollm2(), RunOptions(n_ctx=500, threads=1, verbose=True))
     session.close()
     log = capsys.readouterr().err
 

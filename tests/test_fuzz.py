@@ -13,6 +13,8 @@ from conftest import _load_script
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+pytestmark = pytest.mark.slow
+
 fuzz = _load_script("fuzz")
 BUDGET = {"safetensors": 1500, "gguf": 1500, "checkpoint": 250, "tokenizer": 600}
 

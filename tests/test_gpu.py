@@ -12,7 +12,6 @@ so the transformers-reference tests run on the CPU build only.
 
 from __future__ import annotations
 
-import ctypes
 import re
 import time
 
@@ -21,29 +20,20 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-pytestmark = pytest.mark.skipif(not llama_cpp.llama_supports_gpu_offload(),
-                                reason="llama-cpp-python was built without GPU support")
+from expo_gguf.runtime.log import capture
+
+pytestmark = [pytest.mark.gpu, pytest.mark.reference, pytest.mark.skipif(not llama_cpp.llama_supports_gpu_offload(),
+                                reason="llama-cpp-python was built without GPU support")]
 
 IDS = [1, 420, 6687, 28781, 3198, 3123, 1247, 28747, 6312, 32000, 420, 6687, 28781, 3198, 3123, 21631, 28747]
 
 
 def _logits(path, n_gpu_layers: int) -> tuple[np.ndarray, list[str]]:
-    log: list[str] = []
-
-    @llama_cpp.llama_log_callback
-    def collect(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
-        log.append(text.decode("utf-8", "replace"))
-
-    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
-    try:
+    with capture() as log:
         llm = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, n_gpu_layers=n_gpu_layers, verbose=True)
         llm.eval(IDS)
         scores = np.array(llm.scores[: len(IDS)])
         llm.close()
-    finally:
-        from llama_cpp import _logger
-
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
     return scores, log
 
 

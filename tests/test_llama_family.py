@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from conftest import Pair, llama_cpp_src, make_family_pair, run_cli
 
+pytestmark = [pytest.mark.slow, pytest.mark.reference]
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
@@ -79,7 +81,7 @@ def test_logits_match_transformers(family):
 
 def test_gguf_layout(family):
     key, pair, files = family
-    from expo_gguf.gguf_check import read_gguf_header
+    from expo_gguf.gguf_file.header import read_gguf_header
 
     header = read_gguf_header(files["F32"])
     kv, names = header.values, {t.name for t in header.tensors}
@@ -175,7 +177,7 @@ def test_linear_rope_scaling_matches_transformers(pair_copy, tmp_path):
     res = run_cli("build", "--sft", pair_copy.sft, "--rlhf", pair_copy.rlhf, "-q", "f32", "--outdir", tmp_path)
     assert res.exit_code == 0, res.output
     path = next(tmp_path.glob("*.gguf"))
-    from expo_gguf.gguf_check import read_gguf_header
+    from expo_gguf.gguf_file.header import read_gguf_header
 
     kv = read_gguf_header(path).values
     assert kv["llama.rope.scaling.type"] == "linear" and kv["llama.rope.scaling.factor"] == 4.0
@@ -252,7 +254,7 @@ def test_merges_as_pairs_and_a_saved_tied_lm_head(llama3_copy, tmp_path):
     the same GGUF tensors and vocabulary as the plain checkpoint."""
     from safetensors.torch import load_file, save_file
 
-    from expo_gguf.gguf_check import read_gguf_header
+    from expo_gguf.gguf_file.header import read_gguf_header
 
     plain, _ = _build_q8(llama3_copy, tmp_path / "plain")
     tok_path = llama3_copy.rlhf / "tokenizer.json"
@@ -301,7 +303,7 @@ def test_llama3_k_quant_runs(llama3_copy, tmp_path):
 def test_texts_we_leave_to_llama_cpp_do_end_generation(llama3_copy, tmp_path):
     """vocab.LLAMA_CPP_EOG_TEXTS is our copy of llama.cpp's list of end texts (ids with them get no
     key when keys run short): every one must end generation in the llama.cpp we ship with."""
-    from expo_gguf.vocab import LLAMA_CPP_EOG_TEXTS
+    from expo_gguf.source.vocab import LLAMA_CPP_EOG_TEXTS
 
     texts = sorted(LLAMA_CPP_EOG_TEXTS - {"<|eot_id|>", "<|end_of_text|>"})  # already in the vocabulary
     first = 128010  # <|reserved_special_token_5|> on: renamed, as a checkpoint would name its own

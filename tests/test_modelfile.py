@@ -19,9 +19,9 @@ import gguf
 import pytest
 from conftest import run_cli, smollm2_path
 
-from expo_gguf.gguf_info import describe
-from expo_gguf.modelfile import KNOWN, known_template, modelfile_text, write_modelfile
-from expo_gguf.template import OPENCHAT_TEMPLATE
+from expo_gguf.gguf_file.info import describe
+from expo_gguf.gguf_file.modelfile import KNOWN, known_template, modelfile_text, write_modelfile
+from expo_gguf.source.chat_template import OPENCHAT_TEMPLATE
 
 CONVERSATIONS = {
     "user": [{"role": "user", "content": "Hello, how are you?"}],

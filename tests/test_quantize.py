@@ -4,8 +4,8 @@ import gguf
 import numpy as np
 import pytest
 
-from expo_gguf.ggml import row_quantizer
-from expo_gguf.quantize import QUANTS, parse_quants, tensor_type
+from expo_gguf.quant.ggml import row_quantizer
+from expo_gguf.quant.types import QUANTS, parse_quants, tensor_type
 
 T = gguf.GGMLQuantizationType
 BLOCK_TYPES = [T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1]

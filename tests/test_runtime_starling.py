@@ -14,8 +14,9 @@ from conftest import synthetic
 from click.testing import CliRunner
 
 from expo_gguf.cli import cli
-from expo_gguf.loader import LoadOptions, load_model
-from expo_gguf.runtime import ChatModel, Sampling
+from expo_gguf import ChatModel, RunOptions, Sampling, load_model
+
+pytestmark = pytest.mark.slow
 
 END_OF_TURN = 32000
 # openchat-3.5-0106 / Starling-LM-7B-beta model card: "GPT4 Correct User: Hello<|end_of_turn|>GPT4
@@ -40,7 +41,7 @@ def starling_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def model(starling_gguf: Path) -> ChatModel:
-    m = load_model(LoadOptions(model=starling_gguf, n_ctx=256, seed=0, threads=1))
+    m = load_model(starling_gguf, RunOptions(n_ctx=256, threads=1), seed=0)
     yield m
     m.close()
 
@@ -59,7 +60,7 @@ def test_prompt_is_openchat(model: ChatModel) -> None:
 def test_stop_set_and_no_control_text(model: ChatModel) -> None:
     assert END_OF_TURN in model.stop_ids
     for control in (1, 2, END_OF_TURN, 32001):  # <s>, </s>, <|end_of_turn|>, <|pad_0|>
-        assert model._piece(control) == b""
+        assert model.piece(control) == b""
     reply = "".join(model.stream([{"role": "user", "content": "Hello"}],
                                  Sampling(temp=0.0, seed=0, max_tokens=32)))
     assert model.last_stats.generated > 0

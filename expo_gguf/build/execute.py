@@ -1,0 +1,213 @@
+"""Executing a plan: one streaming pass over both checkpoints, every block-format output at once.
+
+Work items are row chunks of one tensor. Worker threads read a chunk from each checkpoint,
+widen it to float32, extrapolate, permute Q/K rows, and quantize it for every output (numpy and
+ggml release the GIL, so this uses every core); the main thread writes results in plan order.
+A bounded window of chunks in flight keeps memory flat whatever the model size. K-quants follow
+from the 16-bit output through llama.cpp.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .._fs import BuiltFile, part_path, sha256_file
+from ..errors import ExpoError
+from ..progress import SILENT, Progress
+from ..quant.llama import llama_quantize
+from ..quant.types import INTERMEDIATE, QUANTS, quantize_rows
+from ..source.checkpoint import DTYPES, RowReader
+from .extrapolate import extrapolate, widen
+from .mapping import permute_rows
+from .plan import Plan, TensorJob
+from .writer import GGUFStream, verify
+
+
+def _chunks(plan: Plan) -> Iterator[tuple[int, TensorJob, int, int]]:
+    for i, job in enumerate(plan.tensors):
+        for start in range(0, job.rlhf.rows, job.chunk_rows):
+            yield i, job, start, min(start + job.chunk_rows, job.rlhf.rows)
+
+
+class _Worker:
+    """One chunk from read to quantized bytes; called from many threads at once.
+
+    Each thread reuses its own input buffers: fresh ones per chunk cost a page fault per 4 KiB
+    and the kernel's zeroing of every page (measured: half the build's CPU time went to the
+    kernel at 7B). Only the results handed to the writer are new arrays.
+    """
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.reader = RowReader()
+        self.local = threading.local()
+        self.max_elems = max((j.chunk_rows * j.rlhf.row_elems for j in plan.tensors), default=1)
+
+    def _buffers(self) -> list[np.ndarray]:
+        """Raw bytes for: RLHF as stored, SFT as stored, RLHF float32, SFT float32, and with
+        several alphas a result buffer (RLHF must survive until the last alpha)."""
+        if not hasattr(self.local, "bufs"):
+            n = 5 if len(self.plan.request.alphas) > 1 else 4
+            self.local.bufs = [np.empty(self.max_elems * 4, np.uint8) for _ in range(n)]
+        return self.local.bufs
+
+    def __call__(self, i: int, job: TensorJob, start: int, stop: int) -> list[np.ndarray]:
+        bufs = self._buffers()
+        raw_r, raw_s, f_r, f_s = bufs[:4]
+        stored_r = self.reader.read_rows(job.rlhf, start, stop, raw_r.view(DTYPES[job.rlhf.dtype]))
+        stored_s = self.reader.read_rows(job.sft, start, stop, raw_s.view(DTYPES[job.sft.dtype]))
+        r = widen(stored_r, job.rlhf.dtype, f_r.view(np.float32))
+        s = widen(stored_s, job.sft.dtype, f_s.view(np.float32))
+        alphas = self.plan.request.alphas
+        results: list[np.ndarray] = [np.empty(0)] * len(self.plan.streamed)
+        for k, alpha in enumerate(alphas):
+            # the last alpha may overwrite RLHF in place; earlier ones go to the result buffer
+            x = extrapolate(r, s, alpha, out=r if k == len(alphas) - 1 else bufs[4].view(np.float32)[: r.size])
+            if not np.isfinite(x).all():
+                raise ExpoError(
+                    f"{job.rlhf.name}: NaN or Inf in the result (rows {start}-{stop}); "
+                    "are both checkpoints intact?", exit_code=1,
+                )
+            x = x.reshape(stop - start, -1) if len(job.shape) > 1 else x.reshape(1, -1)
+            if job.rope_rows:
+                x = permute_rows(x, job.rope_rows)
+            for j, out in enumerate(self.plan.streamed):
+                if out.alpha == alpha:
+                    res = quantize_rows(x, out.types[i])  # type: ignore[index]
+                    # F32 output is x itself: copy it out of this thread's buffers before they are reused
+                    results[j] = res.copy() if any(np.may_share_memory(res, b) for b in bufs[2:]) else res
+        return results
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def _disk_error(plan: Plan, path: Path, e: OSError) -> ExpoError:
+    if e.errno == errno.ENOSPC:
+        return ExpoError(
+            f"disk full writing {path.name}: the build needs {plan.disk_needed / 1e9:.2f} GB, "
+            f"{plan.disk_free / 1e9:.2f} GB was free at the start", exit_code=1,
+        )
+    return ExpoError(f"cannot write {path}: {e.strerror}", exit_code=1)
+
+
+def stream_pass(plan: Plan, progress: Progress) -> list[BuiltFile]:
+    """The extrapolation pass; writes every block-format output (and any K-quant intermediate)
+    under its ``.part`` name, checked and hashed; ``run_build`` moves them into place."""
+    t0 = time.perf_counter()
+    progress.task("extrapolating", plan.input_bytes)
+    streams: list[GGUFStream] = []
+    worker = _Worker(plan)
+    try:
+        for out in plan.streamed:
+            streams.append(GGUFStream(plan, out))
+        window = max(2, plan.request.threads * 2)
+        with ThreadPoolExecutor(plan.request.threads, thread_name_prefix="expo") as pool:
+            pending: deque[tuple[Future[list[np.ndarray]], int]] = deque()
+            try:
+                for i, job, start, stop in _chunks(plan):
+                    if len(pending) >= window:
+                        _drain(pending.popleft(), streams, progress)
+                    nbytes = (stop - start) * job.rlhf.row_elems * (DTYPES[job.rlhf.dtype].itemsize + DTYPES[job.sft.dtype].itemsize)
+                    pending.append((pool.submit(worker, i, job, start, stop), nbytes))
+                while pending:
+                    _drain(pending.popleft(), streams, progress)
+            except BaseException:
+                for fut, _ in pending:
+                    fut.cancel()
+                raise
+        seconds = time.perf_counter() - t0
+        hashes = [s.finish() for s in streams]
+        return [BuiltFile(s.out.path, s.out.quant.label, s.tmp.stat().st_size, seconds, h) for s, h in zip(streams, hashes)]
+    except OSError as e:
+        for s in streams:
+            s.abort()
+        raise _disk_error(plan, Path(e.filename or plan.request.outdir), e) from None
+    except BaseException:
+        for s in streams:
+            s.abort()
+        raise
+    finally:
+        worker.close()
+
+
+def _drain(item: tuple[Future[list[np.ndarray]], int], streams: list[GGUFStream], progress: Progress) -> None:
+    fut, nbytes = item
+    for stream, chunk in zip(streams, fut.result()):
+        stream.write(chunk)
+    progress.advance(nbytes)
+
+
+def _interruptible(fn: Callable[..., None], *args: object) -> None:
+    """Run a long C call (llama.cpp's quantizer) in a thread so Ctrl+C still reaches us at once.
+
+    On Ctrl+C the caller removes the files and exits; the abandoned thread ends with the process.
+    """
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn(*args)
+        except BaseException as e:  # handed to the main thread below
+            failure.append(e)
+
+    t = threading.Thread(target=run, name="llama-quantize", daemon=True)
+    t.start()
+    while t.is_alive():
+        t.join(0.2)
+    if failure:
+        raise failure[0]
+
+
+def _remove_stale_parts(plan: Plan) -> None:
+    """Temporaries of an earlier build of this NAME that was killed (kill -9, power loss): our own
+    naming exactly (NAME[-aALPHA]-QUANT), never another build's whose name merely starts the same."""
+    outdir = plan.request.outdir
+    labels = "|".join(re.escape(q.label) for q in [*QUANTS.values(), INTERMEDIATE])
+    ours = re.compile(rf"\.?{re.escape(plan.name)}(-a-?[^-/]+)?-({labels})(\.intermediate)?\.gguf\.part")
+    if outdir.is_dir():
+        for stale in outdir.glob("*.part"):
+            if ours.fullmatch(stale.name):
+                stale.unlink(missing_ok=True)
+
+
+def run_build(plan: Plan, progress: Progress = SILENT) -> list[BuiltFile]:
+    """Execute ``plan``: the streaming pass, then each K-quant from the float file; returns the
+    files it wrote (the caller adds what goes beside them, such as Ollama Modelfiles).
+
+    All or nothing: every output stays under its ``.part`` name until all of them are written and
+    checked, then all are renamed; any failure or Ctrl+C removes every one of them.
+    """
+    if plan.disk_free < plan.disk_needed:
+        raise ExpoError(f"not enough disk in {plan.request.outdir}: the build needs {plan.disk_needed / 1e9:.2f} GB, "
+                        f"{plan.disk_free / 1e9:.2f} GB free", exit_code=1)
+    parts = [part_path(o.path) for o in plan.streamed + plan.derived]
+    _remove_stale_parts(plan)
+    try:
+        built = stream_pass(plan, progress)
+        for out in plan.derived:
+            assert out.source is not None
+            progress.note(f"llama.cpp quantize -> {out.path.name}")
+            t0 = time.perf_counter()
+            tmp = part_path(out.path)
+            _interruptible(llama_quantize, part_path(out.source), tmp, out.quant, plan.request.threads)
+            verify(tmp, plan)
+            built.append(BuiltFile(out.path, out.quant.label, tmp.stat().st_size,
+                                   time.perf_counter() - t0, sha256_file(tmp)))
+        temporary = {o.path for o in plan.streamed if o.temporary}
+        kept = [b for b in built if b.path not in temporary]
+        for b in kept:
+            part_path(b.path).replace(b.path)
+    finally:
+        for p in parts:
+            p.unlink(missing_ok=True)
+    return kept

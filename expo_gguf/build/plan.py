@@ -1,0 +1,246 @@
+"""The build plan: everything decided and checked from headers and JSON, before a byte is written.
+
+``make_plan`` reads both checkpoints' headers, config and tokenizer, works out every tensor's
+GGUF name, type and size in every output, and checks the pair against each other. Every problem it
+finds is reported at once; ``--dry-run`` prints the plan and the build only executes it.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from ..source.checkpoint import Checkpoint, TensorRef, load_checkpoint
+from ..errors import ExpoError
+from .mapping import (HParams, check_hparams, describe_rope, expected_shapes, hparams_from_config, rope_freqs,
+                      rope_heads, tensor_names)
+from ..quant.types import INTERMEDIATE, Quant, nbytes, tensor_type
+from ..source.presets import expo_name
+from ..source.vocab import Vocab, load_vocab
+
+CHUNK_ELEMS = 1 << 18  # float32 values per work item: 1 MiB, sized for a core's L2 cache
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What the user asked for, as the CLI parsed it."""
+
+    sft: str
+    rlhf: str
+    alphas: tuple[float, ...]
+    quants: tuple[Quant, ...]
+    outdir: Path
+    name: str | None = None
+    force: bool = False
+    threads: int = 1
+    chat_template: Path | None = None  # overrides the RLHF checkpoint's own
+    fallback_template: str | None = None  # the preset's, for a checkpoint that ships none
+
+
+@dataclass(frozen=True)
+class TensorJob:
+    """One output tensor: where its two inputs are, its GGUF name, and how to cut it in chunks."""
+
+    gguf_name: str
+    shape: tuple[int, ...]  # rows first, as stored by Hugging Face
+    rlhf: TensorRef
+    sft: TensorRef
+    rope_rows: int | None  # rows per head when Q/K rows must be permuted, else None
+    chunk_rows: int
+
+
+@dataclass(frozen=True, eq=False)
+class ExtraTensor:
+    """A tensor llama.cpp needs that no checkpoint holds (Llama 3.1's ``rope_freqs``): always F32."""
+
+    gguf_name: str
+    data: np.ndarray
+
+
+@dataclass(frozen=True)
+class Output:
+    """One GGUF file the build writes; ``types`` is per tensor for files we stream ourselves."""
+
+    quant: Quant
+    alpha: float
+    path: Path
+    nbytes: int
+    types: tuple[gguf.GGMLQuantizationType, ...] | None  # None: written by llama.cpp from `source`
+    source: Path | None = None
+    temporary: bool = False  # the 16-bit intermediate of K-quants nobody asked to keep
+
+
+@dataclass(frozen=True)
+class Plan:
+    request: BuildRequest
+    name: str
+    sft: Checkpoint
+    rlhf: Checkpoint
+    hparams: HParams
+    vocab: Vocab
+    tensors: tuple[TensorJob, ...]
+    extra: tuple[ExtraTensor, ...]
+    streamed: tuple[Output, ...]
+    derived: tuple[Output, ...]
+    warnings: tuple[str, ...]
+    disk_free: int
+
+    @property
+    def input_bytes(self) -> int:
+        return self.sft.nbytes + self.rlhf.nbytes
+
+    @property
+    def disk_needed(self) -> int:
+        return sum(o.nbytes for o in self.streamed + self.derived)
+
+    @property
+    def peak_ram(self) -> int:
+        """Worker buffers (two inputs and every output per chunk in flight) plus vocab and Python."""
+        per_chunk = CHUNK_ELEMS * 4 * (3 + min(len(self.request.alphas), 2) + len(self.streamed))
+        return self.request.threads * 3 * per_chunk + len(self.vocab.tokens) * 64 + 150 * 2**20
+
+
+def _check_pair(sft: Checkpoint, rlhf: Checkpoint) -> HParams:
+    problems: list[str] = []
+    hp_s = hparams_from_config(sft.config, sft.label)
+    hp_r = hparams_from_config(rlhf.config, rlhf.label)
+    for field in hp_r.__dataclass_fields__:
+        if getattr(hp_s, field) != getattr(hp_r, field):
+            s, r = ((describe_rope(hp_s), describe_rope(hp_r)) if field == "rope_scaling"
+                    else (getattr(hp_s, field), getattr(hp_r, field)))
+            problems.append(f"{field} {s} (SFT) vs {r} (RLHF)")
+    only_r = sorted(set(rlhf.tensors) - set(sft.tensors))
+    only_s = sorted(set(sft.tensors) - set(rlhf.tensors))
+    if only_r:
+        problems.append(f"{len(only_r)} tensors only in RLHF (first {only_r[0]})")
+    if only_s:
+        problems.append(f"{len(only_s)} tensors only in SFT (first {only_s[0]})")
+    for name in sorted(set(rlhf.tensors) & set(sft.tensors)):
+        if rlhf.tensors[name].shape != sft.tensors[name].shape:
+            problems.append(f"{name} shape {list(sft.tensors[name].shape)} (SFT) vs {list(rlhf.tensors[name].shape)} (RLHF)")
+    if problems:
+        more = f" (and {len(problems) - 4} more)" if len(problems) > 4 else ""
+        raise ExpoError(f"SFT and RLHF checkpoints do not match: {'; '.join(problems[:4])}{more}")
+    return hp_r
+
+
+def _check_against_config(rlhf: Checkpoint, names: dict[str, str], hp: HParams) -> None:
+    """The tensors must be exactly what llama.cpp will look for, in the shapes config.json implies;
+    otherwise the build would succeed and llama.cpp refuse the file."""
+    want = expected_shapes(hp)
+    have = {names[n]: rlhf.tensors[n].shape for n in names}
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    wrong = [f"{n} is {list(have[n])}, config.json implies {list(want[n])}"
+             for n in sorted(set(want) & set(have)) if have[n] != want[n]]
+    problems = ([f"missing {len(missing)} tensors (first {missing[0]})"] if missing else []) \
+        + ([f"{len(extra)} unexpected tensors (first {extra[0]})"] if extra else []) + wrong
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ExpoError(f"{rlhf.label}: tensors do not match config.json: {'; '.join(problems[:3])}{more}")
+
+
+def _chunk_rows(shape: tuple[int, ...], rope_rows: int | None) -> int:
+    row = math.prod(shape[1:]) if len(shape) > 1 else max(math.prod(shape), 1)
+    rows = max(1, CHUNK_ELEMS // row)
+    if rope_rows:  # whole heads, so the permutation stays inside a chunk
+        rows = max(rope_rows, rows // rope_rows * rope_rows)
+    return rows
+
+
+def default_name(rlhf: Checkpoint) -> str:
+    return expo_name(rlhf.label)
+
+
+def _free_space(path: Path) -> int:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def output_path(req: BuildRequest, name: str, alpha: float, label: str) -> Path:
+    """NAME-QUANT.gguf, or NAME-a0.3-QUANT.gguf when one build writes several alphas."""
+    return req.outdir / (f"{name}-a{alpha:g}-{label}.gguf" if len(req.alphas) > 1 else f"{name}-{label}.gguf")
+
+
+def _check_request(req: BuildRequest) -> None:
+    if not req.alphas:
+        raise ExpoError("no alpha given")
+    bad = [a for a in req.alphas if not math.isfinite(a)]
+    if bad:
+        raise ExpoError(f"alpha must be a finite number, got {bad[0]}")
+    if len({f"{a:g}" for a in req.alphas}) != len(req.alphas):
+        raise ExpoError(f"alpha {', '.join(f'{a:g}' for a in req.alphas)}: each alpha once")
+    name = req.name
+    if name is not None and (not name or "/" in name or "\\" in name or name.startswith(".")):
+        raise ExpoError(f"--name {name!r}: a file name, not a path")
+
+
+def make_plan(req: BuildRequest) -> Plan:
+    _check_request(req)
+    rlhf = load_checkpoint(req.rlhf)
+    sft = load_checkpoint(req.sft)
+    hp = _check_pair(sft, rlhf)
+    check_hparams(hp, rlhf.config, rlhf.label)
+    names = tensor_names(list(rlhf.tensors), hp)
+    _check_against_config(rlhf, names, hp)
+    vocab = load_vocab(rlhf.path, hp.vocab_size, req.chat_template, req.fallback_template)
+    order = sorted(names, key=lambda n: (str(rlhf.tensors[n].file), rlhf.tensors[n].offset))
+    jobs = []
+    for hf_name in order:
+        ref = rlhf.tensors[hf_name]
+        heads = rope_heads(names[hf_name], hp)
+        rope_rows = ref.shape[0] // heads if heads else None
+        if heads and ref.shape[0] != heads * hp.head_dim:
+            raise ExpoError(f"{hf_name}: {ref.shape[0]} rows do not hold {heads} heads of {hp.head_dim}")
+        jobs.append(TensorJob(names[hf_name], ref.shape, ref, sft.tensors[hf_name], rope_rows,
+                              _chunk_rows(ref.shape, rope_rows)))
+    freqs = rope_freqs(hp)
+    extra = (ExtraTensor("rope_freqs.weight", freqs),) if freqs is not None else ()
+
+    name = req.name or default_name(rlhf)
+    warnings = list(vocab.warnings)
+    streamed: list[Output] = []
+    derived: list[Output] = []
+    extra_bytes = sum(t.data.nbytes for t in extra)
+    for alpha in req.alphas:
+        floats: dict[str, Output] = {}
+        for quant in [q for q in req.quants if not q.by_llama_cpp]:
+            out = _streamed_output(quant, alpha, output_path(req, name, alpha, quant.label), jobs, extra_bytes, warnings)
+            streamed.append(out)
+            floats[quant.name] = out
+        kquants = [q for q in req.quants if q.by_llama_cpp]
+        if not kquants:
+            continue
+        # a float file the user asked for doubles as the source, the most precise first
+        source = next((floats[n] for n in ("f32", "f16", "bf16") if n in floats), None)
+        if source is None:
+            tmp = output_path(req, f".{name}", alpha, f"{INTERMEDIATE.label}.intermediate")
+            source = _streamed_output(INTERMEDIATE, alpha, tmp, jobs, extra_bytes, [], temporary=True)
+            streamed.append(source)
+        for quant in kquants:
+            # an estimate: llama.cpp's mixes keep some tensors at Q6_K/Q8_0 (+7% at 7B for Q4_K_M, +29% tiny)
+            size = int(1.3 * sum(nbytes(tensor_type(quant, j.gguf_name, j.shape)[0], j.shape) for j in jobs))
+            derived.append(Output(quant, alpha, output_path(req, name, alpha, quant.label), size, None, source.path))
+    existing = [o.path for o in streamed + derived if o.path.exists() and not o.temporary]
+    if existing and not req.force:
+        raise ExpoError(f"{existing[0]} exists{' (and more)' if len(existing) > 1 else ''}; use --force to overwrite")
+    return Plan(req, name, sft, rlhf, hp, vocab, tuple(jobs), extra, tuple(streamed), tuple(derived),
+                tuple(dict.fromkeys(warnings)), _free_space(req.outdir))
+
+
+def _streamed_output(quant: Quant, alpha: float, path: Path, jobs: list[TensorJob], extra_bytes: int,
+                     warnings: list[str], temporary: bool = False) -> Output:
+    types = []
+    for job in jobs:
+        qtype, warning = tensor_type(quant, job.gguf_name, job.shape)
+        if warning:
+            warnings.append(f"{quant.label}: {warning}")
+        types.append(qtype)
+    size = extra_bytes + sum(nbytes(t, j.shape) for t, j in zip(types, jobs))
+    return Output(quant, alpha, path, size, tuple(types), temporary=temporary)

@@ -1,0 +1,131 @@
+"""``expo-gguf chat`` and ``expo-gguf serve``: option parsing only; the work is in ``chat``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from .._units import file_labels
+from ..chat import session as chat_session
+from ..chat import vs
+from ..chat.messages import Message, Sampling
+from ..chat.serve import serve as serve_model
+from ..errors import ExpoError
+from ..gguf_file.header import check_header
+from ..runtime.loader import load_model
+from ..runtime.model import ChatModel
+from ..runtime.options import RunOptions
+from ._options import run_options
+from ._output import err, warn
+
+DEFAULTS = Sampling()
+MODEL_CTX = dict(default_ctx=4096, minimum_ctx=64, ctx_help="Context length in tokens, capped at the model's trained length.")
+
+
+def find_default_model(models_dir: Path = Path("models")) -> Path:
+    """The newest visible ``.gguf`` under ``models_dir``: what ``expo-gguf build`` wrote last.
+
+    A build in progress writes ``NAME.gguf.part`` and a hidden ``.NAME-F16.intermediate.gguf``
+    there; both are newer than any finished file and neither is a model to chat with, so
+    hidden files (and anything in a hidden folder) and non-``.gguf`` names are skipped.
+    """
+    found = [
+        p for p in (models_dir.rglob("*.gguf") if models_dir.is_dir() else ())
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(models_dir).parts)
+    ]
+    if not found:
+        raise ExpoError(f"no .gguf in ./{models_dir}; run `expo-gguf build --quant q8_0` first")
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+@click.command()
+@click.argument("model", required=False, type=click.Path(path_type=Path))
+@run_options(**MODEL_CTX)
+@click.option("-p", "--prompt", help="Answer this once and exit (piped stdin is appended).")
+@click.option("-i", "--interactive", is_flag=True, help="Chat even when stdin is not a terminal.")
+@click.option("--system", help="System message.")
+@click.option("--temp", type=float, default=DEFAULTS.temp, show_default=True, help="0 = greedy.")
+@click.option("--top-p", type=float, default=DEFAULTS.top_p, show_default=True)
+@click.option("--top-k", type=int, default=DEFAULTS.top_k, show_default=True)
+@click.option("--min-p", type=float, default=DEFAULTS.min_p, show_default=True)
+@click.option("--repeat-penalty", type=float, default=DEFAULTS.repeat_penalty, show_default=True)
+@click.option("--max-tokens", type=int, default=-1, show_default=True, help="-1 = until the model stops.")
+@click.option("--seed", type=int, default=-1, help="Sampling seed (default: random).")
+@click.option("--plain", is_flag=True, help="Print replies as plain text, not markdown.")
+@click.option("--vs", "vs_model", type=click.Path(path_type=Path), metavar="MODEL2",
+              help="Load MODEL2 too: each message is answered by MODEL, then MODEL2, each keeping its own thread.")
+def chat(model: Path | None, verbose: bool, n_gpu_layers: str, ctx: int, threads: int | None,
+         prompt: str | None, interactive: bool, system: str | None, temp: float, top_p: float,
+         top_k: int, min_p: float, repeat_penalty: float, max_tokens: int, seed: int,
+         plain: bool, vs_model: Path | None) -> None:
+    """Chat with a GGUF model (default: the newest under ./models).
+
+    \b
+      expo-gguf chat models/Starling-LM-7B-beta-ExPO-Q4_K_M.gguf -ngl auto
+      expo-gguf chat MODEL -p "Summarise this" < notes.txt    one reply on stdout
+      echo "hi" | expo-gguf chat MODEL                        piped stdin: one reply too
+      expo-gguf chat A.gguf --vs B.gguf                       both answer, A first
+    """
+    sampling = Sampling(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p,
+                        repeat_penalty=repeat_penalty, max_tokens=max_tokens, seed=seed)
+    options = RunOptions(n_ctx=ctx, n_gpu_layers=n_gpu_layers, threads=threads, verbose=verbose)
+    path = check_header(model if model is not None else find_default_model())
+    paths = [path] + ([check_header(vs_model)] if vs_model is not None else [])
+    one_shot = prompt is not None or (not sys.stdin.isatty() and not interactive)
+    question = ""
+    if one_shot:
+        piped = "" if sys.stdin.isatty() else sys.stdin.read()
+        question = "\n\n".join(part for part in (prompt, piped.strip()) if part)
+        if not question.strip():
+            raise ExpoError("nothing to answer: give -p TEXT or pipe text on stdin")
+    messages: list[Message] = [{"role": "system", "content": system}] if system else []
+    if len(paths) > 1 and not one_shot:  # before loading: the user may not have the memory for both
+        Console(highlight=False).print(vs.estimate_memory(paths, ctx).line(), markup=False, soft_wrap=True)
+    sessions: list[ChatModel] = []
+    try:
+        for p in paths:  # one after the other: a second model that fails to load closes the first
+            sessions.append(load_model(p, options, seed=sampling.seed))
+            for warning in sessions[-1].info.warnings:
+                warn(warning)
+        asked: list[Message] = messages + [{"role": "user", "content": question}]
+        if len(sessions) > 1:
+            names = file_labels(paths)
+            if one_shot:
+                chat_session.answer_once_each(sessions, names, sampling, asked)
+            else:
+                chat_session.chat_interactive_vs(sessions, names, sampling, messages, plain)
+        elif one_shot:
+            chat_session.answer_once(sessions[0], sampling, asked, err, verbose)
+        else:
+            chat_session.chat_interactive(sessions[0], sampling, messages, plain)
+    finally:
+        for session in sessions:
+            session.close()
+
+
+@click.command()
+@click.argument("model", required=False, type=click.Path(path_type=Path))
+@run_options(**MODEL_CTX)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but loopback is reachable from other machines.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--api-key", metavar="KEY", envvar="EXPO_GGUF_API_KEY", show_envvar=True,
+              help="Require 'Authorization: Bearer KEY' on every request.")
+def serve(model: Path | None, verbose: bool, n_gpu_layers: str, ctx: int, threads: int | None,
+          host: str, port: int, api_key: str | None) -> None:
+    """Serve a GGUF over an OpenAI-compatible HTTP API (llama-cpp-python's server).
+
+    The prompt comes from the GGUF's own chat template. Needs the server extra:
+
+    \b
+      pip install 'llama-cpp-python[server]'
+    """
+    options = RunOptions(n_ctx=ctx, n_gpu_layers=n_gpu_layers, threads=threads, verbose=verbose)
+    serve_model(model if model is not None else find_default_model(), options, host, port, api_key,
+                warn=warn, say=lambda text: err.print(text, soft_wrap=True, markup=False))
+
+
+COMMANDS = (chat, serve)

@@ -1,0 +1,229 @@
+"""Reading checkpoints: index their safetensors from the headers alone, and read row ranges.
+
+Nothing here loads a whole tensor, let alone a shard: the planner needs only headers, and the build
+reads row ranges with ``os.preadv`` into buffers it owns, so resident memory stays at the size of
+those buffers however large the model is (a memory map would count every touched page in RSS).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from ..errors import ExpoError
+from .hub import resolve_source
+
+# safetensors dtype -> the numpy dtype its bytes are read as. BF16 is read as uint16 and
+# widened by shifting; the rest are read as themselves.
+DTYPES: dict[str, np.dtype] = {
+    "BF16": np.dtype("<u2"),
+    "F16": np.dtype("<f2"),
+    "F32": np.dtype("<f4"),
+}
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """Where one tensor's bytes live: absolute offset in its shard, shape as stored (rows first)."""
+
+    name: str
+    file: Path
+    offset: int
+    nbytes: int
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0] if len(self.shape) > 1 else 1
+
+    @property
+    def row_elems(self) -> int:
+        return math.prod(self.shape[1:]) if len(self.shape) > 1 else math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint as planned from: its files, config and tensor table, no weights."""
+
+    path: Path
+    repo_id: str | None
+    config: dict
+    tensors: dict[str, TensorRef] = field(repr=False)
+
+    @property
+    def label(self) -> str:
+        return self.repo_id or self.path.name
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+
+def read_json(path: Path, what: str, required: bool = True) -> dict:
+    """A JSON object from a checkpoint file; a missing optional file reads as ``{}``."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        if not required:
+            return {}
+        raise ExpoError(f"{path}: missing ({what})") from None
+    except (ValueError, RecursionError) as e:  # bad UTF-8, bad JSON, absurd nesting
+        raise ExpoError(f"{path}: not valid JSON ({what}): {str(e)[:100]}") from None
+    if not isinstance(data, dict):
+        raise ExpoError(f"{path}: expected a JSON object ({what})")
+    return data
+
+
+def _shard_path(root: Path, written: object) -> Path:
+    """Judge the path as written in the index, not where a symlink (HF cache blobs) resolves."""
+    if not isinstance(written, str) or not written:
+        raise ExpoError(f"{root / INDEX_NAME}: a shard name is not a string: {written!r}")
+    p = PurePosixPath(written)
+    if p.is_absolute() or ".." in p.parts or "\\" in written:
+        raise ExpoError(f"{root / INDEX_NAME}: shard path {written!r} leaves the checkpoint directory")
+    return root / p
+
+
+def read_header(path: Path) -> dict[str, TensorRef]:
+    """Parse and validate one safetensors header so later reads can trust every offset."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ExpoError(f"{path}: truncated safetensors file ({size} bytes)")
+            n = int.from_bytes(head, "little")
+            if n > MAX_HEADER_BYTES or n + 8 > size:
+                raise ExpoError(f"{path}: corrupt safetensors header (header length {n}, file {size} bytes)")
+            raw = f.read(n)
+    except FileNotFoundError:
+        raise ExpoError(f"{path}: missing shard") from None
+    except IsADirectoryError:
+        raise ExpoError(f"{path}: is a directory, expected a safetensors shard") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise ExpoError(f"{path}: corrupt safetensors header (not JSON)") from None
+    if not isinstance(header, dict):
+        raise ExpoError(f"{path}: corrupt safetensors header (not an object)")
+    base, data_len = 8 + n, size - 8 - n
+    refs: dict[str, TensorRef] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        refs[name] = _tensor_ref(path, name, info, base, data_len)
+    spans = sorted((r.offset, r.offset + r.nbytes, r.name) for r in refs.values() if r.nbytes)
+    for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+        if start < end:
+            raise ExpoError(f"{path}: tensors {a} and {b} overlap in the file")
+    return refs
+
+
+def _tensor_ref(path: Path, name: str, info: object, base: int, data_len: int) -> TensorRef:
+    bad = f"{path}: tensor {name!r}"
+    if not isinstance(info, dict):
+        raise ExpoError(f"{bad} has a corrupt header entry")
+    dtype, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise ExpoError(f"{bad} has dtype {dtype!r}; supported: {', '.join(DTYPES)}")
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise ExpoError(f"{bad} has an invalid shape {shape!r}")
+    if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)):
+        raise ExpoError(f"{bad} has invalid data_offsets {offs!r}")
+    begin, end = offs
+    if not 0 <= begin <= end:
+        raise ExpoError(f"{bad} has invalid data_offsets {offs!r}")
+    if end > data_len:
+        raise ExpoError(f"{path}: truncated shard: tensor {name!r} ends at byte {base + end}, file has {base + data_len}")
+    if end - begin != math.prod(shape) * DTYPES[dtype].itemsize:
+        raise ExpoError(f"{bad}: shape {shape} {dtype} does not match its {end - begin} bytes")
+    return TensorRef(name, path, base + begin, end - begin, dtype, tuple(shape))
+
+
+def load_checkpoint(spec: str) -> Checkpoint:
+    """Resolve, then index every tensor of a checkpoint from its headers alone."""
+    root, repo_id = resolve_source(spec)
+    pickles = [p.name for p in root.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+    config = read_json(root / "config.json", "model config")
+    index_path = root / INDEX_NAME
+    if index_path.exists():
+        weight_map = read_json(index_path, "shard index").get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ExpoError(f"{index_path}: no weight_map")
+        shards: dict[Path, list[str]] = {}
+        for name, shard in weight_map.items():
+            shards.setdefault(_shard_path(root, shard), []).append(name)
+    elif (root / SINGLE_NAME).exists():
+        shards = {root / SINGLE_NAME: []}
+    elif pickles:
+        raise ExpoError(
+            f"{root}: only pickle weights ({pickles[0]}); expo-gguf never unpickles. "
+            "Download the safetensors files instead (most repos ship them)"
+        )
+    else:
+        raise ExpoError(f"{root}: no {INDEX_NAME} or {SINGLE_NAME} found")
+    tensors: dict[str, TensorRef] = {}
+    for shard, names in shards.items():
+        refs = read_header(shard)
+        missing = [n for n in names if n not in refs]
+        if missing:
+            raise ExpoError(f"{index_path}: names {missing[0]!r} in {shard.name}, which does not hold it")
+        tensors.update(refs if not names else {n: refs[n] for n in names})
+    return Checkpoint(root, repo_id, config, tensors)
+
+
+class RowReader:
+    """Reads row ranges of tensors with ``pread``, for any number of threads at once.
+
+    All threads share one descriptor per shard: the kernel's readahead state lives with the open
+    file, so chunks read by different threads still look sequential to it (measured on the 7B
+    pair, cold cache: 17.5 s with shared descriptors, 28.8 s with one per thread). Descriptors
+    hold no memory, unlike a map; they are all closed at the end.
+    """
+
+    def __init__(self) -> None:
+        self._fds: dict[Path, int] = {}
+        self._lock = threading.Lock()
+
+    def _fd(self, path: Path) -> int:
+        with self._lock:
+            fd = self._fds.get(path)
+            if fd is None:
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except OSError as e:
+                    raise ExpoError(f"{path}: cannot open: {e.strerror}") from None
+                if hasattr(os, "posix_fadvise"):
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                self._fds[path] = fd
+            return fd
+
+    def read_rows(self, ref: TensorRef, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """Fill ``out`` (storage dtype, flat) with rows [start, stop); returns the filled view."""
+        row_bytes = ref.row_elems * DTYPES[ref.dtype].itemsize
+        want = (stop - start) * row_bytes
+        view = out[: want // out.itemsize]
+        offset = ref.offset + start * row_bytes
+        try:
+            got = os.preadv(self._fd(ref.file), [memoryview(view).cast("B")], offset)
+        except OSError as e:
+            raise ExpoError(f"{ref.file}: read error at byte {offset}: {e.strerror}") from None
+        if got != want:
+            raise ExpoError(f"{ref.file}: truncated shard: wanted {want} bytes at {offset}, got {got}")
+        return view
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()

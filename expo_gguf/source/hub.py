@@ -1,0 +1,56 @@
+"""Where a checkpoint is: a local folder, or a repo id looked up offline in the Hugging Face cache.
+
+The cache is found the way huggingface_hub finds it (``HF_HUB_CACHE``, else ``HF_HOME/hub``, else
+``~/.cache/huggingface/hub``), without importing it; nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from ..errors import ExpoError
+
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+def display_name(path: Path) -> str:
+    """What to call a checkpoint folder in a message: a cache snapshot's own name is a revision hash."""
+    repo = path.parent.parent.name
+    if path.parent.name == "snapshots" and repo.startswith("models--"):
+        return repo.removeprefix("models--").replace("--", "/")
+    return path.name
+
+
+def hub_cache_dir() -> Path:
+    """The HF hub cache the same way huggingface_hub finds it, without importing it."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    return Path("~/.cache/huggingface/hub").expanduser()
+
+
+def resolve_source(spec: str) -> tuple[Path, str | None]:
+    """A local directory, or a repo id looked up offline in the HF cache; returns (dir, repo_id)."""
+    local = Path(spec).expanduser()
+    if local.is_dir():
+        return local, None
+    if not REPO_ID.match(spec) or spec.startswith((".", "/", "~")):
+        raise ExpoError(f"{spec}: no such directory (and not a Hugging Face repo id)")
+    cache = hub_cache_dir()
+    repo_dir = cache / ("models--" + spec.replace("/", "--"))
+    snapshot = None
+    ref = repo_dir / "refs" / "main"
+    if ref.is_file():
+        snapshot = repo_dir / "snapshots" / ref.read_text().strip()
+    elif (repo_dir / "snapshots").is_dir():
+        snaps = sorted((repo_dir / "snapshots").iterdir(), key=lambda p: p.stat().st_mtime)
+        snapshot = snaps[-1] if snaps else None
+    if snapshot is None or not snapshot.is_dir():
+        raise ExpoError(
+            f"{spec} is not in the Hugging Face cache ({cache}); download it first with: "
+            f"hf download {spec} --include '*.json' '*.safetensors' 'tokenizer.model' '*.jinja'"
+        )
+    return snapshot, spec

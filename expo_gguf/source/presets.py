@@ -1,0 +1,58 @@
+"""The published ExPO models as presets: one data file (``data/presets.json``), each row with its source."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .._data import data_text
+from ..errors import ExpoError
+
+
+def expo_name(rlhf: str) -> str:
+    """The ExPO authors' naming: the RLHF model's name with -ExPO."""
+    return rlhf.rstrip("/").split("/")[-1] + "-ExPO"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    sft: str
+    rlhf: str
+    alpha: float
+    source: str
+    chat_template: str | None = None  # written only when the RLHF checkpoint ships none
+
+    def fallback_template(self, rlhf: str) -> str | None:
+        """The row's template belongs to its own RLHF model, never to another the user names."""
+        return self.chat_template if rlhf == self.rlhf else None
+
+    @property
+    def output_name(self) -> str:
+        """The authors' own name for the model."""
+        return expo_name(self.rlhf)
+
+    def name_for(self, sft: str, rlhf: str, alphas: tuple[float, ...]) -> str | None:
+        """The published name only for the published model: same pair and alpha (or several
+        alphas, whose files carry -aALPHA); another alpha of the pair gets NAME-aALPHA; another
+        pair gets the build's default name (None)."""
+        if (sft, rlhf) != (self.sft, self.rlhf):
+            return None
+        if len(alphas) > 1 or alphas == (self.alpha,):
+            return self.output_name
+        return f"{self.output_name}-a{alphas[0]:g}"
+
+
+def load_presets() -> tuple[Preset, ...]:
+    """Every preset, the default first."""
+    rows = json.loads(data_text("presets.json"))["presets"]
+    return tuple(Preset(r["name"], r["sft"], r["rlhf"], float(r["alpha"]), r["source"], r.get("chat_template"))
+                 for r in rows)
+
+
+def find_preset(name: str) -> Preset:
+    presets = load_presets()
+    for p in presets:
+        if p.name == name.lower():
+            return p
+    raise ExpoError(f"no preset {name!r}; presets: {', '.join(p.name for p in presets)}")
