@@ -10,7 +10,7 @@ import functools
 from importlib import resources
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def data_text(name: str) -> str:
     return resources.files("expo_gguf").joinpath("data", name).read_bytes().decode("utf-8")
 

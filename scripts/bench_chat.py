@@ -35,11 +35,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import llama_cpp  # before numpy (via rich/gguf): see expo_gguf/__init__.py
-
+from _models import SMOLLM2_HINT, smollm2_path  # scripts/, beside this file
 from rich.console import Console
 from rich.table import Table
 
-from _models import SMOLLM2_HINT, smollm2_path  # scripts/, beside this file
 from expo_gguf import ChatModel, RunOptions, Sampling, load_model
 
 PROMPT = "Write a long story about a dragon who learns to bake bread."
@@ -85,8 +84,7 @@ class Clock:
             self.first = self.last
 
     def run(self, tokens: int) -> Run:
-        return Run(tokens, self.first[0] - self.start, self.last[0] - self.first[0],
-                   self.last[1] - self.first[1])
+        return Run(tokens, self.first[0] - self.start, self.last[0] - self.first[0], self.last[1] - self.first[1])
 
 
 def smollm2() -> Path:
@@ -102,8 +100,9 @@ def plain(session: ChatModel, prompt: list[int], s: Sampling, n: int) -> tuple[R
     llama.reset()
     out: list[int] = []
     clock = Clock()
-    gen = llama.generate(prompt, temp=s.temp, top_p=s.top_p, top_k=s.top_k, min_p=s.min_p,
-                         repeat_penalty=s.repeat_penalty)
+    gen = llama.generate(
+        prompt, temp=s.temp, top_p=s.top_p, top_k=s.top_k, min_p=s.min_p, repeat_penalty=s.repeat_penalty
+    )
     for token in gen:
         if token in session.stop_ids:
             break
@@ -129,8 +128,12 @@ def ours(session: ChatModel, messages: list[dict[str, str]], s: Sampling) -> tup
 
 def summary(values: list[float]) -> dict[str, float]:
     med = statistics.median(values)
-    return {"median": med, "min": min(values), "max": max(values),
-            "spread": (max(values) - min(values)) / med if med else 0.0}
+    return {
+        "median": med,
+        "min": min(values),
+        "max": max(values),
+        "spread": (max(values) - min(values)) / med if med else 0.0,
+    }
 
 
 def bench_generation(session: ChatModel, n: int, reps: int) -> dict:
@@ -152,19 +155,25 @@ def bench_generation(session: ChatModel, n: int, reps: int) -> dict:
         same_text &= texts["plain"].strip() == texts["ours"].strip()
     counts = {r.tokens for side in runs.values() for r in side}
     return {
-        "prompt_tokens": len(prompt), "max_tokens": n, "generated": sorted(counts),
+        "prompt_tokens": len(prompt),
+        "max_tokens": n,
+        "generated": sorted(counts),
         "same_text": same_text,
-        **{side: {"tps": summary([r.tps for r in rs]), "cpu_tps": summary([r.cpu_tps for r in rs]),
-                  "ttft_s": summary([r.ttft_s for r in rs]),
-                  "runs": [asdict(r) | {"tps": r.tps, "cpu_tps": r.cpu_tps} for r in rs]}
-           for side, rs in runs.items()},
+        **{
+            side: {
+                "tps": summary([r.tps for r in rs]),
+                "cpu_tps": summary([r.cpu_tps for r in rs]),
+                "ttft_s": summary([r.ttft_s for r in rs]),
+                "runs": [asdict(r) | {"tps": r.tps, "cpu_tps": r.cpu_tps} for r in rs],
+            }
+            for side, rs in runs.items()
+        },
         "ratio": statistics.median(o.tps / p.tps for o, p in zip(runs["ours"], runs["plain"])),
         "cpu_ratio": statistics.median(o.cpu_tps / p.cpu_tps for o, p in zip(runs["ours"], runs["plain"])),
     }
 
 
-def first_token(session: ChatModel, messages: list[dict[str, str]], s: Sampling,
-                finish: bool) -> tuple[float, str]:
+def first_token(session: ChatModel, messages: list[dict[str, str]], s: Sampling, finish: bool) -> tuple[float, str]:
     start = time.perf_counter()
     stream = session.stream(messages, s)
     text = next(stream, "")
@@ -186,8 +195,9 @@ def bench_turns(session: ChatModel, reply_tokens: int, reps: int) -> list[dict]:
             messages.append({"role": "user", "content": question})
             ttft, reply = first_token(session, messages, s, finish=True)
             kept[k].append(ttft)
-            rows[k].update(prompt_tokens=session.last_stats.prompt_tokens,
-                           kv_evaluated=session.last_stats.prompt_evaluated)
+            rows[k].update(
+                prompt_tokens=session.last_stats.prompt_tokens, kv_evaluated=session.last_stats.prompt_evaluated
+            )
             messages.append({"role": "assistant", "content": reply})
         for k in range(len(TURNS)):  # the same prompts, each from an empty context
             session.llama.reset()
@@ -200,31 +210,51 @@ def bench_turns(session: ChatModel, reply_tokens: int, reps: int) -> list[dict]:
 
 def report(result: dict, console: Console) -> None:
     gen, env = result["generation"], result["env"]
-    t = Table(title=f"Generation: {gen['max_tokens']} tokens after a {gen['prompt_tokens']}-token prompt,"
-                    f" greedy, {env['threads']} thread(s), {result['reps']} runs each")
+    t = Table(
+        title=f"Generation: {gen['max_tokens']} tokens after a {gen['prompt_tokens']}-token prompt,"
+        f" greedy, {env['threads']} thread(s), {result['reps']} runs each"
+    )
     for col in ("engine", "tok/s median", "min - max", "spread", "tok/CPU-s median", "spread", "ttft median"):
         t.add_column(col, justify="left" if col == "engine" else "right")
     for side, label in (("plain", "llama-cpp-python Llama.generate"), ("ours", "expo-gguf ChatModel.stream")):
         tps, cpu, ttft = gen[side]["tps"], gen[side]["cpu_tps"], gen[side]["ttft_s"]
-        t.add_row(label, f"{tps['median']:.1f}", f"{tps['min']:.1f} - {tps['max']:.1f}", f"{tps['spread']:.1%}",
-                  f"{cpu['median']:.1f}", f"{cpu['spread']:.1%}", f"{ttft['median'] * 1000:.0f} ms")
+        t.add_row(
+            label,
+            f"{tps['median']:.1f}",
+            f"{tps['min']:.1f} - {tps['max']:.1f}",
+            f"{tps['spread']:.1%}",
+            f"{cpu['median']:.1f}",
+            f"{cpu['spread']:.1%}",
+            f"{ttft['median'] * 1000:.0f} ms",
+        )
     console.print(t)
     verdict = "within" if min(gen["ratio"], gen["cpu_ratio"]) >= 0.97 else "NOT within"
-    console.print(f"ours / plain, median of paired runs: {gen['ratio']:.3f} by the wall clock,"
-                  f" {gen['cpu_ratio']:.3f} by CPU time: {verdict} the 3% goal;"
-                  f" same text: {'yes' if gen['same_text'] else 'NO'}; tokens per run: {gen['generated']}")
+    console.print(
+        f"ours / plain, median of paired runs: {gen['ratio']:.3f} by the wall clock,"
+        f" {gen['cpu_ratio']:.3f} by CPU time: {verdict} the 3% goal;"
+        f" same text: {'yes' if gen['same_text'] else 'NO'}; tokens per run: {gen['generated']}"
+    )
     t = Table(title="Time to first token in one conversation (median ms)")
     for col in ("turn", "prompt tokens", "KV kept: evaluated", "ttft", "fresh: evaluated", "ttft", "fresh / kept"):
         t.add_column(col, justify="right")
     for row in result["turns"]:
         kv, fresh = row["kv_ttft_s"]["median"], row["fresh_ttft_s"]["median"]
-        t.add_row(str(row["turn"]), str(row["prompt_tokens"]), str(row["kv_evaluated"]),
-                  f"{kv * 1000:.0f}", str(row["fresh_evaluated"]), f"{fresh * 1000:.0f}",
-                  f"{fresh / kv:.1f}x" if kv else "-")
+        t.add_row(
+            str(row["turn"]),
+            str(row["prompt_tokens"]),
+            str(row["kv_evaluated"]),
+            f"{kv * 1000:.0f}",
+            str(row["fresh_evaluated"]),
+            f"{fresh * 1000:.0f}",
+            f"{fresh / kv:.1f}x" if kv else "-",
+        )
     console.print(t)
-    console.print(f"{env['model']} · {env['quant']} · {env['device']} · llama-cpp-python"
-                  f" {env['llama_cpp_python']} · {env['cpus']} CPUs, load {env['load_before']} -> {env['load_after']}",
-                  style="dim", soft_wrap=True)
+    console.print(
+        f"{env['model']} · {env['quant']} · {env['device']} · llama-cpp-python"
+        f" {env['llama_cpp_python']} · {env['cpus']} CPUs, load {env['load_before']} -> {env['load_after']}",
+        style="dim",
+        soft_wrap=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -240,8 +270,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     model = args.model or smollm2()
     load_before = os.getloadavg()[0]
-    session = load_model(model, RunOptions(n_ctx=args.ctx, n_gpu_layers=args.n_gpu_layers, threads=args.threads),
-                         seed=0)
+    session = load_model(
+        model, RunOptions(n_ctx=args.ctx, n_gpu_layers=args.n_gpu_layers, threads=args.threads), seed=0
+    )
     try:
         generation = bench_generation(session, args.max_tokens, args.reps)
         turns = bench_turns(session, args.reply_tokens, args.reps)
@@ -250,11 +281,21 @@ def main(argv: list[str] | None = None) -> dict:
     info = session.info
     result = {
         "command": " ".join(["python", "scripts/bench_chat.py", *(argv if argv is not None else sys.argv[1:])]),
-        "reps": args.reps, "generation": generation, "turns": turns,
-        "env": {"model": str(model), "quant": info.quant, "device": info.device, "threads": args.threads,
-                "n_ctx": info.n_ctx, "llama_cpp_python": llama_cpp.__version__, "cpus": os.cpu_count(),
-                "machine": platform.machine(), "load_before": round(load_before, 2),
-                "load_after": round(os.getloadavg()[0], 2)},
+        "reps": args.reps,
+        "generation": generation,
+        "turns": turns,
+        "env": {
+            "model": str(model),
+            "quant": info.quant,
+            "device": info.device,
+            "threads": args.threads,
+            "n_ctx": info.n_ctx,
+            "llama_cpp_python": llama_cpp.__version__,
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            "load_before": round(load_before, 2),
+            "load_after": round(os.getloadavg()[0], 2),
+        },
     }
     report(result, Console(highlight=False, width=None if sys.stdout.isatty() else 120))
     if args.json:

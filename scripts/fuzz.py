@@ -20,16 +20,38 @@ import sys
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from expo_gguf.errors import ExpoError  # noqa: E402
 
-NASTY = [None, True, -1, 0, 2**31, 2**64, -(2**63), 1e308, float("nan"), "", "x", "../../etc/passwd",
-         "/etc/passwd", "\udcff", [], {}, [[[]]], {"a": {}}, [1, 2, 3], ["BF16"], "I64", "F8_E4M3"]
+NASTY = [
+    None,
+    True,
+    -1,
+    0,
+    2**31,
+    2**64,
+    -(2**63),
+    1e308,
+    float("nan"),
+    "",
+    "x",
+    "../../etc/passwd",
+    "/etc/passwd",
+    "\udcff",
+    [],
+    {},
+    [[[]]],
+    {"a": {}},
+    [1, 2, 3],
+    ["BF16"],
+    "I64",
+    "F8_E4M3",
+]
 
 
 def mutate_json(value: object, rng: random.Random, depth: int = 0) -> object:
@@ -68,7 +90,7 @@ def mutate_bytes(data: bytes, rng: random.Random) -> bytes:
         for _ in range(rng.randint(1, 8)):
             b[rng.randrange(len(b))] = rng.randrange(256)
     elif roll < 0.5:
-        del b[rng.randrange(len(b) + 1):]
+        del b[rng.randrange(len(b) + 1) :]
     elif roll < 0.7 and b:
         i = rng.randrange(len(b))
         b[i:i] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
@@ -161,13 +183,19 @@ class CheckpointTarget(Target):
         shutil.rmtree(case, ignore_errors=True)
         shutil.copytree(self.base, case, copy_function=os.link)
         side = rng.choice(["sft", "rlhf"])
-        fname = rng.choice(["model.safetensors.index.json", "config.json", "tokenizer_config.json", "added_tokens.json"])
+        fname = rng.choice(
+            ["model.safetensors.index.json", "config.json", "tokenizer_config.json", "added_tokens.json"]
+        )
         target = case / side / fname
         target.unlink()  # a hard link to the pristine copy: replace, never write through
         original = json.loads((self.base / side / fname).read_text())
-        text = _json_text(mutate_json(original, rng)) if rng.random() < 0.85 else mutate_bytes(_json_text(original), rng)
+        text = (
+            _json_text(mutate_json(original, rng)) if rng.random() < 0.85 else mutate_bytes(_json_text(original), rng)
+        )
         target.write_bytes(text)
-        req = BuildRequest(str(case / "sft"), str(case / "rlhf"), (0.5,), (QUANTS["q8_0"],), self.work / "out", threads=1)
+        req = BuildRequest(
+            str(case / "sft"), str(case / "rlhf"), (0.5,), (QUANTS["q8_0"],), self.work / "out", threads=1
+        )
         return lambda: make_plan(req)
 
 
@@ -206,7 +234,7 @@ class GGUFTarget(Target):
             data = data[: rng.randrange(len(data))]
         else:  # an absurd count or length at a field boundary
             i = rng.choice([8, 16]) if rng.random() < 0.6 else rng.randrange(24, 400)
-            data = data[:i] + rng.choice([2**63, 2**32, 2**64 - 1, 10**9]).to_bytes(8, "little") + data[i + 8:]
+            data = data[:i] + rng.choice([2**63, 2**32, 2**64 - 1, 10**9]).to_bytes(8, "little") + data[i + 8 :]
         path = self.work / "case.gguf"
         path.write_bytes(data)
         return lambda: describe(path)
@@ -236,17 +264,37 @@ class TokenizerTarget(Target):
         added = [{"id": 259 + i, "content": c, "special": True, "normalized": False} for i, c in enumerate(specials)]
         self.files = {
             "tokenizer.json": {
-                "version": "1.0", "added_tokens": added, "normalizer": None,
-                "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-                    {"type": "Split", "pattern": {"Regex": LLAMA3_REGEX}, "behavior": "Isolated", "invert": False},
-                    {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
-                "post_processor": {"type": "TemplateProcessing", "single": [
-                    {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}]},
+                "version": "1.0",
+                "added_tokens": added,
+                "normalizer": None,
+                "pre_tokenizer": {
+                    "type": "Sequence",
+                    "pretokenizers": [
+                        {"type": "Split", "pattern": {"Regex": LLAMA3_REGEX}, "behavior": "Isolated", "invert": False},
+                        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+                    ],
+                },
+                "post_processor": {
+                    "type": "TemplateProcessing",
+                    "single": [
+                        {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
+                        {"Sequence": {"id": "A", "type_id": 0}},
+                    ],
+                },
                 "decoder": {"type": "ByteLevel"},
-                "model": {"type": "BPE", "byte_fallback": False, "ignore_merges": True, "vocab": vocab,
-                          "merges": ["Ġ t", ["h", "e"], "Ġt he"]}},
-            "tokenizer_config.json": {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
-                                      "added_tokens_decoder": {str(a["id"]): a for a in added}},
+                "model": {
+                    "type": "BPE",
+                    "byte_fallback": False,
+                    "ignore_merges": True,
+                    "vocab": vocab,
+                    "merges": ["Ġ t", ["h", "e"], "Ġt he"],
+                },
+            },
+            "tokenizer_config.json": {
+                "bos_token": "<|begin_of_text|>",
+                "eos_token": "<|eot_id|>",
+                "added_tokens_decoder": {str(a["id"]): a for a in added},
+            },
             "generation_config.json": {"eos_token_id": [260, 261, 262]},
         }
         self.template = b"{% for m in messages %}{{ m['content'] }}<|eot_id|>{% endfor %}"
@@ -264,7 +312,8 @@ class TokenizerTarget(Target):
                 text = _json_text(mutate_json(obj, rng)) if rng.random() < 0.85 else mutate_bytes(text, rng)
             (case / name).write_bytes(text)
         (case / "chat_template.jinja").write_bytes(
-            mutate_bytes(self.template, rng) if victim == "chat_template.jinja" else self.template)
+            mutate_bytes(self.template, rng) if victim == "chat_template.jinja" else self.template
+        )
 
         def run() -> object:
             vocab = load_vocab(case, self.SIZE)

@@ -173,8 +173,11 @@ class ShardWriter:
         self.f = None
         if self.verbose:
             size = sum(nbytes(self.tensors[i][1]) for i in self.shards[self.k]) / 1e6
-            print(f"{self.label} {self.names[self.k]} ({size:,.0f} MB) done at "
-                  f"{time.perf_counter() - self.t0:.1f} s", file=sys.stderr, flush=True)
+            print(
+                f"{self.label} {self.names[self.k]} ({size:,.0f} MB) done at {time.perf_counter() - self.t0:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def write_index(self) -> None:
         wm = {self.tensors[i][0]: self.names[k] for k, ids in enumerate(self.shards) for i in ids}
@@ -183,8 +186,14 @@ class ShardWriter:
         (self.d / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
-def make_pair(out: Path, shape: str = "tiny", seed: int = 0, shard_bytes: int | None = None,
-              family: str = "starling", tied: bool = False) -> tuple[Path, Path]:
+def make_pair(
+    out: Path,
+    shape: str = "tiny",
+    seed: int = 0,
+    shard_bytes: int | None = None,
+    family: str = "starling",
+    tied: bool = False,
+) -> tuple[Path, Path]:
     """Write the family's SFT and RLHF dirs under OUT; return (sft_dir, rlhf_dir).
 
     starling: OUT/openchat-3.5-0106, OUT/Starling-LM-7B-beta; zephyr: OUT/mistral-7b-sft-beta,
@@ -250,8 +259,9 @@ def make_pair(out: Path, shape: str = "tiny", seed: int = 0, shard_bytes: int | 
     return sft_w.d, rlhf_w.d
 
 
-def fake_hf_cache(cache_root: Path, repo_id: str, src_dir: Path,
-                  revision: str = "0123456789abcdef0123456789abcdef01234567") -> Path:
+def fake_hf_cache(
+    cache_root: Path, repo_id: str, src_dir: Path, revision: str = "0123456789abcdef0123456789abcdef01234567"
+) -> Path:
     """Lay src_dir out as huggingface_hub's cache entry for repo_id; return the snapshot dir.
 
     blobs/<sha256>, snapshots/<revision>/<file> as relative symlinks to ../../blobs/<sha256>,

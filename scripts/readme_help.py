@@ -42,8 +42,10 @@ def main(argv: list[str]) -> int:
             if "--check" not in argv:
                 path.write_text(fresh, encoding="utf-8")
     if stale and "--check" in argv:
-        print(f"--help blocks out of date in {', '.join(map(str, stale))}: run python scripts/readme_help.py",
-              file=sys.stderr)
+        print(
+            f"--help blocks out of date in {', '.join(map(str, stale))}: run python scripts/readme_help.py",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

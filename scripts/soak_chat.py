@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from pty_terminal import Terminal  # noqa: E402  (shared with the pty tests)
-
 from _models import SMOLLM2_HINT, smollm2_path  # noqa: E402  (scripts/, beside this file)
+
+from pty_terminal import Terminal  # noqa: E402  (shared with the pty tests)
 
 SYSTEM = "Answer in one short sentence."
 TOPICS = ("the moon", "rivers", "bread", "owls", "copper", "tea", "glaciers", "chess")
@@ -134,8 +134,7 @@ class Soak:
         elif kind == 4:
             self.check_save(i, save_to)
         else:
-            line, shows = [("/show", "messages"), ("/stats", "generated"),
-                           (f"/set seed {i}", f"seed = {i}")][kind]
+            line, shows = [("/show", "messages"), ("/stats", "generated"), (f"/set seed {i}", f"seed = {i}")][kind]
             if shows not in self.command(line):
                 self.fail(f"turn {i}: {line} did not print {shows!r}")
 
@@ -151,17 +150,34 @@ class Soak:
             self.fail(f"turn {turn}: /save roles out of order: {roles}")
         if messages[0]["content"] != SYSTEM:
             self.fail(f"turn {turn}: the system message was not kept")
-        if not users or users != self.questions[-len(users):]:
+        if not users or users != self.questions[-len(users) :]:
             self.fail(f"turn {turn}: /save does not hold the newest {len(users)} questions")
 
 
 def soak(args: argparse.Namespace) -> int:
     """Run the session; returns the exit code."""
     model = args.model or smollm_path()
-    term = Terminal([sys.executable, "-c", "from expo_gguf.cli import main; main()", "chat",
-                     str(model), "--ctx", str(args.ctx), "--max-tokens", str(args.max_tokens),
-                     "--temp", "0", "--seed", "0", "--threads", str(args.threads),
-                     "--system", SYSTEM])
+    term = Terminal(
+        [
+            sys.executable,
+            "-c",
+            "from expo_gguf.cli import main; main()",
+            "chat",
+            str(model),
+            "--ctx",
+            str(args.ctx),
+            "--max-tokens",
+            str(args.max_tokens),
+            "--temp",
+            "0",
+            "--seed",
+            "0",
+            "--threads",
+            str(args.threads),
+            "--system",
+            SYSTEM,
+        ]
+    )
     s = Soak(term, args.max_tokens)
     rss_at, rss_end = 0, 0
     start = time.monotonic()
@@ -177,8 +193,10 @@ def soak(args: argparse.Namespace) -> int:
                 if i == args.rss_turn:
                     rss_at = rss_kib(term.pid)
                 if args.verbose and i % 10 == 0:
-                    print(f"turn {i}: kept {s.kept} messages, {s.trims} trims,"
-                          f" {time.monotonic() - start:.0f} s", file=sys.stderr)
+                    print(
+                        f"turn {i}: kept {s.kept} messages, {s.trims} trims, {time.monotonic() - start:.0f} s",
+                        file=sys.stderr,
+                    )
             rss_end = rss_kib(term.pid)
             s.check_save(args.turns, save_to)
             term.send("/exit\n")
@@ -196,7 +214,7 @@ def soak(args: argparse.Namespace) -> int:
     for bad in ("Traceback", "error:"):
         if bad in term.text:
             at = term.text.index(bad)
-            s.fail(f"{bad!r} on the terminal: {term.text[at - 200:at + 400]}")
+            s.fail(f"{bad!r} on the terminal: {term.text[at - 200 : at + 400]}")
     if s.trims == 0:
         s.fail("the context never filled: raise --turns or lower --ctx")
     if s.ctrl_c_sent and not s.ctrl_c_in_reply:
@@ -204,12 +222,10 @@ def soak(args: argparse.Namespace) -> int:
     growth = (rss_end - rss_at) / rss_at if rss_at else float("nan")
     if not abs(growth) <= args.rss_tolerance:
         s.fail(f"RSS moved {growth:+.1%} from turn {args.rss_turn} to the end")
-    print(f"turns {args.turns} (ctx {s.n_ctx or args.ctx}, max_tokens {args.max_tokens},"
-          f" threads {args.threads})")
+    print(f"turns {args.turns} (ctx {s.n_ctx or args.ctx}, max_tokens {args.max_tokens}, threads {args.threads})")
     print(f"Ctrl+C {s.ctrl_c_sent} sent, {s.ctrl_c_in_reply} inside a reply")
     print(f"trims {s.trims} ({s.dropped_turns} turns dropped), {s.kept} messages kept at the end")
-    print(f"RSS turn {args.rss_turn} {rss_at / 1024:.1f} MiB, end {rss_end / 1024:.1f} MiB"
-          f" ({growth:+.1%})")
+    print(f"RSS turn {args.rss_turn} {rss_at / 1024:.1f} MiB, end {rss_end / 1024:.1f} MiB ({growth:+.1%})")
     print(f"time {time.monotonic() - start:.0f} s")
     print("FAILED: " + "; ".join(f[:300] for f in s.failures) if s.failures else "all properties hold")
     return 1 if s.failures else 0

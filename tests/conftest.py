@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+
 from pty_terminal import Terminal
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,8 +90,9 @@ def pair_copy(pair: Pair, tmp_path: Path) -> Pair:
 def built(pair: Pair, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One build through the CLI with a block quant, a K-quant and the float types: quant -> file."""
     out = tmp_path_factory.mktemp("models")
-    res = run_cli("build", "--sft", pair.sft, "--rlhf", pair.rlhf, "--quant", "f32,q8_0,q4_k_m,f16,q4_0",
-                  "--outdir", out)
+    res = run_cli(
+        "build", "--sft", pair.sft, "--rlhf", pair.rlhf, "--quant", "f32,q8_0,q4_k_m,f16,q4_0", "--outdir", out
+    )
     assert res.exit_code == 0, res.output
     return {p.stem.rsplit("-", 1)[1]: p for p in out.glob("*.gguf")}
 
@@ -144,8 +146,22 @@ def chat() -> Iterator[Callable[..., Terminal]]:
     started: list[Terminal] = []
 
     def start(*options: str | Path) -> Terminal:
-        t = Terminal([sys.executable, "-c", "from expo_gguf.cli import main; main()", "chat", str(model),
-                      "--temp", "0", "--seed", "0", "--threads", "1", *map(str, options)])
+        t = Terminal(
+            [
+                sys.executable,
+                "-c",
+                "from expo_gguf.cli import main; main()",
+                "chat",
+                str(model),
+                "--temp",
+                "0",
+                "--seed",
+                "0",
+                "--threads",
+                "1",
+                *map(str, options),
+            ]
+        )
         started.append(t)
         return t
 

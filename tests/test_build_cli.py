@@ -8,9 +8,10 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from conftest import run_cli, smollm2_path, use_hf_cache
 
 from expo_gguf.build.mapping import permute_rows
+
+from conftest import run_cli, smollm2_path, use_hf_cache
 
 T = gguf.GGMLQuantizationType
 
@@ -88,14 +89,29 @@ def test_one_pass_writes_every_quant_and_drops_the_intermediate(built):
 def test_kquant_alone_removes_its_intermediate(pair, tmp_path):
     res = run_cli("build", "--sft", pair.sft, "--rlhf", pair.rlhf, "-q", "Q4_K_S", "--outdir", tmp_path)
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["Starling-LM-7B-beta-ExPO-Q4_K_S.Modelfile",
-                                                          "Starling-LM-7B-beta-ExPO-Q4_K_S.gguf"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "Starling-LM-7B-beta-ExPO-Q4_K_S.Modelfile",
+        "Starling-LM-7B-beta-ExPO-Q4_K_S.gguf",
+    ]
 
 
 @pytest.mark.parametrize("alpha,source", [(0.0, "rlhf"), (-1.0, "sft")])
 def test_alpha_endpoints_reproduce_the_inputs(pair, tmp_path, alpha, source):
-    res = run_cli("build", "--sft", pair.sft, "--rlhf", pair.rlhf, "-q", "f32", "--alpha", str(alpha),
-                  "--outdir", tmp_path, "--name", "x")
+    res = run_cli(
+        "build",
+        "--sft",
+        pair.sft,
+        "--rlhf",
+        pair.rlhf,
+        "-q",
+        "f32",
+        "--alpha",
+        str(alpha),
+        "--outdir",
+        tmp_path,
+        "--name",
+        "x",
+    )
     assert res.exit_code == 0, res.output
     expected = _hf_tensors(getattr(pair, source))
     r = gguf.GGUFReader(tmp_path / "x-F32.gguf")
@@ -132,8 +148,11 @@ def test_dry_run_writes_nothing(pair, tmp_path):
 
 
 def test_repo_ids_resolve_from_a_fake_hf_cache(pair, tmp_path, monkeypatch):
-    use_hf_cache(tmp_path / "hub", monkeypatch,
-                 {"Nexusflow/Starling-LM-7B-beta": pair.rlhf, "openchat/openchat-3.5-0106": pair.sft})
+    use_hf_cache(
+        tmp_path / "hub",
+        monkeypatch,
+        {"Nexusflow/Starling-LM-7B-beta": pair.rlhf, "openchat/openchat-3.5-0106": pair.sft},
+    )
     res = run_cli("build", "-q", "q8_0", "--outdir", tmp_path / "m")  # the defaults are those repo ids
     assert res.exit_code == 0, res.output
     assert (tmp_path / "m" / "Starling-LM-7B-beta-ExPO-Q8_0.gguf").is_file()
@@ -141,16 +160,33 @@ def test_repo_ids_resolve_from_a_fake_hf_cache(pair, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty"))
     res = run_cli("build", "-q", "q8_0", "--outdir", tmp_path / "m2")
     assert res.exit_code == 2
-    assert "not in the Hugging Face cache" in res.output and "hf download Nexusflow/Starling-LM-7B-beta --include '*.json' '*.safetensors' 'tokenizer.model' '*.jinja'" in res.output
+    assert (
+        "not in the Hugging Face cache" in res.output
+        and "hf download Nexusflow/Starling-LM-7B-beta --include '*.json' '*.safetensors' 'tokenizer.model' '*.jinja'"
+        in res.output
+    )
 
 
 def test_info(built):
     res = run_cli("info", built["Q4_K_M"])
     assert res.exit_code == 0, res.output
     out = res.output
-    for needle in ("llama", "Starling-LM-7B-beta-ExPO", "Q4_K_M", "alpha=0.5", "Nexusflow/Starling-LM-7B-beta",
-                   "openchat/openchat-3.5-0106", "eos=32000", "<|end_of_turn|>", "GPT4 Correct Assistant:",
-                   "context length", "est. RAM", "13 Q4_K", "3 Q6_K", "unk=0"):
+    for needle in (
+        "llama",
+        "Starling-LM-7B-beta-ExPO",
+        "Q4_K_M",
+        "alpha=0.5",
+        "Nexusflow/Starling-LM-7B-beta",
+        "openchat/openchat-3.5-0106",
+        "eos=32000",
+        "<|end_of_turn|>",
+        "GPT4 Correct Assistant:",
+        "context length",
+        "est. RAM",
+        "13 Q4_K",
+        "3 Q6_K",
+        "unk=0",
+    ):
         assert needle in out, needle
 
 

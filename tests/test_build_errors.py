@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import errno
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
-from conftest import Pair, run_cli
 from safetensors.torch import load_file, save_file
+
+from conftest import Pair, run_cli
 
 
 def _build(pair: Pair, out: Path, *extra: str):  # noqa: ANN202
@@ -189,11 +190,16 @@ CASES = {
     "tensor missing in both": (_norm_missing_in_both, "missing 1 tensors (first output_norm.weight)"),
     "zero heads": (_both_configs(num_attention_heads=0), "non-positive head_count=0"),
     "heads do not group": (_both_configs(num_key_value_heads=3), "do not group into 3 KV heads"),
-    "rope scaling yarn": (_both_configs(rope_scaling={"type": "yarn", "factor": 4.0}), "rope_scaling type 'yarn' is not supported"),
+    "rope scaling yarn": (
+        _both_configs(rope_scaling={"type": "yarn", "factor": 4.0}),
+        "rope_scaling type 'yarn' is not supported",
+    ),
     "rope scaling no factor": (_both_configs(rope_scaling={"rope_type": "linear"}), "needs a positive factor"),
     "lone surrogate token": (_lone_surrogate_token, "is not valid Unicode text"),
-    "bad added token id": (lambda p: (p.rlhf / "added_tokens.json").write_text('{"<|x|>": "abc"}'),
-                           "not a non-negative integer"),
+    "bad added token id": (
+        lambda p: (p.rlhf / "added_tokens.json").write_text('{"<|x|>": "abc"}'),
+        "not a non-negative integer",
+    ),
 }
 
 
@@ -296,12 +302,16 @@ def test_read_error_names_file_and_offset(pair, tmp_path, monkeypatch):
 
 
 def test_stale_temporaries_of_a_killed_build_are_removed(pair, tmp_path):
-    stale = [tmp_path / "Starling-LM-7B-beta-ExPO-Q5_1.gguf.part",
-             tmp_path / ".Starling-LM-7B-beta-ExPO-F16.intermediate.gguf.part",
-             tmp_path / "Starling-LM-7B-beta-ExPO-a0.3-Q4_K_M.gguf.part",
-             tmp_path / ".Starling-LM-7B-beta-ExPO-a-1-F16.intermediate.gguf.part"]
-    others = [tmp_path / "Starling-LM-7B-beta-ExPO-v2-Q8_0.gguf.part",  # another build, still running
-              tmp_path / "Starling-LM-7B-beta-ExPO-a0.3-v2-Q8_0.gguf.part"]
+    stale = [
+        tmp_path / "Starling-LM-7B-beta-ExPO-Q5_1.gguf.part",
+        tmp_path / ".Starling-LM-7B-beta-ExPO-F16.intermediate.gguf.part",
+        tmp_path / "Starling-LM-7B-beta-ExPO-a0.3-Q4_K_M.gguf.part",
+        tmp_path / ".Starling-LM-7B-beta-ExPO-a-1-F16.intermediate.gguf.part",
+    ]
+    others = [
+        tmp_path / "Starling-LM-7B-beta-ExPO-v2-Q8_0.gguf.part",  # another build, still running
+        tmp_path / "Starling-LM-7B-beta-ExPO-a0.3-v2-Q8_0.gguf.part",
+    ]
     for p in stale + others:
         p.write_bytes(b"GGUF half")
     assert _build(pair, tmp_path, "-q", "q8_0").exit_code == 0

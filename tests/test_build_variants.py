@@ -9,10 +9,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import Pair, llama_cpp_src, make_family_pair, run_cli, synthetic, use_hf_cache
 from test_build_errors import assert_clean_failure
 
 from expo_gguf.gguf_file.header import read_gguf_header
+
+from conftest import Pair, llama_cpp_src, make_family_pair, run_cli, synthetic, use_hf_cache
 
 pytestmark = pytest.mark.slow
 
@@ -24,16 +25,42 @@ def _sha(path: Path) -> str:
 def test_several_alphas_equal_separate_builds(pair, tmp_path):
     """One read, one file per (alpha, quant), each byte-identical to its own single-alpha build."""
     multi = tmp_path / "multi"
-    res = run_cli("build", "--sft", pair.sft, "--rlhf", pair.rlhf, "--alpha", "0.1,0.5", "-q", "q8_0,q4_k_m",
-                  "--outdir", multi, "--name", "M")
+    res = run_cli(
+        "build",
+        "--sft",
+        pair.sft,
+        "--rlhf",
+        pair.rlhf,
+        "--alpha",
+        "0.1,0.5",
+        "-q",
+        "q8_0,q4_k_m",
+        "--outdir",
+        multi,
+        "--name",
+        "M",
+    )
     assert res.exit_code == 0, res.output
     names = sorted(p.name for p in multi.glob("*.gguf"))
     assert names == ["M-a0.1-Q4_K_M.gguf", "M-a0.1-Q8_0.gguf", "M-a0.5-Q4_K_M.gguf", "M-a0.5-Q8_0.gguf"]
     assert not list(multi.glob(".*"))  # the per-alpha intermediates are gone
     for alpha in ("0.1", "0.5"):
         single = tmp_path / f"single-{alpha}"
-        res = run_cli("build", "--sft", pair.sft, "--rlhf", pair.rlhf, "--alpha", alpha, "-q", "q8_0,q4_k_m",
-                      "--outdir", single, "--name", "M")
+        res = run_cli(
+            "build",
+            "--sft",
+            pair.sft,
+            "--rlhf",
+            pair.rlhf,
+            "--alpha",
+            alpha,
+            "-q",
+            "q8_0,q4_k_m",
+            "--outdir",
+            single,
+            "--name",
+            "M",
+        )
         assert res.exit_code == 0, res.output
         for quant in ("Q8_0", "Q4_K_M"):
             assert _sha(multi / f"M-a{alpha}-{quant}.gguf") == _sha(single / f"M-{quant}.gguf"), (alpha, quant)
@@ -41,8 +68,9 @@ def test_several_alphas_equal_separate_builds(pair, tmp_path):
     assert _sha(multi / "M-a0.1-Q8_0.gguf") != _sha(multi / "M-a0.5-Q8_0.gguf")
 
 
-@pytest.mark.parametrize("alpha,needle", [("0.1,x", "comma-separated list of numbers"),
-                                          ("0.3,0.30", "each alpha once"), ("nan", "finite")])
+@pytest.mark.parametrize(
+    "alpha,needle", [("0.1,x", "comma-separated list of numbers"), ("0.3,0.30", "each alpha once"), ("nan", "finite")]
+)
 def test_bad_alpha_lists(pair, tmp_path, alpha, needle):
     res = run_cli("build", "--sft", pair.sft, "--rlhf", pair.rlhf, "--alpha", alpha, "--outdir", tmp_path / "o")
     assert_clean_failure(res, tmp_path / "o", needle, code=2)
@@ -65,22 +93,38 @@ def test_preset_fills_pair_alpha_and_name_from_the_hf_cache(tmp_path, tmp_path_f
     """--preset zephyr-7b-beta: the repo ids resolve in a fake local HF cache, the card's alpha and
     the authors' model name are used; every one of them can still be overridden."""
     sft, rlhf = synthetic.make_pair(tmp_path_factory.mktemp("zephyr"), "tiny", seed=2, family="zephyr")
-    use_hf_cache(tmp_path / "hub", monkeypatch,
-                 {"HuggingFaceH4/zephyr-7b-beta": rlhf, "HuggingFaceH4/mistral-7b-sft-beta": sft})
+    use_hf_cache(
+        tmp_path / "hub", monkeypatch, {"HuggingFaceH4/zephyr-7b-beta": rlhf, "HuggingFaceH4/mistral-7b-sft-beta": sft}
+    )
     res = run_cli("build", "--preset", "zephyr-7b-beta", "-q", "q8_0", "--outdir", tmp_path / "m")
     assert res.exit_code == 0, res.output
     out = tmp_path / "m" / "zephyr-7b-beta-ExPO-Q8_0.gguf"
     kv = read_gguf_header(out).values
     assert kv["expo.alpha"] == pytest.approx(0.1)
     assert kv["expo.rlhf"] == "HuggingFaceH4/zephyr-7b-beta" and kv["expo.sft"] == "HuggingFaceH4/mistral-7b-sft-beta"
-    res = run_cli("build", "--preset", "zephyr-7b-beta", "--alpha", "0.2", "--name", "Z", "-q", "q8_0",
-                  "--outdir", tmp_path / "m", "--dry-run")
+    res = run_cli(
+        "build",
+        "--preset",
+        "zephyr-7b-beta",
+        "--alpha",
+        "0.2",
+        "--name",
+        "Z",
+        "-q",
+        "q8_0",
+        "--outdir",
+        tmp_path / "m",
+        "--dry-run",
+    )
     assert res.exit_code == 0 and "Z alpha=0.2" in " ".join(res.output.split()), res.output
-    for extra, name in ((["--alpha", "0.2"], "zephyr-7b-beta-ExPO-a0.2-Q8_0.gguf"),  # not the published model
-                        (["--alpha", "0.1,0.3"], "zephyr-7b-beta-ExPO-a0.1-Q8_0.gguf"),
-                        (["--sft", str(sft)], "zephyr-7b-beta-ExPO-Q8_0.gguf")):  # own SFT: the folder's name
-        res = run_cli("build", "--preset", "zephyr-7b-beta", *extra, "-q", "q8_0", "--outdir", tmp_path / "m2",
-                      "--dry-run")
+    for extra, name in (
+        (["--alpha", "0.2"], "zephyr-7b-beta-ExPO-a0.2-Q8_0.gguf"),  # not the published model
+        (["--alpha", "0.1,0.3"], "zephyr-7b-beta-ExPO-a0.1-Q8_0.gguf"),
+        (["--sft", str(sft)], "zephyr-7b-beta-ExPO-Q8_0.gguf"),
+    ):  # own SFT: the folder's name
+        res = run_cli(
+            "build", "--preset", "zephyr-7b-beta", *extra, "-q", "q8_0", "--outdir", tmp_path / "m2", "--dry-run"
+        )
         assert res.exit_code == 0 and name in " ".join(res.output.split()), (extra, res.output)
     res = run_cli("build", "--preset", "no-such-model", "--outdir", tmp_path / "m3")
     assert_clean_failure(res, tmp_path / "m3", "no preset 'no-such-model'; presets: starling-lm-7b-beta")
@@ -104,8 +148,11 @@ def test_preset_template_only_for_its_own_checkpoint_without_one(tmp_path, tmp_p
     fmt = Jinja2ChatFormatter(kv["tokenizer.chat_template"], eos_token="</s>", bos_token="<s>")
     prompt = fmt(messages=[{"role": "user", "content": "Your message here!"}]).prompt
     assert prompt == "<|user|>\nYour message here!\n<|assistant|>\n"
-    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
-             {"role": "user", "content": "Bye"}]
+    turns = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Bye"},
+    ]
     assert fmt(messages=turns).prompt == "<|user|>\nHi\n<|assistant|>\nHello.</s>\n<|user|>\nBye\n<|assistant|>\n"
 
     # the same repo shipping its own template: that one, byte for byte
@@ -138,8 +185,9 @@ def test_missing_template_names_the_option_and_the_option_works(zephyr, tmp_path
     assert "--chat-template FILE" in res.output
     template = tmp_path / "t.jinja"
     template.write_bytes(b"{% for m in messages %}<|{{ m['role'] }}|>\r\n{{ m['content'] }}</s>\n{% endfor %}")
-    res = run_cli("build", "--sft", zephyr.sft, "--rlhf", zephyr.rlhf, "-q", "q8_0", "--outdir", out,
-                  "--chat-template", template)
+    res = run_cli(
+        "build", "--sft", zephyr.sft, "--rlhf", zephyr.rlhf, "-q", "q8_0", "--outdir", out, "--chat-template", template
+    )
     assert res.exit_code == 0, res.output
     kv = read_gguf_header(next(out.glob("*.gguf"))).values
     assert kv["tokenizer.chat_template"].encode() == template.read_bytes()  # byte for byte, \r\n kept
@@ -148,8 +196,19 @@ def test_missing_template_names_the_option_and_the_option_works(zephyr, tmp_path
 def test_a_template_that_does_not_parse_is_refused(zephyr, tmp_path):
     bad = tmp_path / "bad.jinja"
     bad.write_text("{% for m in messages %}{{ m['content'] }}")  # no endfor
-    res = run_cli("build", "--sft", zephyr.sft, "--rlhf", zephyr.rlhf, "-q", "q8_0", "--outdir", tmp_path / "o",
-                  "--chat-template", bad)
+    res = run_cli(
+        "build",
+        "--sft",
+        zephyr.sft,
+        "--rlhf",
+        zephyr.rlhf,
+        "-q",
+        "q8_0",
+        "--outdir",
+        tmp_path / "o",
+        "--chat-template",
+        bad,
+    )
     assert_clean_failure(res, tmp_path / "o", "is not valid Jinja (line 1", code=2)
 
 
@@ -176,8 +235,14 @@ def test_tokens_beyond_the_embedding_rows_are_dropped(pair_copy, tmp_path):
     """Starling-LM-7B-alpha declares <sep> as id 32002 of a 32002-row matrix."""
     cfg_path = pair_copy.rlhf / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text())
-    cfg["added_tokens_decoder"]["32002"] = {"content": "<sep>", "special": True, "lstrip": False,
-                                            "rstrip": False, "normalized": False, "single_word": False}
+    cfg["added_tokens_decoder"]["32002"] = {
+        "content": "<sep>",
+        "special": True,
+        "lstrip": False,
+        "rstrip": False,
+        "normalized": False,
+        "single_word": False,
+    }
     cfg_path.write_text(json.dumps(cfg))
     res = run_cli("build", "--sft", pair_copy.sft, "--rlhf", pair_copy.rlhf, "-q", "q8_0", "--outdir", tmp_path / "o")
     assert res.exit_code == 0, res.output
@@ -202,13 +267,27 @@ def test_rope_freqs_equal_llama_cpp_converter():
     finally:
         del sys.path[:2]
     for theta, head_dim, orig, factor in [(500000.0, 128, 8192, 8.0), (500000.0, 32, 64, 8.0), (10000.0, 64, 512, 4.0)]:
-        rope = {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                "original_max_position_embeddings": orig}
-        config = {"architectures": ["LlamaForCausalLM"], "num_attention_heads": 4, "hidden_size": 4 * head_dim,
-                  "num_hidden_layers": 1, "intermediate_size": 8, "vocab_size": 8, "rope_theta": theta,
-                  "rope_scaling": rope, "head_dim": head_dim}
-        fake = types.SimpleNamespace(rope_parameters=dict(rope, rope_theta=theta), hparams=config,
-                                     format_tensor_name=lambda _t: "rope_freqs")
+        rope = {
+            "rope_type": "llama3",
+            "factor": factor,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": orig,
+        }
+        config = {
+            "architectures": ["LlamaForCausalLM"],
+            "num_attention_heads": 4,
+            "hidden_size": 4 * head_dim,
+            "num_hidden_layers": 1,
+            "intermediate_size": 8,
+            "vocab_size": 8,
+            "rope_theta": theta,
+            "rope_scaling": rope,
+            "head_dim": head_dim,
+        }
+        fake = types.SimpleNamespace(
+            rope_parameters=dict(rope, rope_theta=theta), hparams=config, format_tensor_name=lambda _t: "rope_freqs"
+        )
         ((_, theirs),) = list(llama.LlamaModel.generate_extra_tensors(fake))
         ours = rope_freqs(hparams_from_config(config, "test"))
         assert ours.tobytes() == theirs.numpy().astype(np.float32).tobytes()
@@ -216,8 +295,20 @@ def test_rope_freqs_equal_llama_cpp_converter():
 
 
 def test_dry_run_lists_every_alpha(pair, tmp_path):
-    res = run_cli("build", "--sft", pair.sft, "--rlhf", pair.rlhf, "--alpha", "0.1,0.3", "-q", "q8_0,q4_k_m",
-                  "--outdir", tmp_path / "o", "--dry-run")
+    res = run_cli(
+        "build",
+        "--sft",
+        pair.sft,
+        "--rlhf",
+        pair.rlhf,
+        "--alpha",
+        "0.1,0.3",
+        "-q",
+        "q8_0,q4_k_m",
+        "--outdir",
+        tmp_path / "o",
+        "--dry-run",
+    )
     text = " ".join(res.output.split())
     assert res.exit_code == 0 and "alpha=0.1,0.3" in text, res.output
     for a in ("0.1", "0.3"):
@@ -250,8 +341,9 @@ def test_transformers_5_rope_parameters_match_an_older_config(pair_copy, tmp_pat
 def test_template_file_beats_tokenizer_config_as_in_transformers(zephyr, tmp_path):
     (zephyr.rlhf / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
     res = run_cli("build", "--sft", zephyr.sft, "--rlhf", zephyr.rlhf, "-q", "q8_0", "--outdir", tmp_path / "o")
-    assert res.exit_code == 0 and "chat_template.jinja and tokenizer_config.json's chat_template differ" in \
-        " ".join(res.output.split()), res.output
+    assert res.exit_code == 0 and "chat_template.jinja and tokenizer_config.json's chat_template differ" in " ".join(
+        res.output.split()
+    ), res.output
     import transformers
 
     expected = transformers.AutoTokenizer.from_pretrained(zephyr.rlhf).chat_template

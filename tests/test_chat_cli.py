@@ -14,14 +14,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import smollm2
-
 from expo_gguf.cli import cli
-from expo_gguf.errors import ExpoError
-from expo_gguf.gguf_file.header import open_gguf
 from expo_gguf.cli.chat import find_default_model
-from expo_gguf.gguf_file.header import trained_context_length
+from expo_gguf.errors import ExpoError
+from expo_gguf.gguf_file.header import open_gguf, trained_context_length
 
+from conftest import smollm2
 
 FAST = ["--temp", "0", "--seed", "0", "--ctx", "512", "--threads", "1"]
 
@@ -54,8 +52,9 @@ def test_piped_stdin_is_one_shot_and_appended_to_prompt() -> None:
     piped = run("chat", str(smollm2()), "--max-tokens", "16", *FAST, input="Say hello.\n")
     assert piped.exit_code == 0, piped.output
     assert piped.output.strip() and ">>>" not in piped.output
-    both = run("chat", str(smollm2()), "-p", "Summarise:", "--max-tokens", "16", *FAST,
-               input="The cat sat on the mat.\n")
+    both = run(
+        "chat", str(smollm2()), "-p", "Summarise:", "--max-tokens", "16", *FAST, input="The cat sat on the mat.\n"
+    )
     assert both.exit_code == 0 and both.output.strip()
     assert both.output != piped.output
 
@@ -77,8 +76,20 @@ def test_interactive_session_with_scripted_stdin(tmp_path: Path) -> None:
 def test_context_overflow_drops_oldest_then_refuses_huge_message() -> None:
     turns = [f"Tell me fact number {i} about the moon." for i in range(8)]
     script = "\n".join([*turns, "word " * 400, "/exit"]) + "\n"
-    result = run("chat", str(smollm2()), "-i", "--plain", "--max-tokens", "24", *FAST[:4],
-                 "--ctx", "256", "--threads", "1", input=script)
+    result = run(
+        "chat",
+        str(smollm2()),
+        "-i",
+        "--plain",
+        "--max-tokens",
+        "24",
+        *FAST[:4],
+        "--ctx",
+        "256",
+        "--threads",
+        "1",
+        input=script,
+    )
     assert result.exit_code == 0, result.output
     assert result.output.count("context full: dropped the") == 1
     assert "message too long" in result.output and "Traceback" not in result.output
@@ -127,8 +138,7 @@ def test_default_model_is_newest_under_models(tmp_path: Path, monkeypatch: pytes
     os.utime(old, (1, 1))
     assert find_default_model() == Path("models/sub/b.gguf")
     # What a build in progress leaves there, all newer than b.gguf: never picked.
-    for name in (".Starling-ExPO-F16.intermediate.gguf", "Starling-ExPO-Q8_0.gguf.part",
-                 ".hidden/c.gguf", "notes.txt"):
+    for name in (".Starling-ExPO-F16.intermediate.gguf", "Starling-ExPO-Q8_0.gguf.part", ".hidden/c.gguf", "notes.txt"):
         (tmp_path / "models" / name).parent.mkdir(exist_ok=True)
         (tmp_path / "models" / name).write_bytes(b"GGUF")
     os.utime(new, (2, 2))
@@ -191,8 +201,11 @@ def fake_server(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict]:
     app.create_app = lambda **kw: "app"
     uvicorn = types.ModuleType("uvicorn")
     uvicorn.run = lambda app, **kw: seen.setdefault("run", kw)
-    for name, module in {"uvicorn": uvicorn, "llama_cpp.server.app": app,
-                         "llama_cpp.server.settings": settings}.items():
+    for name, module in {
+        "uvicorn": uvicorn,
+        "llama_cpp.server.app": app,
+        "llama_cpp.server.settings": settings,
+    }.items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.delenv("EXPO_GGUF_API_KEY", raising=False)
     return seen

@@ -6,11 +6,12 @@ it as a user would (see there for how Ctrl+C and waiting work).
 
 from __future__ import annotations
 
-import pytest
 import json
 import re
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from pty_terminal import Terminal
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from expo_gguf.errors import ExpoError
-from expo_gguf.chat.repl import Backend, read_message, run_repl
 from expo_gguf import Sampling
+from expo_gguf.chat.repl import Backend, read_message, run_repl
+from expo_gguf.errors import ExpoError
 
 Message = dict[str, str]
 
@@ -53,12 +53,17 @@ def script(*lines: str | BaseException):
     return read_line
 
 
-def chat(backend: Backend, *lines: str | BaseException, messages: list[Message] | None = None,
-         settings: Sampling | None = None) -> tuple[list[Message], str]:
+def chat(
+    backend: Backend,
+    *lines: str | BaseException,
+    messages: list[Message] | None = None,
+    settings: Sampling | None = None,
+) -> tuple[list[Message], str]:
     out = io.StringIO()
     console = Console(file=out, width=200, highlight=False)
-    history = run_repl(backend, settings or Sampling(), console=console, messages=messages,
-                       markdown=False, read_line=script(*lines))
+    history = run_repl(
+        backend, settings or Sampling(), console=console, messages=messages, markdown=False, read_line=script(*lines)
+    )
     return history, out.getvalue()
 
 
@@ -89,11 +94,32 @@ def test_slash_commands(tmp_path: Path) -> None:
     settings = Sampling()
     saved = tmp_path / "conv.json"
     history, out = chat(
-        Backend(reply=fake.reply, show=lambda: {"model": "fake-model"},
-                stats=lambda: {"generated": "3 tokens"}, status=lambda: "STATUS-LINE"),
-        "/help", "/system be brief", "/system", "/set temp 0.25", "/set top_k 7", "/set temp -1",
-        "/set temp hot", "/set nope 1", "/set", "hi", "/regen", "/show", "/stats", f"/save {saved}",
-        "/clear", "/frobnicate", "//not a command", f"/load {saved}", "/exit", "never read",
+        Backend(
+            reply=fake.reply,
+            show=lambda: {"model": "fake-model"},
+            stats=lambda: {"generated": "3 tokens"},
+            status=lambda: "STATUS-LINE",
+        ),
+        "/help",
+        "/system be brief",
+        "/system",
+        "/set temp 0.25",
+        "/set top_k 7",
+        "/set temp -1",
+        "/set temp hot",
+        "/set nope 1",
+        "/set",
+        "hi",
+        "/regen",
+        "/show",
+        "/stats",
+        f"/save {saved}",
+        "/clear",
+        "/frobnicate",
+        "//not a command",
+        f"/load {saved}",
+        "/exit",
+        "never read",
         settings=settings,
     )
     assert "/regen" in out and "Multi-line" in out  # /help
@@ -109,8 +135,7 @@ def test_slash_commands(tmp_path: Path) -> None:
     assert [m["role"] for m in data["messages"]] == ["system", "user", "assistant"]
     assert data["settings"]["temp"] == 0.25
     # after /clear (system kept) and "//..." sent as text, /load brought the saved three back
-    assert fake.seen[2] == [{"role": "system", "content": "be brief"},
-                            {"role": "user", "content": "/not a command"}]
+    assert fake.seen[2] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "/not a command"}]
     assert history == data["messages"]
     assert "never read" not in json.dumps(history)
 
@@ -137,8 +162,11 @@ def test_regen_that_no_longer_fits_keeps_the_answer() -> None:
     fake = Fake()
     history, out = chat(Backend(reply=fake.reply, fit=small_context), "hi", "/system " + "x" * 40, "/regen")
     assert "message too long" in out and len(fake.seen) == 1
-    assert history == [{"role": "system", "content": "x" * 40}, {"role": "user", "content": "hi"},
-                       {"role": "assistant", "content": "echo: hi "}]
+    assert history == [
+        {"role": "system", "content": "x" * 40},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "echo: hi "},
+    ]
 
 
 def test_load_rejects_bad_files(tmp_path: Path) -> None:
@@ -146,8 +174,15 @@ def test_load_rejects_bad_files(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"messages": [{"role": "wizard", "content": "x"}]}))
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
-    history, out = chat(Backend(reply=Fake().reply), "hi", f"/load {bad}", f"/load {broken}",
-                        f"/load {tmp_path / 'missing.json'}", "/load", "/save")
+    history, out = chat(
+        Backend(reply=Fake().reply),
+        "hi",
+        f"/load {bad}",
+        f"/load {broken}",
+        f"/load {tmp_path / 'missing.json'}",
+        "/load",
+        "/save",
+    )
     assert out.count("error:") == 5
     assert "is not a conversation" in out and "cannot read" in out
     assert len(history) == 2  # unchanged
@@ -167,8 +202,10 @@ def hostile_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "role_number": ([{"role": 7, "content": "x"}], "role 7;"),
         "content_list": ([{"role": "user", "content": ["x"]}], "list content"),
         "content_none": ([{"role": "user"}], "NoneType content"),
-        "late_system": ([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}],
-                        "only the first message"),
+        "late_system": (
+            [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}],
+            "only the first message",
+        ),
         "string_message": (["hello"], "message 0 is a str"),
     }
     files: dict[str, tuple[Path, str]] = {}
@@ -203,8 +240,14 @@ def test_load_hostile_files_one_line_each_and_session_goes_on(tmp_path: Path) ->
 
 def test_ctrl_c_at_prompt() -> None:
     fake = Fake()
-    history, out = chat(Backend(reply=fake.reply), KeyboardInterrupt(), "still here",
-                        KeyboardInterrupt(), KeyboardInterrupt(), "never read")
+    history, out = chat(
+        Backend(reply=fake.reply),
+        KeyboardInterrupt(),
+        "still here",
+        KeyboardInterrupt(),
+        KeyboardInterrupt(),
+        "never read",
+    )
     assert "Ctrl+C again" in out
     assert [m["content"] for m in history] == ["still here", "echo: still here "]
 
@@ -226,11 +269,18 @@ def test_context_trim_told_once_and_refusal() -> None:
         if "huge" in messages[-1]["content"]:
             raise ExpoError("message too long: the prompt is 999 tokens and the context holds 64")
         head = [m for m in messages[:1] if m["role"] == "system"]
-        rest = messages[len(head):]
+        rest = messages[len(head) :]
         return head + rest[-3:], max(len(rest) - 3, 0)
 
-    history, out = chat(Backend(reply=fake.reply, fit=fit), "a", "b", "c", "huge message", "d",
-                        messages=[{"role": "system", "content": "sys"}])
+    history, out = chat(
+        Backend(reply=fake.reply, fit=fit),
+        "a",
+        "b",
+        "c",
+        "huge message",
+        "d",
+        messages=[{"role": "system", "content": "sys"}],
+    )
     assert out.count("context full") == 1
     assert "message too long" in out
     assert history[0] == {"role": "system", "content": "sys"}

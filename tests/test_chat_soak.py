@@ -3,10 +3,11 @@ the suite so a change that leaks memory or breaks trimming fails here, not after
 
 from __future__ import annotations
 
-import pytest
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from conftest import smollm2
 
@@ -21,7 +22,10 @@ def test_twenty_turn_soak_holds() -> None:
     # pages of a full context have been touched once.
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "soak_chat.py"), "--turns", "20", "--rss-turn", "14"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "all properties hold" in result.stdout

@@ -13,16 +13,16 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+from test_chat_repl import small_context
+
+from expo_gguf import RunOptions, Sampling, load_model
+from expo_gguf._units import human_bytes
+from expo_gguf.chat.conversation import load_conversation, save_conversation
+from expo_gguf.chat.repl import Backend
+from expo_gguf.chat.vs import estimate_memory, run_vs
 
 from conftest import run_cli, smollm2
 from pty_terminal import Terminal
-from test_chat_repl import small_context
-from expo_gguf.chat.vs import estimate_memory, run_vs
-from expo_gguf.chat.conversation import load_conversation, save_conversation
-from expo_gguf import RunOptions, load_model
-from expo_gguf.chat.repl import Backend
-from expo_gguf import Sampling
-from expo_gguf._units import human_bytes
 
 Message = dict[str, str]
 
@@ -38,10 +38,13 @@ class Fake:
         yield f"{self.name} #{len(self.seen)}: {messages[-1]['content']}"
 
 
-def vs(*lines: str, messages: list[Message] | None = None, a: Fake | None = None,
-       a_status: Callable[[], str] | None = None,
-       b_fit: Callable[[list[Message]], tuple[list[Message], int]] | None = None,
-       ) -> tuple[list[list[Message]], str, Fake, Fake]:
+def vs(
+    *lines: str,
+    messages: list[Message] | None = None,
+    a: Fake | None = None,
+    a_status: Callable[[], str] | None = None,
+    b_fit: Callable[[list[Message]], tuple[list[Message], int]] | None = None,
+) -> tuple[list[list[Message]], str, Fake, Fake]:
     a, b = a or Fake("alpha"), Fake("beta")
     queue = list(lines)
 
@@ -54,8 +57,14 @@ def vs(*lines: str, messages: list[Message] | None = None, a: Fake | None = None
     backend_a = Backend(reply=a.reply, status=a_status or (lambda: None))
     backend_b = Backend(reply=b.reply, **({"fit": b_fit} if b_fit else {}))
     sides = [("A", Path("a.gguf"), backend_a), ("B", Path("b.gguf"), backend_b)]
-    threads = run_vs(sides, Sampling(), console=Console(file=out, width=200), messages=messages or [],
-                     markdown=False, read_line=read_line)
+    threads = run_vs(
+        sides,
+        Sampling(),
+        console=Console(file=out, width=200),
+        messages=messages or [],
+        markdown=False,
+        read_line=read_line,
+    )
     return threads, out.getvalue(), a, b
 
 
@@ -163,8 +172,22 @@ def test_memory_estimate_matches_llama_cpp(capsys: pytest.CaptureFixture[str]) -
 
 
 def test_one_shot_prints_both_replies_under_their_names(smollm2_quants: dict[str, Path]) -> None:
-    res = run_cli("chat", smollm2(), "--vs", smollm2_quants["q4_0"], "-p", "Name a colour.", "--temp", "0",
-                  "--max-tokens", "12", "--ctx", "512", "--threads", "1")
+    res = run_cli(
+        "chat",
+        smollm2(),
+        "--vs",
+        smollm2_quants["q4_0"],
+        "-p",
+        "Name a colour.",
+        "--temp",
+        "0",
+        "--max-tokens",
+        "12",
+        "--ctx",
+        "512",
+        "--threads",
+        "1",
+    )
     assert res.exit_code == 0, res.output
     parts = re.split(r"^## (.+)$", res.output, flags=re.M)
     assert parts[1::2] == [smollm2().stem, "smollm2-Q4_0"]

@@ -10,44 +10,51 @@ import os
 import re
 import stat
 import tempfile
-import tomllib
 from fnmatch import fnmatch
 from pathlib import Path
 
 import llama_cpp
 import numpy as np
 import pytest
-from conftest import ROOT, make_family_pair, one_error_line, run_cli
+import tomllib
 
 import expo_gguf.measure.compare as compare_module
 import expo_gguf.measure.divergence as divergence
+from expo_gguf import RunOptions, load_model
 from expo_gguf._fs import write_text_atomic
-from expo_gguf.measure.compare import Comparison, CompareOptions, ModelRun, Reply, compare
+from expo_gguf.errors import ExpoError
+from expo_gguf.measure.compare import CompareOptions, Comparison, ModelRun, Reply, compare
 from expo_gguf.measure.compare_metrics import Figures, crossings, distinct_n, repeated_ngram_rate, verdict
 from expo_gguf.measure.compare_prompts import load_prompts, shipped_prompts
 from expo_gguf.measure.divergence import VocabInfo, check_same_vocab
-from expo_gguf.errors import ExpoError
-from expo_gguf import RunOptions, load_model
+
+from conftest import ROOT, make_family_pair, one_error_line, run_cli
 
 pytestmark = pytest.mark.slow
 
 LOOP = "The cat sat on the mat. " * 8
-PARAGRAPH = ("Lisbon sits on seven hills above the Tagus estuary. Trams climb the steep streets of "
-             "Alfama, where fado drifts from small taverns at night, and the riverside in Belem "
-             "keeps a monastery, a tower and a famous custard-tart bakery.")
+PARAGRAPH = (
+    "Lisbon sits on seven hills above the Tagus estuary. Trams climb the steep streets of "
+    "Alfama, where fado drifts from small taverns at night, and the riverside in Belem "
+    "keeps a monastery, a tower and a famous custard-tart bakery."
+)
 PROMPTS = [
     "Name a colour.",
     {"id": "sum", "category": "maths", "prompt": "What is 2 + 3?"},
-    {"id": "chat", "category": "multi-turn", "messages": [
-        {"role": "user", "content": "My name is Ada."},
-        {"role": "assistant", "content": "Hello Ada!"},
-        {"role": "user", "content": "What is my name?"}]},
+    {
+        "id": "chat",
+        "category": "multi-turn",
+        "messages": [
+            {"role": "user", "content": "My name is Ada."},
+            {"role": "assistant", "content": "Hello Ada!"},
+            {"role": "user", "content": "What is my name?"},
+        ],
+    },
 ]
 
 
 def _run(texts: list[str], stops: list[str] | None = None) -> ModelRun:
-    replies = tuple(Reply(t, len(t.split()), s, 1, 1.0)
-                    for t, s in zip(texts, stops or ["eog"] * len(texts)))
+    replies = tuple(Reply(t, len(t.split()), s, 1, 1.0) for t, s in zip(texts, stops or ["eog"] * len(texts)))
     return ModelRun(Path("m.gguf"), "m", "F32", 1, False, replies, None)
 
 
@@ -101,7 +108,9 @@ def test_with_a_reference_text_figures_are_judged_against_its_own() -> None:
 
 def test_same_size_vocabularies_with_different_tokens_are_refused() -> None:
     ref = VocabInfo(Path("ref.gguf"), 3, (b"<s>", b"a", b"b"), 0, "F32")
-    with pytest.raises(ExpoError, match=r"cand.gguf has a different vocabulary than ref.gguf \(token 2: b'c' vs b'b'\)"):
+    with pytest.raises(
+        ExpoError, match=r"cand.gguf has a different vocabulary than ref.gguf \(token 2: b'c' vs b'b'\)"
+    ):
         check_same_vocab(ref, VocabInfo(Path("cand.gguf"), 3, (b"<s>", b"a", b"c"), 0, "F32"))
     check_same_vocab(ref, dataclasses.replace(ref, path=Path("same.gguf")))
 
@@ -196,7 +205,7 @@ def _direct_kld(q: dict[str, Path], prompt_ids: list[int], stop_ids: frozenset[i
                 text = llm.detokenize([t for t in reply if t not in stop_ids]).decode()
                 llm.reset()
             llm.eval(prompt_ids + reply)
-            rows = np.array(llm.scores[len(prompt_ids) - 1:len(prompt_ids) + len(reply) - 1], dtype=np.float64)
+            rows = np.array(llm.scores[len(prompt_ids) - 1 : len(prompt_ids) + len(reply) - 1], dtype=np.float64)
         finally:
             llm.close()
         top = rows.max(axis=1, keepdims=True)
@@ -226,14 +235,19 @@ def test_kld_matches_llama_cpp_python_directly(kl: Comparison, direct: list[tupl
         assert mine.kld_mean == pytest.approx(kld, rel=1e-3)
 
 
-def test_kld_across_batches_and_row_blocks(smollm2_quants: dict[str, Path], prompts_json: Path,
-                                           direct: list[tuple[float, str, int]],
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kld_across_batches_and_row_blocks(
+    smollm2_quants: dict[str, Path],
+    prompts_json: Path,
+    direct: list[tuple[float, str, int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Decoding in 7-token batches and log-softmax in 5-row blocks gives the direct figures too:
     each row lands at its own offset, whatever the cuts."""
     monkeypatch.setattr(divergence, "ROW_BLOCK", 5)
     forced = compare_module.forced_logits
-    monkeypatch.setattr(compare_module, "forced_logits", lambda ctx, tokens, first, n_batch: forced(ctx, tokens, first, 7))
+    monkeypatch.setattr(
+        compare_module, "forced_logits", lambda ctx, tokens, first, n_batch: forced(ctx, tokens, first, 7)
+    )
     q = smollm2_quants
     c = compare([q["q4_0"]], q["f32"], prompts_json, OPTS)
     for mine, (kld, _, _) in zip(c.runs[1].replies, direct):
@@ -259,8 +273,9 @@ def _unmarkdown(md: str) -> str:
     return html.unescape(md.replace("<br>", "\n").replace("\\|", "|"))
 
 
-def test_cli_end_to_end(built: dict[str, Path], prompts_json: Path, tmp_path: Path,
-                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_end_to_end(
+    built: dict[str, Path], prompts_json: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sized = []
     cache = compare_module.reference_cache
 
@@ -270,8 +285,20 @@ def test_cli_end_to_end(built: dict[str, Path], prompts_json: Path, tmp_path: Pa
 
     monkeypatch.setattr(compare_module, "reference_cache", spy)
     report, js = tmp_path / "cmp.md", tmp_path / "cmp.json"
-    res = run_cli("compare", built["Q8_0"], built["Q4_K_M"], "--ref", built["F32"], "--prompts", prompts_json,
-                  *FAST, "--report", report, "--json", js)
+    res = run_cli(
+        "compare",
+        built["Q8_0"],
+        built["Q4_K_M"],
+        "--ref",
+        built["F32"],
+        "--prompts",
+        prompts_json,
+        *FAST,
+        "--report",
+        report,
+        "--json",
+        js,
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(js.read_text())
     stems = [built[k].stem for k in ("F32", "Q8_0", "Q4_K_M")]
@@ -302,8 +329,9 @@ def test_cli_end_to_end(built: dict[str, Path], prompts_json: Path, tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cmp.json", "cmp.md"]  # no temporaries left
 
 
-def test_one_model_at_a_time_and_the_progress_adds_up(built: dict[str, Path], prompts_json: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_model_at_a_time_and_the_progress_adds_up(
+    built: dict[str, Path], prompts_json: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     load, open_now, most, ticks = compare_module.load_model, [0], [0], []
 
     def counted(*args: object, **kwargs: object):  # noqa: ANN202
@@ -340,8 +368,9 @@ def test_one_model_at_a_time_and_the_progress_adds_up(built: dict[str, Path], pr
     assert sum(ticks) == 3 * 3 * 2
 
 
-def test_ctrl_c_mid_run_leaves_no_report_and_no_temporary(built: dict[str, Path], prompts_json: Path,
-                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_mid_run_leaves_no_report_and_no_temporary(
+    built: dict[str, Path], prompts_json: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
     def interrupt(*_: object) -> None:
@@ -350,8 +379,19 @@ def test_ctrl_c_mid_run_leaves_no_report_and_no_temporary(built: dict[str, Path]
     monkeypatch.setattr(compare_module, "against", interrupt)  # the first KLD row of the first candidate
     out = tmp_path / "out"
     out.mkdir()
-    res = run_cli("compare", built["Q8_0"], "--ref", built["F32"], "--prompts", prompts_json, *FAST,
-                  "--report", out / "r.md", "--json", out / "r.json")
+    res = run_cli(
+        "compare",
+        built["Q8_0"],
+        "--ref",
+        built["F32"],
+        "--prompts",
+        prompts_json,
+        *FAST,
+        "--report",
+        out / "r.md",
+        "--json",
+        out / "r.json",
+    )
     assert res.exit_code != 0 and "Traceback" not in res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and list(out.iterdir()) == []
 
@@ -378,44 +418,51 @@ def test_warnings_once_per_model_and_the_trained_length(built: dict[str, Path], 
     """The tiny models are trained for 2048 tokens: --ctx 4096 is capped, said once per model; a
     reply that cannot fit even then is refused before any model loads, naming the trained length."""
     q8, q4 = built["Q8_0"], built["Q4_0"]
-    res = run_cli("compare", q8, q4, "--prompts", prompts_json, "--ctx", "4096", "--max-tokens", "2",
-                  "--threads", "1")
+    res = run_cli("compare", q8, q4, "--prompts", prompts_json, "--ctx", "4096", "--max-tokens", "2", "--threads", "1")
     assert res.exit_code == 0, res.output
     for path in (q8, q4):
         assert res.output.count(f"warning: {path.stem}: --ctx 4096 is above the trained length; using 2048") == 1
     res = run_cli("compare", q8, "--prompts", prompts_json, "--ctx", "4096", "--max-tokens", "2100")
     one_error_line(res, "above the model's trained length 2048; lower --max-tokens")
-    got = re.search(rf"prompt 1 is (\d+) tokens for {re.escape(q8.name)}: with --max-tokens 2100 it needs a "
-                    r"context of (\d+),", res.output)
+    got = re.search(
+        rf"prompt 1 is (\d+) tokens for {re.escape(q8.name)}: with --max-tokens 2100 it needs a "
+        r"context of (\d+),",
+        res.output,
+    )
     assert got and int(got.group(2)) == int(got.group(1)) + 2100
 
 
-@pytest.mark.parametrize("content, expected", [
-    ("[]", "holds no prompts"),
-    ("[1,", "invalid JSON (Expecting value at line 1, column 4)"),
-    ('{"prompt": "x"}', "is not a prompt list"),
-    ('[{"messages": [{"role": "bot", "content": "x"}]}]', "prompt 1: message 0 has role 'bot'"),
-    ('["ok", {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}]',
-     "prompt 2: the last message is the assistant's; it must be the user's"),
-    ('[{"prompt": "a", "id": "x"}, {"prompt": "b", "id": "x"}]', "prompt id 'x' is used more than once"),
-    ('[{"prompt": "   "}]', "prompt 1: the user's message is empty"),
-    ('[{"question": "x"}]', 'prompt 1 needs exactly one of "prompt" or "messages"'),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("[]", "holds no prompts"),
+        ("[1,", "invalid JSON (Expecting value at line 1, column 4)"),
+        ('{"prompt": "x"}', "is not a prompt list"),
+        ('[{"messages": [{"role": "bot", "content": "x"}]}]', "prompt 1: message 0 has role 'bot'"),
+        (
+            '["ok", {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}]',
+            "prompt 2: the last message is the assistant's; it must be the user's",
+        ),
+        ('[{"prompt": "a", "id": "x"}, {"prompt": "b", "id": "x"}]', "prompt id 'x' is used more than once"),
+        ('[{"prompt": "   "}]', "prompt 1: the user's message is empty"),
+        ('[{"question": "x"}]', 'prompt 1 needs exactly one of "prompt" or "messages"'),
+    ],
+)
 def test_bad_prompt_files(built: dict[str, Path], tmp_path: Path, content: str, expected: str) -> None:
     path = tmp_path / "bad.json"
     path.write_text(content)
     one_error_line(run_cli("compare", built["Q8_0"], "--prompts", path), expected)
 
 
-def test_bad_inputs(built: dict[str, Path], zephyr_q8: Path, prompts_json: Path, tmp_path: Path,
-                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_inputs(
+    built: dict[str, Path], zephyr_q8: Path, prompts_json: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     q8 = built["Q8_0"]
     one_error_line(run_cli("compare", q8, tmp_path / "missing.gguf"), "no such file")
     not_gguf = tmp_path / "notes.gguf"
     not_gguf.write_text("hello")
     one_error_line(run_cli("compare", q8, "--ref", not_gguf), "is not a GGUF file")
-    one_error_line(run_cli("compare", q8, "--ref", zephyr_q8),
-                   "has a different vocabulary than")
+    one_error_line(run_cli("compare", q8, "--ref", zephyr_q8), "has a different vocabulary than")
     one_error_line(run_cli("compare", q8, "--prompts", tmp_path / "none.txt"), "cannot read")
     comments = tmp_path / "comments.txt"
     comments.write_text("# nothing but a comment\n\n")
@@ -427,23 +474,42 @@ def test_bad_inputs(built: dict[str, Path], zephyr_q8: Path, prompts_json: Path,
 
     monkeypatch.setattr(compare_module, "load_model", never)
     report = tmp_path / "r.md"
-    one_error_line(run_cli("compare", built["F32"], q8, "--prompts", prompts_json, "--max-tokens", "250", "--ctx",
-                           "256", "--report", report), "with --max-tokens 250 it needs --ctx 270 (now 256)")
+    one_error_line(
+        run_cli(
+            "compare",
+            built["F32"],
+            q8,
+            "--prompts",
+            prompts_json,
+            "--max-tokens",
+            "250",
+            "--ctx",
+            "256",
+            "--report",
+            report,
+        ),
+        "with --max-tokens 250 it needs --ctx 270 (now 256)",
+    )
     assert not report.exists()
     res = run_cli("compare")
     assert res.exit_code == 2 and "Missing argument 'MODELS...'" in res.output
 
 
-def test_an_output_that_is_an_input_is_refused(built: dict[str, Path], prompts_json: Path, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_output_that_is_an_input_is_refused(
+    built: dict[str, Path], prompts_json: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     before = prompts_json.read_bytes(), built["Q8_0"].stat().st_mtime_ns
     monkeypatch.chdir(prompts_json.parent)
-    one_error_line(run_cli("compare", built["Q8_0"], "--prompts", prompts_json, "--json", "./prompts.json"),
-                   "--json prompts.json is an input; give another file name")
+    one_error_line(
+        run_cli("compare", built["Q8_0"], "--prompts", prompts_json, "--json", "./prompts.json"),
+        "--json prompts.json is an input; give another file name",
+    )
     one_error_line(run_cli("compare", built["Q8_0"], "--report", built["Q8_0"]), "is an input")
     link = tmp_path / "link.gguf"
     link.symlink_to(built["F32"])
     one_error_line(run_cli("compare", built["Q8_0"], "--ref", built["F32"], "--json", link), "is an input")
-    one_error_line(run_cli("compare", built["Q8_0"], "--report", tmp_path / "x.md", "--json", tmp_path / "x.md"),
-                   "--json {} is also --report".format(tmp_path / "x.md"))
+    one_error_line(
+        run_cli("compare", built["Q8_0"], "--report", tmp_path / "x.md", "--json", tmp_path / "x.md"),
+        "--json {} is also --report".format(tmp_path / "x.md"),
+    )
     assert (prompts_json.read_bytes(), built["Q8_0"].stat().st_mtime_ns) == before

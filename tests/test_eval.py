@@ -11,11 +11,12 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 import pytest
-from conftest import ROOT, Pair, one_error_line, run_cli, smollm2_path
 
-from expo_gguf.measure.divergence import kld_rows, kld_stats, log_softmax
 from expo_gguf import RunOptions
+from expo_gguf.measure.divergence import kld_rows, kld_stats, log_softmax
 from expo_gguf.measure.perplexity import EvalOptions, Report, evaluate, ppl_stats, prepare, scored_count
+
+from conftest import ROOT, Pair, one_error_line, run_cli, smollm2_path
 
 SAMPLE = ROOT / "scripts" / "data" / "sample.txt"
 CTX = 128
@@ -54,16 +55,24 @@ def test_ppl_matches_direct_numpy_from_llama_cpp_python(report: Report, smollm2_
     llama-perplexity leaves flash attention on auto (on, on CPU), so the direct run enables it too.
     """
     chunks, _, _ = prepare(smollm2_quants["f32"], [], SAMPLE, OPTS)
-    llm = llama_cpp.Llama(str(smollm2_quants["f32"]), n_ctx=CTX, n_batch=CTX, logits_all=True,
-                          flash_attn=True, n_threads=2, n_threads_batch=2, verbose=False)
+    llm = llama_cpp.Llama(
+        str(smollm2_quants["f32"]),
+        n_ctx=CTX,
+        n_batch=CTX,
+        logits_all=True,
+        flash_attn=True,
+        n_threads=2,
+        n_threads_batch=2,
+        verbose=False,
+    )
     try:
         llm.eval(chunks[0].tolist())
         scores = np.array(llm.scores[:CTX], dtype=np.float64)
     finally:
         llm.close()
     first = CTX // 2
-    logp = scores[first:CTX - 1] - np.log(np.exp(scores[first:CTX - 1]).sum(axis=1, keepdims=True))
-    nll = -logp[np.arange(CTX - 1 - first), chunks[0][first + 1:]]
+    logp = scores[first : CTX - 1] - np.log(np.exp(scores[first : CTX - 1]).sum(axis=1, keepdims=True))
+    nll = -logp[np.arange(CTX - 1 - first), chunks[0][first + 1 :]]
     assert report.reference.ppl.ppl == pytest.approx(float(np.exp(nll.mean())), rel=1e-4)
 
 
@@ -81,8 +90,22 @@ def test_log_softmax_and_kld_by_hand() -> None:
 def test_cli_table_json_and_png(smollm2_quants: dict[str, Path], tmp_path: Path) -> None:
     out, png = tmp_path / "eval.json", tmp_path / "eval.png"
     with_png = importlib.util.find_spec("matplotlib") is not None  # the optional `plot` extra
-    res = run_cli("eval", smollm2_quants["q8_0"], smollm2_quants["q4_0"], "--text", SAMPLE, "--ctx", CTX,
-                  "--chunks", 1, "--threads", 2, "--json", out, *(["--png", png] if with_png else []))
+    res = run_cli(
+        "eval",
+        smollm2_quants["q8_0"],
+        smollm2_quants["q4_0"],
+        "--text",
+        SAMPLE,
+        "--ctx",
+        CTX,
+        "--chunks",
+        1,
+        "--threads",
+        2,
+        "--json",
+        out,
+        *(["--png", png] if with_png else []),
+    )
     assert res.exit_code == 0, res.output
     for name in ("smollm2-Q8_0.gguf", "smollm2-Q4_0.gguf", "PPL", "mean KLD", "KLD p99", "same top"):
         assert name in res.output
@@ -96,13 +119,15 @@ def test_cli_table_json_and_png(smollm2_quants: dict[str, Path], tmp_path: Path)
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_png_without_matplotlib_is_one_line(smollm2_quants: dict[str, Path], tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_png_without_matplotlib_is_one_line(
+    smollm2_quants: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     res = run_cli("eval", smollm2_quants["q4_0"], "--text", SAMPLE, "--ctx", CTX, "--png", tmp_path / "x.png")
     assert res.exit_code != 0
     assert res.output.strip().splitlines() == [
-        "error: --png needs matplotlib: pip install matplotlib (or pip install 'expo-gguf[plot]')"]
+        "error: --png needs matplotlib: pip install matplotlib (or pip install 'expo-gguf[plot]')"
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +144,7 @@ def test_bad_inputs(smollm2_quants: dict[str, Path], starling_tiny: Path, tmp_pa
     not_gguf = tmp_path / "notes.gguf"
     not_gguf.write_text("hello")
     one_error_line(run_cli("eval", not_gguf, q4, "--text", SAMPLE), "is not a GGUF file")
-    one_error_line(run_cli("eval", q4, starling_tiny, "--text", SAMPLE),
-                    "has a different vocabulary than")
+    one_error_line(run_cli("eval", q4, starling_tiny, "--text", SAMPLE), "has a different vocabulary than")
     short = tmp_path / "short.txt"
     short.write_text("Four score and seven years ago.")
     one_error_line(run_cli("eval", q4, "--text", short), "shorter than one chunk of --ctx 512")

@@ -9,9 +9,10 @@ from __future__ import annotations
 import random
 
 import pytest
-from conftest import _load_script
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from conftest import _load_script
 
 pytestmark = pytest.mark.slow
 
@@ -29,8 +30,13 @@ def targets(pair, tmp_path_factory):
 def test_reader_never_fails_otherwise(targets, name):
     target = targets[name]
 
-    @settings(max_examples=BUDGET[name], deadline=None, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=BUDGET[name],
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(st.randoms(use_true_random=False))
     def check(rng: random.Random) -> None:
         failure = fuzz.run_case(target.case(rng))

@@ -18,12 +18,18 @@ import time
 import llama_cpp
 import numpy as np
 import pytest
-from conftest import run_cli
 
 from expo_gguf.runtime.log import capture
 
-pytestmark = [pytest.mark.gpu, pytest.mark.reference, pytest.mark.skipif(not llama_cpp.llama_supports_gpu_offload(),
-                                reason="llama-cpp-python was built without GPU support")]
+from conftest import run_cli
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.reference,
+    pytest.mark.skipif(
+        not llama_cpp.llama_supports_gpu_offload(), reason="llama-cpp-python was built without GPU support"
+    ),
+]
 
 IDS = [1, 420, 6687, 28781, 3198, 3123, 1247, 28747, 6312, 32000, 420, 6687, 28781, 3198, 3123, 21631, 28747]
 
@@ -54,8 +60,18 @@ def test_offloaded_model_computes_what_the_cpu_does(built, quant, bound):
 
 def test_chat_auto_offloads(built):
     t0 = time.perf_counter()
-    res = run_cli("chat", built["Q4_K_M"], "-i", "--temp", "0", "--max-tokens", "16", "-ngl", "auto",
-                  input="Hello there\n/show\n/exit\n")
+    res = run_cli(
+        "chat",
+        built["Q4_K_M"],
+        "-i",
+        "--temp",
+        "0",
+        "--max-tokens",
+        "16",
+        "-ngl",
+        "auto",
+        input="Hello there\n/show\n/exit\n",
+    )
     assert res.exit_code == 0, res.output
     assert "layers on GPU" in res.output and "CPU only" not in res.output, res.output
     print(f"chat session on GPU: {time.perf_counter() - t0:.1f} s")

@@ -11,6 +11,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 import pytest
+
 from conftest import Pair, llama_cpp_src, make_family_pair, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.reference]
@@ -28,7 +29,9 @@ def _make(tmp_path_factory: pytest.TempPathFactory, key: str) -> Pair:
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
-def family(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Pair, dict[str, Path]]:
+def family(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, Pair, dict[str, Path]]:
     """One pair per family, built through the CLI at F32 and Q8_0."""
     pair = _make(tmp_path_factory, request.param)
     out = tmp_path_factory.mktemp(f"{request.param}-out")
@@ -59,8 +62,15 @@ def _hf_model(pair: Pair, alpha: float = ALPHA):  # noqa: ANN202
 
 
 def _llama_logits(path: Path, ids: list[int]) -> np.ndarray:
-    llm = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=2,
-                          type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
+    llm = llama_cpp.Llama(
+        str(path),
+        n_ctx=64,
+        logits_all=True,
+        verbose=False,
+        n_threads=2,
+        type_k=llama_cpp.GGML_TYPE_F32,
+        type_v=llama_cpp.GGML_TYPE_F32,
+    )
     llm.eval(ids)
     return np.array(llm.scores[: len(ids)])
 
@@ -90,7 +100,11 @@ def test_gguf_layout(family):
     if key.startswith("llama3"):
         assert kv["tokenizer.ggml.model"] == "gpt2" and kv["tokenizer.ggml.pre"] == "llama-bpe"
         assert "rope_freqs.weight" in names
-        assert kv["llama.attention.key_length"] == config["head_dim"] != config["hidden_size"] // config["num_attention_heads"]
+        assert (
+            kv["llama.attention.key_length"]
+            == config["head_dim"]
+            != config["hidden_size"] // config["num_attention_heads"]
+        )
     else:
         assert kv["tokenizer.ggml.model"] == "llama" and "rope_freqs.weight" not in names
 
@@ -121,8 +135,12 @@ def test_template_matches_apply_chat_template(family):
     bos = llm.detokenize([llm.token_bos()], special=True).decode()
     eos = llm.detokenize([llm.token_eos()], special=True).decode()
     fmt = Jinja2ChatFormatter(llm.metadata["tokenizer.chat_template"], eos_token=eos, bos_token=bos)
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"},
-                {"role": "assistant", "content": "4"}, {"role": "user", "content": "And times ünïcode?"}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "And times ünïcode?"},
+    ]
     hf = transformers.AutoTokenizer.from_pretrained(pair.rlhf)
     expected = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert fmt(messages=messages).prompt == expected
@@ -238,8 +256,12 @@ def test_bos_follows_the_post_processor_as_transformers_does(llama3_copy, tmp_pa
     tok_path = llama3_copy.rlhf / "tokenizer.json"
     tok = json.loads(tok_path.read_text("utf-8"))
     if post == "bytelevel":
-        tok["post_processor"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False,
-                                 "use_regex": True}
+        tok["post_processor"] = {
+            "type": "ByteLevel",
+            "add_prefix_space": True,
+            "trim_offsets": False,
+            "use_regex": True,
+        }
         tok_path.write_text(json.dumps(tok), "utf-8")
     _edit(llama3_copy.rlhf / "tokenizer_config.json", add_bos_token=config_bos)
     path, _ = _build_q8(llama3_copy, tmp_path)
@@ -271,7 +293,9 @@ def test_merges_as_pairs_and_a_saved_tied_lm_head(llama3_copy, tmp_path):
         (d / "model.safetensors.index.json").write_text(json.dumps(index))
     edited, _ = _build_q8(llama3_copy, tmp_path / "edited")
     a, b = read_gguf_header(plain), read_gguf_header(edited)
-    assert [t.name for t in a.tensors] == [t.name for t in b.tensors] and "output.weight" not in {t.name for t in b.tensors}
+    assert [t.name for t in a.tensors] == [t.name for t in b.tensors] and "output.weight" not in {
+        t.name for t in b.tensors
+    }
     assert a.values["tokenizer.ggml.merges"] == b.values["tokenizer.ggml.merges"]
 
 
@@ -292,7 +316,9 @@ def test_llama3_pre_tokenizer_hash_is_llama_cpp_s(llama3_built):
 
 def test_llama3_k_quant_runs(llama3_copy, tmp_path):
     """rope_freqs and the tied token_embd through llama.cpp's own quantizer (Q4_K_M), then evaluated."""
-    res = run_cli("build", "--sft", llama3_copy.sft, "--rlhf", llama3_copy.rlhf, "-q", "f32,q4_k_m", "--outdir", tmp_path)
+    res = run_cli(
+        "build", "--sft", llama3_copy.sft, "--rlhf", llama3_copy.rlhf, "-q", "f32,q4_k_m", "--outdir", tmp_path
+    )
     assert res.exit_code == 0, res.output
     files = {p.stem.rsplit("-", 1)[1]: p for p in tmp_path.glob("*.gguf")}
     ids = [128000, 791, 4062, 14198, 39935, 35308, 927, 279, 16053, 5679, 13]

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import gguf
 import pytest
-from conftest import run_cli, smollm2_path
 
 from expo_gguf.gguf_file.info import describe
 from expo_gguf.gguf_file.modelfile import KNOWN, known_template, modelfile_text, write_modelfile
 from expo_gguf.source.chat_template import OPENCHAT_TEMPLATE
+
+from conftest import run_cli, smollm2_path
 
 CONVERSATIONS = {
     "user": [{"role": "user", "content": "Hello, how are you?"}],
@@ -78,7 +79,7 @@ GO_SPACE = " \t\r\n"
 def go_tokens(src: str) -> list[tuple[str, str]]:
     tokens, pos, trim_next = [], 0, False
     for m in ACTION.finditer(src):
-        text = src[pos:m.start()]
+        text = src[pos : m.start()]
         text = text.lstrip(GO_SPACE) if trim_next else text
         tokens.append(("text", text.rstrip(GO_SPACE) if m[1] else text))
         tokens.append(("action", m[2]))
@@ -174,8 +175,15 @@ def expand_go(cases: list[tuple[str, list[dict]]], tmp: Path) -> list[str]:
     """Go's text/template, executed the way Ollama's template.Execute does for .Messages."""
     (tmp / "main.go").write_text(GO_MAIN)
     payload = json.dumps([{"Template": t, "Messages": m} for t, m in cases])
-    res = subprocess.run(["go", "run", "main.go"], cwd=tmp, input=payload, capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "GO111MODULE": "off"})
+    res = subprocess.run(
+        ["go", "run", "main.go"],
+        cwd=tmp,
+        input=payload,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "GO111MODULE": "off"},
+    )
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
 
@@ -231,8 +239,10 @@ def test_template_expands_like_jinja_python(cases: list):
         assert expand_py(template, messages) == prompt, label
 
 
-@pytest.mark.skipif(shutil.which("go") is None, reason="no go toolchain: Go's text/template expansion not run "
-                                                       "(the Python evaluator test covers the same cases)")
+@pytest.mark.skipif(
+    shutil.which("go") is None,
+    reason="no go toolchain: Go's text/template expansion not run (the Python evaluator test covers the same cases)",
+)
 def test_template_expands_like_jinja_go(cases: list, tmp_path: Path):
     got = expand_go([(t, m) for _, t, m, _ in cases], tmp_path)
     for (label, _, _, prompt), out in zip(cases, got, strict=True):

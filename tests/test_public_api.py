@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 
 import expo_gguf
+
 from conftest import ROOT
 
 PACKAGE = ROOT / "expo_gguf"

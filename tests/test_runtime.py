@@ -8,11 +8,12 @@ from pathlib import Path
 import jinja2
 import llama_cpp
 import pytest
-from conftest import smollm2_path
 
-from expo_gguf.errors import ExpoError
 from expo_gguf import ChatModel, RunOptions, Sampling, load_model
+from expo_gguf.errors import ExpoError
 from expo_gguf.runtime.options import resolve_gpu_layers
+
+from conftest import smollm2_path
 
 GREEDY = Sampling(temp=0.0, seed=0, max_tokens=24)
 
@@ -34,11 +35,16 @@ def perf(model: ChatModel) -> tuple[int, int]:
 
 
 def test_prompt_is_the_gguf_template_rendered_by_plain_jinja(model: ChatModel) -> None:
-    messages = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi!"},
-                {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye?"}]
+    messages = [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "Hi!"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Bye?"},
+    ]
     env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
     expected = env.from_string(model.llama.metadata["tokenizer.chat_template"]).render(
-        messages=messages, add_generation_prompt=True, bos_token="", eos_token="")
+        messages=messages, add_generation_prompt=True, bos_token="", eos_token=""
+    )
     assert model.render(messages) == expected
     assert expected.endswith("<|im_start|>assistant\n")
 
@@ -48,8 +54,9 @@ def test_stop_ids_are_the_models_end_of_generation_tokens(model: ChatModel) -> N
     im_end = model.llama.tokenize(b"<|im_end|>", add_bos=False, special=True)
     assert len(im_end) == 1 and im_end[0] in model.stop_ids
     assert model.llama.token_eos() in model.stop_ids
-    assert all(llama_cpp.llama_vocab_is_eog(vocab, t) or llama_cpp.llama_vocab_is_control(vocab, t)
-               for t in model.stop_ids)
+    assert all(
+        llama_cpp.llama_vocab_is_eog(vocab, t) or llama_cpp.llama_vocab_is_control(vocab, t) for t in model.stop_ids
+    )
     assert model.piece(im_end[0]) == b""  # control text is never shown
 
 
@@ -103,8 +110,10 @@ def test_fit_drops_oldest_turns_and_refuses_oversized_messages(model: ChatModel)
     system = {"role": "system", "content": "You are terse."}
     turns = []
     for i in range(30):
-        turns += [{"role": "user", "content": f"Question number {i} about the weather today?"},
-                  {"role": "assistant", "content": f"Answer number {i}: it is sunny and warm."}]
+        turns += [
+            {"role": "user", "content": f"Question number {i} about the weather today?"},
+            {"role": "assistant", "content": f"Answer number {i}: it is sunny and warm."},
+        ]
     latest = {"role": "user", "content": "Final question?"}
     kept, dropped = model.fit([system, *turns, latest], GREEDY)
     assert dropped > 0 and kept[0] == system and kept[-1] == latest
@@ -154,7 +163,8 @@ def test_bench_chat_runs_and_writes_json(tmp_path: Path) -> None:
 
     out = tmp_path / "bench.json"
     result = _load_script("bench_chat").main(
-        ["--reps", "1", "--max-tokens", "8", "--reply-tokens", "4", "--ctx", "512", "--json", str(out)])
+        ["--reps", "1", "--max-tokens", "8", "--reply-tokens", "4", "--ctx", "512", "--json", str(out)]
+    )
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     gen = result["generation"]
     assert gen["same_text"] and gen["generated"] == [8] and gen["ours"]["tps"]["median"] > 0

@@ -10,19 +10,19 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from conftest import synthetic
 from click.testing import CliRunner
 
-from expo_gguf.cli import cli
 from expo_gguf import ChatModel, RunOptions, Sampling, load_model
+from expo_gguf.cli import cli
+
+from conftest import synthetic
 
 pytestmark = pytest.mark.slow
 
 END_OF_TURN = 32000
 # openchat-3.5-0106 / Starling-LM-7B-beta model card: "GPT4 Correct User: Hello<|end_of_turn|>GPT4
 # Correct Assistant:" tokenized by the Hugging Face tokenizer.
-CARD_IDS = [1, 420, 6316, 28781, 3198, 3123, 1247, 28747, 22557, 32000,
-            420, 6316, 28781, 3198, 3123, 21631, 28747]
+CARD_IDS = [1, 420, 6316, 28781, 3198, 3123, 1247, 28747, 22557, 32000, 420, 6316, 28781, 3198, 3123, 21631, 28747]
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +32,9 @@ def starling_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("starling")
     sft, rlhf = synthetic.make_pair(tmp / "pair", "tiny", seed=0)
     out = tmp / "models"
-    result = CliRunner().invoke(cli, ["build", "--sft", str(sft), "--rlhf", str(rlhf), "-q", "q8_0",
-                                      "--outdir", str(out)])
+    result = CliRunner().invoke(
+        cli, ["build", "--sft", str(sft), "--rlhf", str(rlhf), "-q", "q8_0", "--outdir", str(out)]
+    )
     assert result.exit_code == 0, result.output
     (gguf,) = out.glob("*.gguf")
     return gguf
@@ -53,23 +54,38 @@ def test_prompt_is_openchat(model: ChatModel) -> None:
     multi = one + [{"role": "assistant", "content": "Hi"}, {"role": "user", "content": "How are you?"}]
     assert model.render(multi) == (
         "<s>GPT4 Correct User: Hello<|end_of_turn|>GPT4 Correct Assistant: Hi<|end_of_turn|>"
-        "GPT4 Correct User: How are you?<|end_of_turn|>GPT4 Correct Assistant:")
-    assert model.tokenize(multi)[:len(CARD_IDS)] == CARD_IDS  # turn 2 extends turn 1: KV reuse
+        "GPT4 Correct User: How are you?<|end_of_turn|>GPT4 Correct Assistant:"
+    )
+    assert model.tokenize(multi)[: len(CARD_IDS)] == CARD_IDS  # turn 2 extends turn 1: KV reuse
 
 
 def test_stop_set_and_no_control_text(model: ChatModel) -> None:
     assert END_OF_TURN in model.stop_ids
     for control in (1, 2, END_OF_TURN, 32001):  # <s>, </s>, <|end_of_turn|>, <|pad_0|>
         assert model.piece(control) == b""
-    reply = "".join(model.stream([{"role": "user", "content": "Hello"}],
-                                 Sampling(temp=0.0, seed=0, max_tokens=32)))
+    reply = "".join(model.stream([{"role": "user", "content": "Hello"}], Sampling(temp=0.0, seed=0, max_tokens=32)))
     assert model.last_stats.generated > 0
     for text in ("<|", "<s>", "</s>", "GPT4 Correct"):
         assert text not in reply
 
 
 def test_one_shot_cli(starling_gguf: Path) -> None:
-    result = CliRunner().invoke(cli, ["chat", str(starling_gguf), "-p", "Hello", "--temp", "0",
-                                      "--max-tokens", "16", "--ctx", "256", "--threads", "1"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "chat",
+            str(starling_gguf),
+            "-p",
+            "Hello",
+            "--temp",
+            "0",
+            "--max-tokens",
+            "16",
+            "--ctx",
+            "256",
+            "--threads",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "<|end_of_turn|>" not in result.output

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from conftest import llama_cpp_src, synthetic
 
 gen = synthetic
@@ -38,8 +39,14 @@ def test_layout_and_shards(pair: tuple[Path, Path]) -> None:
         assert sorted(p.name for p in d.glob("*.safetensors")) == shards
         assert set(idx["weight_map"]) == set(expected)
         assert idx["metadata"]["total_size"] == sum(2 * int(np.prod(s)) for s in expected.values())
-        for f in ("config.json", "generation_config.json", "tokenizer.model", "tokenizer_config.json",
-                  "added_tokens.json", "special_tokens_map.json"):
+        for f in (
+            "config.json",
+            "generation_config.json",
+            "tokenizer.model",
+            "tokenizer_config.json",
+            "added_tokens.json",
+            "special_tokens_map.json",
+        ):
             assert (d / f).is_file(), f
         shard_sets.append(tuple(idx["weight_map"][k] for k in sorted(expected)))
     assert shard_sets[0] != shard_sets[1], "SFT and RLHF must be sharded differently"
@@ -83,8 +90,7 @@ def test_transformers_forward(pair: tuple[Path, Path]) -> None:
     ids = torch.tensor([[1, 22557, 28725, 1526, 28808, 32000]])
     logits = []
     for d in pair:
-        model, info = transformers.MistralForCausalLM.from_pretrained(
-            d, dtype=torch.float32, output_loading_info=True)
+        model, info = transformers.MistralForCausalLM.from_pretrained(d, dtype=torch.float32, output_loading_info=True)
         assert not info["missing_keys"] and not info["unexpected_keys"]
         with torch.no_grad():
             out = model(ids).logits
@@ -103,7 +109,24 @@ def test_tokenizer(pair: tuple[Path, Path]) -> None:
     assert text == "<s>GPT4 Correct User: hi<|end_of_turn|>GPT4 Correct Assistant:"
     # Token ids as openchat's model card lists them for this prompt format.
     assert tok(text, add_special_tokens=False).input_ids == [
-        1, 420, 6316, 28781, 3198, 3123, 1247, 28747, 12014, 32000, 420, 6316, 28781, 3198, 3123, 21631, 28747]
+        1,
+        420,
+        6316,
+        28781,
+        3198,
+        3123,
+        1247,
+        28747,
+        12014,
+        32000,
+        420,
+        6316,
+        28781,
+        3198,
+        3123,
+        21631,
+        28747,
+    ]
     cfg = json.loads((pair[1] / "tokenizer_config.json").read_text())
     assert cfg["chat_template"] == gen.families.STARLING_TEMPLATE
     assert cfg["model_max_length"] == 1000000000000000019884624838656
@@ -138,24 +161,37 @@ def test_cli_shard_mb(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 # --- the other families: zephyr (Mistral, 32000 pieces) and llama3 (Llama, GQA, head_dim, BPE) -------------------
 FAMILY_CASES = [("zephyr", False), ("llama3", False), ("llama3", True)]
 FILES = {
-    "zephyr": {"config.json", "generation_config.json", "tokenizer.model", "tokenizer_config.json",
-               "special_tokens_map.json"},
-    "llama3": {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-               "special_tokens_map.json"},
+    "zephyr": {
+        "config.json",
+        "generation_config.json",
+        "tokenizer.model",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    },
+    "llama3": {
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    },
 }
 SPECIAL_IDS = {"zephyr": (32000, 1, 2), "llama3": (128256, 128000, 128009)}  # (len(tokenizer), bos, eos)
 GENERATION_EOS = {"zephyr": 2, "llama3": [128001, 128008, 128009]}
 CHAT_HI = {  # one user turn "hi" with add_generation_prompt, as the models' cards give the format
     "zephyr": "<|user|>\nhi</s>\n<|assistant|>\n",
-    "llama3": ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
-               "Today Date: 26 Jul 2024\n\n<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"
-               "<|start_header_id|>assistant<|end_header_id|>\n\n"),
+    "llama3": (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
+        "Today Date: 26 Jul 2024\n\n<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    ),
 }
 
 
 @pytest.fixture(scope="module", params=FAMILY_CASES, ids=["zephyr", "llama3", "llama3-tied"])
-def family_pair(request: pytest.FixtureRequest,
-                tmp_path_factory: pytest.TempPathFactory) -> tuple[str, bool, Path, Path]:
+def family_pair(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, bool, Path, Path]:
     """Made through the CLI, as a user would."""
     family, tied = request.param
     if gen.FAMILIES[family].needs_llama_cpp:
@@ -272,8 +308,16 @@ def test_llama_cpp_src_fetches_only_our_parts(tmp_path: Path, monkeypatch: pytes
 
     models = gen.models
     top = "llama_cpp_python-9.9.9/vendor/llama.cpp/"
-    names = ["models/ggml-vocab-x.gguf", "models/templates/t.jinja", "convert_hf_to_gguf.py", "conversion/a.py",
-             "gguf-py/gguf/b.py", "src/llama.cpp", "models/other.bin", "tests/t.py"]
+    names = [
+        "models/ggml-vocab-x.gguf",
+        "models/templates/t.jinja",
+        "convert_hf_to_gguf.py",
+        "conversion/a.py",
+        "gguf-py/gguf/b.py",
+        "src/llama.cpp",
+        "models/other.bin",
+        "tests/t.py",
+    ]
     sdist = tmp_path / "sdist.tar.gz"
     with tarfile.open(sdist, "w:gz") as tar:
         for n in names:

@@ -14,9 +14,9 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -74,8 +74,8 @@ class _Worker:
             x = extrapolate(r, s, alpha, out=r if k == len(alphas) - 1 else bufs[4].view(np.float32)[: r.size])
             if not np.isfinite(x).all():
                 raise ExpoError(
-                    f"{job.rlhf.name}: NaN or Inf in the result (rows {start}-{stop}); "
-                    "are both checkpoints intact?", exit_code=1,
+                    f"{job.rlhf.name}: NaN or Inf in the result (rows {start}-{stop}); are both checkpoints intact?",
+                    exit_code=1,
                 )
             x = x.reshape(stop - start, -1) if len(job.shape) > 1 else x.reshape(1, -1)
             if job.rope_rows:
@@ -95,7 +95,8 @@ def _disk_error(plan: Plan, path: Path, e: OSError) -> ExpoError:
     if e.errno == errno.ENOSPC:
         return ExpoError(
             f"disk full writing {path.name}: the build needs {plan.disk_needed / 1e9:.2f} GB, "
-            f"{plan.disk_free / 1e9:.2f} GB was free at the start", exit_code=1,
+            f"{plan.disk_free / 1e9:.2f} GB was free at the start",
+            exit_code=1,
         )
     return ExpoError(f"cannot write {path}: {e.strerror}", exit_code=1)
 
@@ -117,7 +118,11 @@ def stream_pass(plan: Plan, progress: Progress) -> list[BuiltFile]:
                 for i, job, start, stop in _chunks(plan):
                     if len(pending) >= window:
                         _drain(pending.popleft(), streams, progress)
-                    nbytes = (stop - start) * job.rlhf.row_elems * (DTYPES[job.rlhf.dtype].itemsize + DTYPES[job.sft.dtype].itemsize)
+                    nbytes = (
+                        (stop - start)
+                        * job.rlhf.row_elems
+                        * (DTYPES[job.rlhf.dtype].itemsize + DTYPES[job.sft.dtype].itemsize)
+                    )
                     pending.append((pool.submit(worker, i, job, start, stop), nbytes))
                 while pending:
                     _drain(pending.popleft(), streams, progress)
@@ -127,7 +132,9 @@ def stream_pass(plan: Plan, progress: Progress) -> list[BuiltFile]:
                 raise
         seconds = time.perf_counter() - t0
         hashes = [s.finish() for s in streams]
-        return [BuiltFile(s.out.path, s.out.quant.label, s.tmp.stat().st_size, seconds, h) for s, h in zip(streams, hashes)]
+        return [
+            BuiltFile(s.out.path, s.out.quant.label, s.tmp.stat().st_size, seconds, h) for s, h in zip(streams, hashes)
+        ]
     except OSError as e:
         for s in streams:
             s.abort()
@@ -188,8 +195,11 @@ def run_build(plan: Plan, progress: Progress = SILENT) -> list[BuiltFile]:
     checked, then all are renamed; any failure or Ctrl+C removes every one of them.
     """
     if plan.disk_free < plan.disk_needed:
-        raise ExpoError(f"not enough disk in {plan.request.outdir}: the build needs {plan.disk_needed / 1e9:.2f} GB, "
-                        f"{plan.disk_free / 1e9:.2f} GB free", exit_code=1)
+        raise ExpoError(
+            f"not enough disk in {plan.request.outdir}: the build needs {plan.disk_needed / 1e9:.2f} GB, "
+            f"{plan.disk_free / 1e9:.2f} GB free",
+            exit_code=1,
+        )
     parts = [part_path(o.path) for o in plan.streamed + plan.derived]
     _remove_stale_parts(plan)
     try:
@@ -201,8 +211,9 @@ def run_build(plan: Plan, progress: Progress = SILENT) -> list[BuiltFile]:
             tmp = part_path(out.path)
             _interruptible(llama_quantize, part_path(out.source), tmp, out.quant, plan.request.threads)
             verify(tmp, plan)
-            built.append(BuiltFile(out.path, out.quant.label, tmp.stat().st_size,
-                                   time.perf_counter() - t0, sha256_file(tmp)))
+            built.append(
+                BuiltFile(out.path, out.quant.label, tmp.stat().st_size, time.perf_counter() - t0, sha256_file(tmp))
+            )
         temporary = {o.path for o in plan.streamed if o.temporary}
         kept = [b for b in built if b.path not in temporary]
         for b in kept:

@@ -7,9 +7,8 @@ interleaves them).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import gguf
 import numpy as np
@@ -97,7 +96,9 @@ def hparams_from_config(config: dict, where: str) -> HParams:
             head_count=n_head,
             head_count_kv=int(config.get("num_key_value_heads") or n_head),
             head_dim=int(config.get("head_dim") or (hidden // n_head if n_head > 0 else 0)),
-            rope_freq_base=float(config.get("rope_theta", (config.get("rope_parameters") or {}).get("rope_theta", 10000.0))),
+            rope_freq_base=float(
+                config.get("rope_theta", (config.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+            ),
             rms_eps=float(config.get("rms_norm_eps", 1e-5)),
             vocab_size=int(config["vocab_size"]),
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
@@ -122,7 +123,9 @@ def check_hparams(hp: HParams, config: dict, where: str) -> None:
         raise ExpoError(f"{where}: head_dim {hp.head_dim} is odd; rotary embeddings need it even")
     rope = hp.rope
     if hp.rope_type not in ROPE_TYPES:
-        raise ExpoError(f"{where}: rope_scaling type {hp.rope_type!r} is not supported; supported: {', '.join(ROPE_TYPES)}")
+        raise ExpoError(
+            f"{where}: rope_scaling type {hp.rope_type!r} is not supported; supported: {', '.join(ROPE_TYPES)}"
+        )
     if hp.rope_type != "default" and not (isinstance(rope.get("factor"), float) and rope["factor"] > 0):
         raise ExpoError(f"{where}: rope_scaling {hp.rope_type} needs a positive factor, got {rope.get('factor')!r}")
     if config.get("attention_bias") or config.get("mlp_bias"):
@@ -131,16 +134,26 @@ def check_hparams(hp: HParams, config: dict, where: str) -> None:
 
 def expected_shapes(hp: HParams) -> dict[str, tuple[int, ...]]:
     """Every tensor llama.cpp's llama architecture loads for these numbers, rows first as HF stores them."""
-    e, q, kv, f = hp.embedding_length, hp.head_count * hp.head_dim, hp.head_count_kv * hp.head_dim, hp.feed_forward_length
+    e, q, kv, f = (
+        hp.embedding_length,
+        hp.head_count * hp.head_dim,
+        hp.head_count_kv * hp.head_dim,
+        hp.feed_forward_length,
+    )
     shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (hp.vocab_size, e), "output_norm.weight": (e,)}
     if not hp.tie_word_embeddings:
         shapes["output.weight"] = (hp.vocab_size, e)
     for i in range(hp.block_count):
         shapes |= {
-            f"blk.{i}.attn_norm.weight": (e,), f"blk.{i}.ffn_norm.weight": (e,),
-            f"blk.{i}.attn_q.weight": (q, e), f"blk.{i}.attn_k.weight": (kv, e),
-            f"blk.{i}.attn_v.weight": (kv, e), f"blk.{i}.attn_output.weight": (e, q),
-            f"blk.{i}.ffn_gate.weight": (f, e), f"blk.{i}.ffn_up.weight": (f, e), f"blk.{i}.ffn_down.weight": (e, f),
+            f"blk.{i}.attn_norm.weight": (e,),
+            f"blk.{i}.ffn_norm.weight": (e,),
+            f"blk.{i}.attn_q.weight": (q, e),
+            f"blk.{i}.attn_k.weight": (kv, e),
+            f"blk.{i}.attn_v.weight": (kv, e),
+            f"blk.{i}.attn_output.weight": (e, q),
+            f"blk.{i}.ffn_gate.weight": (f, e),
+            f"blk.{i}.ffn_up.weight": (f, e),
+            f"blk.{i}.ffn_down.weight": (e, f),
         }
     return shapes
 
@@ -178,9 +191,7 @@ def permute_rows(rows: np.ndarray, n_rows_per_head: int) -> np.ndarray:
     """llama.cpp's ``LlamaModel.permute`` for a block of whole heads: interleave each head's halves."""
     n, cols = rows.shape
     heads = n // n_rows_per_head
-    return (
-        rows.reshape(heads, 2, n_rows_per_head // 2, cols).swapaxes(1, 2).reshape(n, cols)
-    )
+    return rows.reshape(heads, 2, n_rows_per_head // 2, cols).swapaxes(1, 2).reshape(n, cols)
 
 
 def rope_freqs(hp: HParams) -> np.ndarray | None:

@@ -15,13 +15,21 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from ..source.checkpoint import Checkpoint, TensorRef, load_checkpoint
 from ..errors import ExpoError
-from .mapping import (HParams, check_hparams, describe_rope, expected_shapes, hparams_from_config, rope_freqs,
-                      rope_heads, tensor_names)
 from ..quant.types import INTERMEDIATE, Quant, nbytes, tensor_type
+from ..source.checkpoint import Checkpoint, TensorRef, load_checkpoint
 from ..source.presets import expo_name
 from ..source.vocab import Vocab, load_vocab
+from .mapping import (
+    HParams,
+    check_hparams,
+    describe_rope,
+    expected_shapes,
+    hparams_from_config,
+    rope_freqs,
+    rope_heads,
+    tensor_names,
+)
 
 CHUNK_ELEMS = 1 << 18  # float32 values per work item: 1 MiB, sized for a core's L2 cache
 
@@ -111,8 +119,11 @@ def _check_pair(sft: Checkpoint, rlhf: Checkpoint) -> HParams:
     hp_r = hparams_from_config(rlhf.config, rlhf.label)
     for field in hp_r.__dataclass_fields__:
         if getattr(hp_s, field) != getattr(hp_r, field):
-            s, r = ((describe_rope(hp_s), describe_rope(hp_r)) if field == "rope_scaling"
-                    else (getattr(hp_s, field), getattr(hp_r, field)))
+            s, r = (
+                (describe_rope(hp_s), describe_rope(hp_r))
+                if field == "rope_scaling"
+                else (getattr(hp_s, field), getattr(hp_r, field))
+            )
             problems.append(f"{field} {s} (SFT) vs {r} (RLHF)")
     only_r = sorted(set(rlhf.tensors) - set(sft.tensors))
     only_s = sorted(set(sft.tensors) - set(rlhf.tensors))
@@ -122,7 +133,9 @@ def _check_pair(sft: Checkpoint, rlhf: Checkpoint) -> HParams:
         problems.append(f"{len(only_s)} tensors only in SFT (first {only_s[0]})")
     for name in sorted(set(rlhf.tensors) & set(sft.tensors)):
         if rlhf.tensors[name].shape != sft.tensors[name].shape:
-            problems.append(f"{name} shape {list(sft.tensors[name].shape)} (SFT) vs {list(rlhf.tensors[name].shape)} (RLHF)")
+            problems.append(
+                f"{name} shape {list(sft.tensors[name].shape)} (SFT) vs {list(rlhf.tensors[name].shape)} (RLHF)"
+            )
     if problems:
         more = f" (and {len(problems) - 4} more)" if len(problems) > 4 else ""
         raise ExpoError(f"SFT and RLHF checkpoints do not match: {'; '.join(problems[:4])}{more}")
@@ -136,10 +149,16 @@ def _check_against_config(rlhf: Checkpoint, names: dict[str, str], hp: HParams) 
     have = {names[n]: rlhf.tensors[n].shape for n in names}
     missing = sorted(set(want) - set(have))
     extra = sorted(set(have) - set(want))
-    wrong = [f"{n} is {list(have[n])}, config.json implies {list(want[n])}"
-             for n in sorted(set(want) & set(have)) if have[n] != want[n]]
-    problems = ([f"missing {len(missing)} tensors (first {missing[0]})"] if missing else []) \
-        + ([f"{len(extra)} unexpected tensors (first {extra[0]})"] if extra else []) + wrong
+    wrong = [
+        f"{n} is {list(have[n])}, config.json implies {list(want[n])}"
+        for n in sorted(set(want) & set(have))
+        if have[n] != want[n]
+    ]
+    problems = (
+        ([f"missing {len(missing)} tensors (first {missing[0]})"] if missing else [])
+        + ([f"{len(extra)} unexpected tensors (first {extra[0]})"] if extra else [])
+        + wrong
+    )
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise ExpoError(f"{rlhf.label}: tensors do not match config.json: {'; '.join(problems[:3])}{more}")
@@ -198,8 +217,11 @@ def make_plan(req: BuildRequest) -> Plan:
         rope_rows = ref.shape[0] // heads if heads else None
         if heads and ref.shape[0] != heads * hp.head_dim:
             raise ExpoError(f"{hf_name}: {ref.shape[0]} rows do not hold {heads} heads of {hp.head_dim}")
-        jobs.append(TensorJob(names[hf_name], ref.shape, ref, sft.tensors[hf_name], rope_rows,
-                              _chunk_rows(ref.shape, rope_rows)))
+        jobs.append(
+            TensorJob(
+                names[hf_name], ref.shape, ref, sft.tensors[hf_name], rope_rows, _chunk_rows(ref.shape, rope_rows)
+            )
+        )
     freqs = rope_freqs(hp)
     extra = (ExtraTensor("rope_freqs.weight", freqs),) if freqs is not None else ()
 
@@ -211,7 +233,9 @@ def make_plan(req: BuildRequest) -> Plan:
     for alpha in req.alphas:
         floats: dict[str, Output] = {}
         for quant in [q for q in req.quants if not q.by_llama_cpp]:
-            out = _streamed_output(quant, alpha, output_path(req, name, alpha, quant.label), jobs, extra_bytes, warnings)
+            out = _streamed_output(
+                quant, alpha, output_path(req, name, alpha, quant.label), jobs, extra_bytes, warnings
+            )
             streamed.append(out)
             floats[quant.name] = out
         kquants = [q for q in req.quants if q.by_llama_cpp]
@@ -230,12 +254,31 @@ def make_plan(req: BuildRequest) -> Plan:
     existing = [o.path for o in streamed + derived if o.path.exists() and not o.temporary]
     if existing and not req.force:
         raise ExpoError(f"{existing[0]} exists{' (and more)' if len(existing) > 1 else ''}; use --force to overwrite")
-    return Plan(req, name, sft, rlhf, hp, vocab, tuple(jobs), extra, tuple(streamed), tuple(derived),
-                tuple(dict.fromkeys(warnings)), _free_space(req.outdir))
+    return Plan(
+        req,
+        name,
+        sft,
+        rlhf,
+        hp,
+        vocab,
+        tuple(jobs),
+        extra,
+        tuple(streamed),
+        tuple(derived),
+        tuple(dict.fromkeys(warnings)),
+        _free_space(req.outdir),
+    )
 
 
-def _streamed_output(quant: Quant, alpha: float, path: Path, jobs: list[TensorJob], extra_bytes: int,
-                     warnings: list[str], temporary: bool = False) -> Output:
+def _streamed_output(
+    quant: Quant,
+    alpha: float,
+    path: Path,
+    jobs: list[TensorJob],
+    extra_bytes: int,
+    warnings: list[str],
+    temporary: bool = False,
+) -> Output:
     types = []
     for job in jobs:
         qtype, warning = tensor_type(quant, job.gguf_name, job.shape)

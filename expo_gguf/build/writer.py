@@ -17,12 +17,12 @@ import gguf
 import numpy as np
 
 from .._fs import part_path
-from ..source.checkpoint import Checkpoint
 from ..errors import ExpoError
 from ..gguf_file.header import read_gguf_header
+from ..quant.types import nbytes
+from ..source.checkpoint import Checkpoint
 from .mapping import ARCH_NAME, add_hparams
 from .plan import Output, Plan
-from ..quant.types import nbytes
 
 
 def tool_version() -> str:

@@ -13,21 +13,23 @@ from .._fs import read_capped
 from ..errors import ExpoError
 from .messages import Message, message_problem
 
+
 def _read_json(path: Path) -> object:
     text = read_capped(path, "/load reads conversations")
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise ExpoError(f"cannot read {path}: invalid JSON ({e.msg} at line {e.lineno},"
-                        f" column {e.colno})") from None
+        raise ExpoError(f"cannot read {path}: invalid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
     except RecursionError:  # json recurses per nesting level
         raise ExpoError(f"cannot read {path}: JSON nested too deeply") from None
 
 
 def _checked(messages: object, path: Path, where: str = "") -> list[Message]:
     if not isinstance(messages, list):
-        raise ExpoError(f"{path} is not a conversation{where}: expected a list of messages or an"
-                        ' object with "messages", as /save writes')
+        raise ExpoError(
+            f"{path} is not a conversation{where}: expected a list of messages or an"
+            ' object with "messages", as /save writes'
+        )
     for i, m in enumerate(messages):
         problem = message_problem(i, m)
         if problem:
@@ -57,12 +59,15 @@ def load_threads(path: Path, n: int) -> list[list[Message]]:
     if not isinstance(threads, list) or len(threads) != n:
         count = len(threads) if isinstance(threads, list) else "no list of"
         raise ExpoError(f"{path} holds {count} threads; this chat has {n} models")
-    return [_checked(t.get("messages") if isinstance(t, dict) else None, path, f" (thread {i + 1})")
-            for i, t in enumerate(threads)]
+    return [
+        _checked(t.get("messages") if isinstance(t, dict) else None, path, f" (thread {i + 1})")
+        for i, t in enumerate(threads)
+    ]
 
 
-def save_conversation(path: Path, messages: list[Message], settings: dict[str, object],
-                      threads: list[dict[str, object]] | None = None) -> None:
+def save_conversation(
+    path: Path, messages: list[Message], settings: dict[str, object], threads: list[dict[str, object]] | None = None
+) -> None:
     """The JSON ``load_conversation`` reads back: the messages, and the sampling settings as a record.
 
     ``chat --vs`` adds ``threads``, one ``{"model", "file", "messages"}`` per model; ``messages``

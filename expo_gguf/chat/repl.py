@@ -21,8 +21,8 @@ from rich.markdown import Markdown
 from rich.markup import escape
 from rich.table import Table
 
-from .conversation import load_conversation, save_conversation
 from ..errors import ExpoError
+from .conversation import load_conversation, save_conversation
 from .messages import Message
 
 PROMPT, CONTINUE = ">>> ", "... "
@@ -108,16 +108,24 @@ def read_message(read_line: Callable[[str], str]) -> str:
 class Repl:
     """State of one interactive session; ``run_repl`` is the entry point."""
 
-    def __init__(self, backend: Backend, settings: Any, messages: list[Message],
-                 console: Console, markdown: bool) -> None:
+    def __init__(
+        self, backend: Backend, settings: Any, messages: list[Message], console: Console, markdown: bool
+    ) -> None:
         self.backend, self.settings, self.messages = backend, settings, messages
         self.console, self.markdown = console, markdown
         self.told_trim = False
         self.commands: dict[str, Callable[[str], None]] = {
             "help": lambda _: self.console.print(HELP, markup=False, highlight=False),
-            "clear": self.clear, "system": self.system, "set": self.set,
-            "show": self.show, "stats": self.stats, "regen": self.regen,
-            "save": self.save, "load": self.load, "exit": self.exit, "quit": self.exit,
+            "clear": self.clear,
+            "system": self.system,
+            "set": self.set,
+            "show": self.show,
+            "stats": self.stats,
+            "regen": self.regen,
+            "save": self.save,
+            "load": self.load,
+            "exit": self.exit,
+            "quit": self.exit,
         }
 
     def note(self, text: str) -> None:
@@ -234,8 +242,10 @@ class Repl:
             self.messages[:] = kept
             if not self.told_trim:
                 self.told_trim = True
-                self.note(f"context full: dropped the {dropped} oldest messages"
-                          " (older turns will keep being dropped as needed)")
+                self.note(
+                    f"context full: dropped the {dropped} oldest messages"
+                    " (older turns will keep being dropped as needed)"
+                )
         chunks: list[str] = []
         interrupted = False
         try:
@@ -263,12 +273,10 @@ class Repl:
     @contextmanager
     def _renderer(self) -> Iterator[Callable[[str, str], None]]:
         if self.markdown:
-            with Live(Markdown(""), console=self.console, refresh_per_second=8,
-                      vertical_overflow="visible") as live:
+            with Live(Markdown(""), console=self.console, refresh_per_second=8, vertical_overflow="visible") as live:
                 yield lambda text, _chunk: live.update(Markdown(text))
             return
-        yield lambda _text, chunk: self.console.print(
-            chunk, end="", markup=False, highlight=False, soft_wrap=True)
+        yield lambda _text, chunk: self.console.print(chunk, end="", markup=False, highlight=False, soft_wrap=True)
         self.console.print()
 
     def run(self, read_line: Callable[[str], str]) -> None:
@@ -316,9 +324,15 @@ class Repl:
         return True
 
 
-def run_repl(backend: Backend, settings: Any, *, console: Console,
-             messages: list[Message] | None = None, markdown: bool = True,
-             read_line: Callable[[str], str] = input) -> list[Message]:
+def run_repl(
+    backend: Backend,
+    settings: Any,
+    *,
+    console: Console,
+    messages: list[Message] | None = None,
+    markdown: bool = True,
+    read_line: Callable[[str], str] = input,
+) -> list[Message]:
     """Chat until /exit, Ctrl+D or Ctrl+C twice; returns the conversation."""
     repl = Repl(backend, settings, messages if messages is not None else [], console, markdown)
     repl.run(read_line)

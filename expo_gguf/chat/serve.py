@@ -35,13 +35,23 @@ def exposure_warning(host: str, api_key: str | None) -> str | None:
     if is_loopback(host):
         return None
     who = "every interface" if host in ("0.0.0.0", "::", "[::]", "") else host
-    guard = ("requests need the API key" if api_key else
-             "anyone who can reach this machine can use the model; add --api-key KEY")
+    guard = (
+        "requests need the API key"
+        if api_key
+        else "anyone who can reach this machine can use the model; add --api-key KEY"
+    )
     return f"listening on {who} ({host}), not just this machine: {guard}"
 
 
-def serve(path: Path, options: RunOptions, host: str, port: int, api_key: str | None,
-          warn: Callable[[str], None], say: Callable[[str], None]) -> None:
+def serve(
+    path: Path,
+    options: RunOptions,
+    host: str,
+    port: int,
+    api_key: str | None,
+    warn: Callable[[str], None],
+    say: Callable[[str], None],
+) -> None:
     """Serve ``path`` until Ctrl+C; ``warn`` and ``say`` print on the caller's behalf."""
     path = check_header(path)
     if api_key is not None and not api_key.strip():
@@ -59,10 +69,17 @@ def serve(path: Path, options: RunOptions, host: str, port: int, api_key: str | 
     warnings += [exposed] if exposed else []
     for text in warnings:
         warn(text)
-    model_settings = ModelSettings(model=str(path), n_gpu_layers=run.gpu_layers, n_ctx=n_ctx,
-                                   n_threads=run.threads, n_threads_batch=run.threads, verbose=run.verbose)
-    app = create_app(server_settings=ServerSettings(host=host, port=port, api_key=api_key),
-                     model_settings=[model_settings])
+    model_settings = ModelSettings(
+        model=str(path),
+        n_gpu_layers=run.gpu_layers,
+        n_ctx=n_ctx,
+        n_threads=run.threads,
+        n_threads_batch=run.threads,
+        verbose=run.verbose,
+    )
+    app = create_app(
+        server_settings=ServerSettings(host=host, port=port, api_key=api_key), model_settings=[model_settings]
+    )
     shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
     auth = " with an API key" if api_key else ""
     say(f"serving {path} at http://{shown}:{port}/v1{auth} (Ctrl+C stops)")

@@ -40,8 +40,10 @@ def backend(session: ChatModel, sampling: Sampling) -> Backend:
     def show() -> dict[str, str]:
         used = session.last_stats.ctx_used if session.last_stats else 0
         return {
-            "model": f"{info.name} ({info.path})", "quant": info.quant,
-            "size": human_bytes(info.size_bytes), "device": info.device,
+            "model": f"{info.name} ({info.path})",
+            "quant": info.quant,
+            "size": human_bytes(info.size_bytes),
+            "device": info.device,
             "context": f"{used}/{info.n_ctx} used (trained {info.n_ctx_train})",
             "stop ids": ", ".join(map(str, sorted(session.stop_ids))),
         }
@@ -60,8 +62,7 @@ def _echo(text: str) -> None:
     sys.stdout.flush()
 
 
-def answer_once(session: ChatModel, sampling: Sampling, messages: list[Message], err: Console,
-                verbose: bool) -> None:
+def answer_once(session: ChatModel, sampling: Sampling, messages: list[Message], err: Console, verbose: bool) -> None:
     """The reply alone on stdout, streamed, so it pipes cleanly into other tools."""
     kept, _ = session.fit(messages, sampling)
     for chunk in session.stream(kept, sampling):
@@ -71,8 +72,9 @@ def answer_once(session: ChatModel, sampling: Sampling, messages: list[Message],
         err.print(session.last_stats.line(), style="dim", markup=False)
 
 
-def answer_once_each(sessions: Sequence[ChatModel], names: Sequence[str], sampling: Sampling,
-                     messages: list[Message]) -> None:
+def answer_once_each(
+    sessions: Sequence[ChatModel], names: Sequence[str], sampling: Sampling, messages: list[Message]
+) -> None:
     """Each model's reply on stdout under its name, first model first."""
     for i, (session, name) in enumerate(zip(sessions, names)):
         _echo(f"{'' if i == 0 else chr(10)}## {name}\n")
@@ -91,25 +93,36 @@ def chat_interactive(session: ChatModel, sampling: Sampling, messages: list[Mess
     console = Console(highlight=False)
     info = session.info
     _line_editing()
-    console.print(f"[bold]{escape(info.name)}[/] · {info.quant} · {human_bytes(info.size_bytes)}"
-                  f" · ctx {info.n_ctx} · {info.device}")
+    console.print(
+        f"[bold]{escape(info.name)}[/] · {info.quant} · {human_bytes(info.size_bytes)}"
+        f" · ctx {info.n_ctx} · {info.device}"
+    )
     for note in info.notes:
         console.print(f"note: {note}", style="dim", markup=False, soft_wrap=True)
     console.print("/help for commands, Ctrl+D or /exit to leave", style="dim")
-    run_repl(backend(session, sampling), sampling, console=console, messages=messages,
-             markdown=not plain and console.is_terminal)
+    run_repl(
+        backend(session, sampling),
+        sampling,
+        console=console,
+        messages=messages,
+        markdown=not plain and console.is_terminal,
+    )
 
 
-def chat_interactive_vs(sessions: Sequence[ChatModel], names: list[str], sampling: Sampling,
-                        messages: list[Message], plain: bool) -> None:
+def chat_interactive_vs(
+    sessions: Sequence[ChatModel], names: list[str], sampling: Sampling, messages: list[Message], plain: bool
+) -> None:
     console = Console(highlight=False)
     _line_editing()
     for line in vs.banner(sessions, names):
         console.print(line, markup=False, soft_wrap=True)
     for note in dict.fromkeys(n for s in sessions for n in s.info.notes):
         console.print(f"note: {note}", style="dim", markup=False, soft_wrap=True)
-    console.print("each message is answered by both, each model keeping its own thread;"
-                  " /help for commands, Ctrl+D or /exit to leave", style="dim", soft_wrap=True)
+    console.print(
+        "each message is answered by both, each model keeping its own thread;"
+        " /help for commands, Ctrl+D or /exit to leave",
+        style="dim",
+        soft_wrap=True,
+    )
     sides = [(name, s.info.path, backend(s, sampling)) for name, s in zip(names, sessions)]
-    vs.run_vs(sides, sampling, console=console, messages=messages,
-              markdown=not plain and console.is_terminal)
+    vs.run_vs(sides, sampling, console=console, messages=messages, markdown=not plain and console.is_terminal)

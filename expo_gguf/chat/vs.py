@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.markup import escape
 
-from .conversation import load_threads, save_conversation
-from .messages import Message, Sampling
+from .._units import human_bytes
 from ..errors import ExpoError
 from ..gguf_file.info import describe
 from ..runtime.options import cap_context
+from .conversation import load_threads, save_conversation
+from .messages import Message, Sampling
 from .repl import Backend, Repl, sigint_flag
-from .._units import human_bytes
 
 if TYPE_CHECKING:  # the REPL side never imports llama.cpp
     from ..runtime.model import ChatModel
@@ -50,9 +50,11 @@ class MemoryEstimate:
         def each(parts: tuple[int, ...]) -> str:
             return " + ".join(human_bytes(x) for x in parts)
 
-        return (f"memory: about {human_bytes(self.total)} for both (RAM, or GPU memory for offloaded layers)"
-                f" = the files ({each(self.files)}, memory-mapped) + f16 KV caches ({each(self.kv)})"
-                f" + compute buffers ({each(self.compute)})")
+        return (
+            f"memory: about {human_bytes(self.total)} for both (RAM, or GPU memory for offloaded layers)"
+            f" = the files ({each(self.files)}, memory-mapped) + f16 KV caches ({each(self.kv)})"
+            f" + compute buffers ({each(self.compute)})"
+        )
 
 
 def estimate_memory(paths: Sequence[Path], n_ctx: int) -> MemoryEstimate:
@@ -68,15 +70,23 @@ def estimate_memory(paths: Sequence[Path], n_ctx: int) -> MemoryEstimate:
 
 def banner(sessions: Sequence[ChatModel], names: Sequence[str]) -> list[str]:
     """Who answers, in which order, on what."""
-    return [f"{i + 1}. {name} · {s.info.quant} · {human_bytes(s.info.size_bytes)} · ctx {s.info.n_ctx}"
-            f" · {s.info.device}" for i, (s, name) in enumerate(zip(sessions, names))]
+    return [
+        f"{i + 1}. {name} · {s.info.quant} · {human_bytes(s.info.size_bytes)} · ctx {s.info.n_ctx} · {s.info.device}"
+        for i, (s, name) in enumerate(zip(sessions, names))
+    ]
 
 
 class VsRepl(Repl):
     """The REPL with one ``Repl`` per model underneath; ``self.messages`` is the first's thread."""
 
-    def __init__(self, sides: Sequence[tuple[str, Path, Backend]], settings: Sampling,
-                 threads: list[list[Message]], console: Console, markdown: bool) -> None:
+    def __init__(
+        self,
+        sides: Sequence[tuple[str, Path, Backend]],
+        settings: Sampling,
+        threads: list[list[Message]],
+        console: Console,
+        markdown: bool,
+    ) -> None:
         super().__init__(sides[0][2], settings, threads[0], console, markdown)
         self.names = [name for name, _, _ in sides]
         self.files = [path for _, path, _ in sides]
@@ -155,23 +165,35 @@ class VsRepl(Repl):
     def save(self, arg: str) -> None:
         if not arg:
             raise ExpoError("usage: /save FILE")
-        threads = [{"model": name, "file": str(path), "messages": side.messages}
-                   for name, path, side in zip(self.names, self.files, self.sides)]
+        threads = [
+            {"model": name, "file": str(path), "messages": side.messages}
+            for name, path, side in zip(self.names, self.files, self.sides)
+        ]
         save_conversation(Path(arg), self.messages, dataclasses.asdict(self.settings), threads)
-        self.note(f"saved {len(self.sides)} threads ({', '.join(str(len(s.messages)) for s in self.sides)}"
-                  f" messages) to {arg}")
+        self.note(
+            f"saved {len(self.sides)} threads ({', '.join(str(len(s.messages)) for s in self.sides)} messages) to {arg}"
+        )
 
     def load(self, arg: str) -> None:
         if not arg:
             raise ExpoError("usage: /load FILE")
         for side, thread in zip(self.sides, load_threads(Path(arg), len(self.sides))):
             side.messages[:] = thread
-        self.note(f"loaded {len(self.sides)} threads ({', '.join(str(len(s.messages)) for s in self.sides)}"
-                  f" messages) from {arg}")
+        self.note(
+            f"loaded {len(self.sides)} threads ({', '.join(str(len(s.messages)) for s in self.sides)}"
+            f" messages) from {arg}"
+        )
 
 
-def run_vs(sides: Sequence[tuple[str, Path, Backend]], settings: Sampling, *, console: Console,
-           messages: list[Message], markdown: bool, read_line: Callable[[str], str] = input) -> list[list[Message]]:
+def run_vs(
+    sides: Sequence[tuple[str, Path, Backend]],
+    settings: Sampling,
+    *,
+    console: Console,
+    messages: list[Message],
+    markdown: bool,
+    read_line: Callable[[str], str] = input,
+) -> list[list[Message]]:
     """Chat with every model in turn until /exit, Ctrl+D or Ctrl+C twice; returns each thread."""
     threads = [[dict(m) for m in messages] for _ in sides]
     repl = VsRepl(sides, settings, threads, console, markdown)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import click
 
@@ -10,13 +11,23 @@ F = TypeVar("F", bound=Callable[..., object])
 
 
 def gpu_layers_option(f: F) -> F:
-    return click.option("-ngl", "--n-gpu-layers", default="auto", show_default=True, metavar="N|-1|auto",
-                        help="Layers to offload to the GPU: N, -1 for all, or auto.")(f)
+    return click.option(
+        "-ngl",
+        "--n-gpu-layers",
+        default="auto",
+        show_default=True,
+        metavar="N|-1|auto",
+        help="Layers to offload to the GPU: N, -1 for all, or auto.",
+    )(f)
 
 
 def threads_option(f: F) -> F:
-    return click.option("--threads", type=click.IntRange(min=1), default=None,
-                        help="CPU threads [default: every core this process may use].")(f)
+    return click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        default=None,
+        help="CPU threads [default: every core this process may use].",
+    )(f)
 
 
 def verbose_option(f: F) -> F:

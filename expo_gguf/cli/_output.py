@@ -3,13 +3,21 @@ bar (``RichProgress``, the CLI's side of ``expo_gguf.progress``), and a table co
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TaskProgressColumn,
-                           TextColumn, TimeRemainingColumn, TransferSpeedColumn)
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -52,8 +60,14 @@ def progress(unit: str = "items", keep: bool = False) -> Iterator[RichProgress]:
     """``unit`` "bytes" shows sizes and speed (build), anything else a count and an ETA;
     ``keep`` leaves the finished bar on screen."""
     if unit == "bytes":
-        columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), DownloadColumn(),
-                   TransferSpeedColumn(), TimeRemainingColumn())
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+        )
     else:
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=not keep, disable=not err.is_terminal) as bar:

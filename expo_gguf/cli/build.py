@@ -23,23 +23,33 @@ from ._output import progress, warn
 
 def print_plan(plan: Plan) -> None:
     r = plan.request
-    console.print(f"[bold]{plan.name}[/]  alpha={','.join(f'{a:g}' for a in r.alphas)}  ({plan.hparams.architecture}, "
-                  f"{plan.hparams.block_count} layers, vocab {plan.hparams.vocab_size})")
+    console.print(
+        f"[bold]{plan.name}[/]  alpha={','.join(f'{a:g}' for a in r.alphas)}  ({plan.hparams.architecture}, "
+        f"{plan.hparams.block_count} layers, vocab {plan.hparams.vocab_size})"
+    )
     console.print(f"  RLHF {plan.rlhf.label}  ({plan.rlhf.path})")
     console.print(f"  SFT  {plan.sft.label}  ({plan.sft.path})")
-    console.print(f"  {len(plan.tensors)} tensors, input {human_bytes(plan.input_bytes)} read once, "
-                  f"{r.threads} threads, peak RAM ~{human_bytes(plan.peak_ram)}")
+    console.print(
+        f"  {len(plan.tensors)} tensors, input {human_bytes(plan.input_bytes)} read once, "
+        f"{r.threads} threads, peak RAM ~{human_bytes(plan.peak_ram)}"
+    )
     console.print(f"  writing into {r.outdir}/")
     t = Table(box=None, pad_edge=False)
     for col in ("  file", "written by", "size"):
         t.add_column(col, overflow="fold")
     for o in plan.streamed + plan.derived:
         who = "llama.cpp quantize" if o.types is None else "stream pass"
-        t.add_row("  " + o.path.name + (" (temporary)" if o.temporary else ""), who, ("~" if o.types is None else "") + human_bytes(o.nbytes))
+        t.add_row(
+            "  " + o.path.name + (" (temporary)" if o.temporary else ""),
+            who,
+            ("~" if o.types is None else "") + human_bytes(o.nbytes),
+        )
     console.print(t)
     ok = plan.disk_free >= plan.disk_needed
-    console.print(f"  disk: needs ~{human_bytes(plan.disk_needed)}, {human_bytes(plan.disk_free)} free "
-                  + ("[green]ok[/]" if ok else "[red]NOT ENOUGH[/]"))
+    console.print(
+        f"  disk: needs ~{human_bytes(plan.disk_needed)}, {human_bytes(plan.disk_free)} free "
+        + ("[green]ok[/]" if ok else "[red]NOT ENOUGH[/]")
+    )
 
 
 def parse_alphas(text: str) -> tuple[float, ...]:
@@ -50,31 +60,72 @@ def parse_alphas(text: str) -> tuple[float, ...]:
 
 
 @click.command()
-@click.option("--preset", default=None, metavar="NAME",
-              help="A published ExPO model (see `expo-gguf presets`): fills --sft, --rlhf and --alpha "
-                   "[default: starling-lm-7b-beta].")
-@click.option("--sft", default=None,
-              help="SFT checkpoint: a local directory or a Hugging Face repo id (looked up in the local HF cache, "
-                   "never downloaded) [default: the preset's].")
-@click.option("--rlhf", default=None,
-              help="RLHF (aligned) checkpoint: a local directory or a repo id in the HF cache [default: the preset's].")
-@click.option("--alpha", "alpha_text", default=None, metavar="A[,A...]",
-              help="Extrapolation strength: theta = rlhf + alpha * (rlhf - sft); 0 gives RLHF, -1 gives SFT "
-                   "[default: the preset's]. Several (0.1,0.3,0.5): one read of the inputs, files NAME-aALPHA-QUANT.gguf.")
-@click.option("--chat-template", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Jinja chat template file to write instead of the RLHF checkpoint's own.")
-@click.option("-q", "--quant", "quant_text", default="q8_0", show_default=True, metavar="LIST",
-              help=f"Comma-separated quant types, case-insensitive: {', '.join(QUANTS)}. "
-                   "All come from one extrapolation pass.")
+@click.option(
+    "--preset",
+    default=None,
+    metavar="NAME",
+    help="A published ExPO model (see `expo-gguf presets`): fills --sft, --rlhf and --alpha "
+    "[default: starling-lm-7b-beta].",
+)
+@click.option(
+    "--sft",
+    default=None,
+    help="SFT checkpoint: a local directory or a Hugging Face repo id (looked up in the local HF cache, "
+    "never downloaded) [default: the preset's].",
+)
+@click.option(
+    "--rlhf",
+    default=None,
+    help="RLHF (aligned) checkpoint: a local directory or a repo id in the HF cache [default: the preset's].",
+)
+@click.option(
+    "--alpha",
+    "alpha_text",
+    default=None,
+    metavar="A[,A...]",
+    help="Extrapolation strength: theta = rlhf + alpha * (rlhf - sft); 0 gives RLHF, -1 gives SFT "
+    "[default: the preset's]. Several (0.1,0.3,0.5): one read of the inputs, files NAME-aALPHA-QUANT.gguf.",
+)
+@click.option(
+    "--chat-template",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Jinja chat template file to write instead of the RLHF checkpoint's own.",
+)
+@click.option(
+    "-q",
+    "--quant",
+    "quant_text",
+    default="q8_0",
+    show_default=True,
+    metavar="LIST",
+    help=f"Comma-separated quant types, case-insensitive: {', '.join(QUANTS)}. All come from one extrapolation pass.",
+)
 @click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("models"), show_default=True)
-@click.option("--name", default=None,
-              help="Output base name; files are OUTDIR/NAME-QUANT.gguf [default: <RLHF name>-ExPO, the published "
-                   "model's name; with -aALPHA when the alpha is not the preset's].")
+@click.option(
+    "--name",
+    default=None,
+    help="Output base name; files are OUTDIR/NAME-QUANT.gguf [default: <RLHF name>-ExPO, the published "
+    "model's name; with -aALPHA when the alpha is not the preset's].",
+)
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
-@click.option("--dry-run", is_flag=True, help="Check both checkpoints and print the plan (sizes, RAM, disk); write nothing.")
+@click.option(
+    "--dry-run", is_flag=True, help="Check both checkpoints and print the plan (sizes, RAM, disk); write nothing."
+)
 @threads_option
-def build(preset: str | None, sft: str | None, rlhf: str | None, alpha_text: str | None, chat_template: Path | None,
-          quant_text: str, outdir: Path, name: str | None, force: bool, dry_run: bool, threads: int | None) -> None:
+def build(
+    preset: str | None,
+    sft: str | None,
+    rlhf: str | None,
+    alpha_text: str | None,
+    chat_template: Path | None,
+    quant_text: str,
+    outdir: Path,
+    name: str | None,
+    force: bool,
+    dry_run: bool,
+    threads: int | None,
+) -> None:
     """Extrapolate SFT -> RLHF and write GGUF files that llama.cpp runs.
 
     Reads both checkpoints once, tensor by tensor (memory stays flat), and writes every requested
@@ -85,8 +136,18 @@ def build(preset: str | None, sft: str | None, rlhf: str | None, alpha_text: str
     p = find_preset(preset) if preset else load_presets()[0]
     alphas = parse_alphas(alpha_text) if alpha_text is not None else (p.alpha,)
     sft, rlhf = sft or p.sft, rlhf or p.rlhf
-    req = BuildRequest(sft, rlhf, alphas, tuple(parse_quants(quant_text)), outdir, name or p.name_for(sft, rlhf, alphas),
-                       force, threads or usable_cores(), chat_template, p.fallback_template(rlhf))
+    req = BuildRequest(
+        sft,
+        rlhf,
+        alphas,
+        tuple(parse_quants(quant_text)),
+        outdir,
+        name or p.name_for(sft, rlhf, alphas),
+        force,
+        threads or usable_cores(),
+        chat_template,
+        p.fallback_template(rlhf),
+    )
     plan = make_plan(req)
     for w in plan.warnings:
         warn(w)
@@ -108,8 +169,13 @@ def build(preset: str | None, sft: str | None, rlhf: str | None, alpha_text: str
 @click.command()
 @click.argument("src", type=click.Path(path_type=Path))
 @click.option("-q", "--quant", "quant_text", required=True, help=f"Target type: {', '.join(QUANTS)}.")
-@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
-              help="Output file [default: SRC with its quant suffix replaced].")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output file [default: SRC with its quant suffix replaced].",
+)
 @click.option("--force", is_flag=True, help="Overwrite the output file.")
 @threads_option
 def quantize(src: Path, quant_text: str, out: Path | None, force: bool, threads: int | None) -> None:
@@ -118,14 +184,18 @@ def quantize(src: Path, quant_text: str, out: Path | None, force: bool, threads:
     if len(quants) != 1:
         raise click.UsageError("quantize takes one --quant")
     result = requantize(src, quants[0], out, force, threads or usable_cores())
-    console.print(f"{result.path}  {result.quant}  {human_bytes(result.nbytes)}  {result.seconds:.1f}s  sha256 {result.sha256}")
+    console.print(
+        f"{result.path}  {result.quant}  {human_bytes(result.nbytes)}  {result.seconds:.1f}s  sha256 {result.sha256}"
+    )
 
 
 @click.command()
 def presets() -> None:
     """The published ExPO models `build --preset NAME` reproduces, with the alpha of each model card."""
     for i, p in enumerate(load_presets()):
-        console.print(f"[bold]{p.name}[/]{' (default)' if i == 0 else ''}  alpha {p.alpha:g}  -> {p.output_name}-QUANT.gguf")
+        console.print(
+            f"[bold]{p.name}[/]{' (default)' if i == 0 else ''}  alpha {p.alpha:g}  -> {p.output_name}-QUANT.gguf"
+        )
         console.print(f"  SFT   {p.sft}\n  RLHF  {p.rlhf}\n  card  {p.source}", soft_wrap=True)
         if p.chat_template:
             console.print("  template  its model card's, if the RLHF checkpoint ships none", soft_wrap=True)

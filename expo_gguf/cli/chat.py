@@ -22,7 +22,9 @@ from ._options import run_options
 from ._output import err, warn
 
 DEFAULTS = Sampling()
-MODEL_CTX = dict(default_ctx=4096, minimum_ctx=64, ctx_help="Context length in tokens, capped at the model's trained length.")
+MODEL_CTX = dict(
+    default_ctx=4096, minimum_ctx=64, ctx_help="Context length in tokens, capped at the model's trained length."
+)
 
 
 def find_default_model(models_dir: Path = Path("models")) -> Path:
@@ -33,7 +35,8 @@ def find_default_model(models_dir: Path = Path("models")) -> Path:
     hidden files (and anything in a hidden folder) and non-``.gguf`` names are skipped.
     """
     found = [
-        p for p in (models_dir.rglob("*.gguf") if models_dir.is_dir() else ())
+        p
+        for p in (models_dir.rglob("*.gguf") if models_dir.is_dir() else ())
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(models_dir).parts)
     ]
     if not found:
@@ -55,12 +58,32 @@ def find_default_model(models_dir: Path = Path("models")) -> Path:
 @click.option("--max-tokens", type=int, default=-1, show_default=True, help="-1 = until the model stops.")
 @click.option("--seed", type=int, default=-1, help="Sampling seed (default: random).")
 @click.option("--plain", is_flag=True, help="Print replies as plain text, not markdown.")
-@click.option("--vs", "vs_model", type=click.Path(path_type=Path), metavar="MODEL2",
-              help="Load MODEL2 too: each message is answered by MODEL, then MODEL2, each keeping its own thread.")
-def chat(model: Path | None, verbose: bool, n_gpu_layers: str, ctx: int, threads: int | None,
-         prompt: str | None, interactive: bool, system: str | None, temp: float, top_p: float,
-         top_k: int, min_p: float, repeat_penalty: float, max_tokens: int, seed: int,
-         plain: bool, vs_model: Path | None) -> None:
+@click.option(
+    "--vs",
+    "vs_model",
+    type=click.Path(path_type=Path),
+    metavar="MODEL2",
+    help="Load MODEL2 too: each message is answered by MODEL, then MODEL2, each keeping its own thread.",
+)
+def chat(
+    model: Path | None,
+    verbose: bool,
+    n_gpu_layers: str,
+    ctx: int,
+    threads: int | None,
+    prompt: str | None,
+    interactive: bool,
+    system: str | None,
+    temp: float,
+    top_p: float,
+    top_k: int,
+    min_p: float,
+    repeat_penalty: float,
+    max_tokens: int,
+    seed: int,
+    plain: bool,
+    vs_model: Path | None,
+) -> None:
     """Chat with a GGUF model (default: the newest under ./models).
 
     \b
@@ -69,8 +92,15 @@ def chat(model: Path | None, verbose: bool, n_gpu_layers: str, ctx: int, threads
       echo "hi" | expo-gguf chat MODEL                        piped stdin: one reply too
       expo-gguf chat A.gguf --vs B.gguf                       both answer, A first
     """
-    sampling = Sampling(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p,
-                        repeat_penalty=repeat_penalty, max_tokens=max_tokens, seed=seed)
+    sampling = Sampling(
+        temp=temp,
+        top_p=top_p,
+        top_k=top_k,
+        min_p=min_p,
+        repeat_penalty=repeat_penalty,
+        max_tokens=max_tokens,
+        seed=seed,
+    )
     options = RunOptions(n_ctx=ctx, n_gpu_layers=n_gpu_layers, threads=threads, verbose=verbose)
     path = check_header(model if model is not None else find_default_model())
     paths = [path] + ([check_header(vs_model)] if vs_model is not None else [])
@@ -109,13 +139,30 @@ def chat(model: Path | None, verbose: bool, n_gpu_layers: str, ctx: int, threads
 @click.command()
 @click.argument("model", required=False, type=click.Path(path_type=Path))
 @run_options(**MODEL_CTX)
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on; anything but loopback is reachable from other machines.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; anything but loopback is reachable from other machines.",
+)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--api-key", metavar="KEY", envvar="EXPO_GGUF_API_KEY", show_envvar=True,
-              help="Require 'Authorization: Bearer KEY' on every request.")
-def serve(model: Path | None, verbose: bool, n_gpu_layers: str, ctx: int, threads: int | None,
-          host: str, port: int, api_key: str | None) -> None:
+@click.option(
+    "--api-key",
+    metavar="KEY",
+    envvar="EXPO_GGUF_API_KEY",
+    show_envvar=True,
+    help="Require 'Authorization: Bearer KEY' on every request.",
+)
+def serve(
+    model: Path | None,
+    verbose: bool,
+    n_gpu_layers: str,
+    ctx: int,
+    threads: int | None,
+    host: str,
+    port: int,
+    api_key: str | None,
+) -> None:
     """Serve a GGUF over an OpenAI-compatible HTTP API (llama-cpp-python's server).
 
     The prompt comes from the GGUF's own chat template. Needs the server extra:
@@ -124,8 +171,15 @@ def serve(model: Path | None, verbose: bool, n_gpu_layers: str, ctx: int, thread
       pip install 'llama-cpp-python[server]'
     """
     options = RunOptions(n_ctx=ctx, n_gpu_layers=n_gpu_layers, threads=threads, verbose=verbose)
-    serve_model(model if model is not None else find_default_model(), options, host, port, api_key,
-                warn=warn, say=lambda text: err.print(text, soft_wrap=True, markup=False))
+    serve_model(
+        model if model is not None else find_default_model(),
+        options,
+        host,
+        port,
+        api_key,
+        warn=warn,
+        say=lambda text: err.print(text, soft_wrap=True, markup=False),
+    )
 
 
 COMMANDS = (chat, serve)

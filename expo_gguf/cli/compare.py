@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 
 from .._fs import write_text_atomic
-from ..measure.compare import Comparison, CompareOptions, run_checked
+from ..measure.compare import CompareOptions, Comparison, run_checked
 from ..measure.compare_checks import Checked, check_inputs
 from ..measure.compare_metrics import thresholds_text
 from ..measure.compare_report import check_outputs, columns, markdown, table_rows, to_json, verdict_lines
@@ -42,8 +42,7 @@ optional "id" and "category"), or plain text with one prompt per line (# comment
 
 def render_table(c: Comparison) -> Table:
     kld = f", KL divergence from {c.reference.name}" if c.reference else ""
-    t = Table(title=f"{len(c.prompts)} prompts ({c.prompts_name}), greedy, up to "
-                    f"{c.options.max_tokens} tokens{kld}")
+    t = Table(title=f"{len(c.prompts)} prompts ({c.prompts_name}), greedy, up to {c.options.max_tokens} tokens{kld}")
     for i, col in enumerate(columns(c)):
         right = i >= 2
         t.add_column(col, justify="right" if right else "left", overflow="fold", no_wrap=right)
@@ -65,24 +64,62 @@ def print_checked(checked: Checked) -> None:
 
 @click.command(name="compare", help=HELP)
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--ref", "reference", type=click.Path(path_type=Path), default=None,
-              help="Reference GGUF (same vocabulary): adds KL divergence from it.")
-@click.option("--prompts", "prompts_path", type=click.Path(path_type=Path), default=None,
-              help="Prompt file (.json or one prompt per line) [default: 25 built-in prompts].")
-@click.option("--max-tokens", default=256, show_default=True, type=click.IntRange(min=1),
-              help="Longest reply; a reply cut here counts as runaway.")
+@click.option(
+    "--ref",
+    "reference",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Reference GGUF (same vocabulary): adds KL divergence from it.",
+)
+@click.option(
+    "--prompts",
+    "prompts_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Prompt file (.json or one prompt per line) [default: 25 built-in prompts].",
+)
+@click.option(
+    "--max-tokens",
+    default=256,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Longest reply; a reply cut here counts as runaway.",
+)
 @run_options(2048, 64, "Context length; must hold the longest prompt plus --max-tokens.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed.")
-@click.option("--report", "report_path", type=click.Path(path_type=Path), default=None,
-              help="Also write a markdown report: the table and every reply side by side.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
-              help="Also write every figure and reply as JSON.")
-def compare_command(models: tuple[Path, ...], reference: Path | None, prompts_path: Path | None,
-                    max_tokens: int, ctx: int, seed: int, threads: int | None, n_gpu_layers: str,
-                    report_path: Path | None, json_path: Path | None, verbose: bool) -> None:
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write a markdown report: the table and every reply side by side.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write every figure and reply as JSON.",
+)
+def compare_command(
+    models: tuple[Path, ...],
+    reference: Path | None,
+    prompts_path: Path | None,
+    max_tokens: int,
+    ctx: int,
+    seed: int,
+    threads: int | None,
+    n_gpu_layers: str,
+    report_path: Path | None,
+    json_path: Path | None,
+    verbose: bool,
+) -> None:
     check_outputs({"--report": report_path, "--json": json_path}, [*models, reference, prompts_path])
-    opts = CompareOptions(RunOptions(n_ctx=ctx, n_gpu_layers=n_gpu_layers, threads=threads, verbose=verbose),
-                          max_tokens=max_tokens, seed=seed)
+    opts = CompareOptions(
+        RunOptions(n_ctx=ctx, n_gpu_layers=n_gpu_layers, threads=threads, verbose=verbose),
+        max_tokens=max_tokens,
+        seed=seed,
+    )
     checked = check_inputs(models, reference, prompts_path, opts)
     print_checked(checked)
     with progress() as bar:
@@ -91,8 +128,10 @@ def compare_command(models: tuple[Path, ...], reference: Path | None, prompts_pa
     out.print(render_table(result))
     for line in verdict_lines(result):
         out.print(line, markup=False, soft_wrap=True)
-    for path, text in ((report_path, lambda: markdown(result)),
-                       (json_path, lambda: json.dumps(to_json(result), indent=2, ensure_ascii=False) + "\n")):
+    for path, text in (
+        (report_path, lambda: markdown(result)),
+        (json_path, lambda: json.dumps(to_json(result), indent=2, ensure_ascii=False) + "\n"),
+    ):
         if path:
             write_text_atomic(path, text())
             err.print(f"wrote {path}", markup=False, style="dim")

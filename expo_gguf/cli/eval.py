@@ -26,11 +26,20 @@ def _labels(scores: list[FileScore]) -> list[str]:
 
 
 def render_table(report: Report) -> Table:
-    t = Table(title=f"{report.text.name}: {report.reference.ppl.n} tokens scored "
-                    f"({report.n_chunks} chunk{'s' * (report.n_chunks != 1)} of {report.n_ctx}), "
-                    f"KLD against {report.reference.path.name}")
-    for col, right in (("file", False), ("type", False), ("size", True), ("PPL", True),
-                       ("mean KLD", True), ("KLD p99", True), ("same top", True)):
+    t = Table(
+        title=f"{report.text.name}: {report.reference.ppl.n} tokens scored "
+        f"({report.n_chunks} chunk{'s' * (report.n_chunks != 1)} of {report.n_ctx}), "
+        f"KLD against {report.reference.path.name}"
+    )
+    for col, right in (
+        ("file", False),
+        ("type", False),
+        ("size", True),
+        ("PPL", True),
+        ("mean KLD", True),
+        ("KLD p99", True),
+        ("same top", True),
+    ):
         t.add_column(col, justify="right" if right else "left", overflow="fold", no_wrap=right)
     for s in (report.reference, *report.candidates):
         ppl = f"{s.ppl.ppl:.4f} ± {s.ppl.ppl_unc:.4f}"
@@ -81,17 +90,41 @@ def write_png(report: Report, path: Path) -> None:
 @click.command(name="eval")
 @click.argument("reference", type=click.Path(path_type=Path))
 @click.argument("candidates", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--text", "text_path", required=True, type=click.Path(path_type=Path),
-              help="Plain text to score (e.g. scripts/data/sample.txt).")
+@click.option(
+    "--text",
+    "text_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Plain text to score (e.g. scripts/data/sample.txt).",
+)
 @run_options(512, 16, "Chunk length in tokens; the second half of each chunk is scored.")
 @click.option("--chunks", type=click.IntRange(min=1), default=None, help="Score at most N chunks [default: all].")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write every file's figures as JSON.")
-@click.option("--png", "png_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also draw a bar chart (needs matplotlib).")
-def eval_(reference: Path, candidates: tuple[Path, ...], text_path: Path, ctx: int, chunks: int | None,
-          threads: int | None, n_gpu_layers: str, json_path: Path | None, png_path: Path | None,
-          verbose: bool) -> None:
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write every file's figures as JSON.",
+)
+@click.option(
+    "--png",
+    "png_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also draw a bar chart (needs matplotlib).",
+)
+def eval_(
+    reference: Path,
+    candidates: tuple[Path, ...],
+    text_path: Path,
+    ctx: int,
+    chunks: int | None,
+    threads: int | None,
+    n_gpu_layers: str,
+    json_path: Path | None,
+    png_path: Path | None,
+    verbose: bool,
+) -> None:
     """Perplexity of each GGUF, and KL divergence of each CANDIDATE against REFERENCE, over a text.
 
     As llama.cpp's llama-perplexity --kl-divergence defines them: chunks of --ctx tokens, the

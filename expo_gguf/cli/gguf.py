@@ -51,11 +51,15 @@ def info(path: Path, full_template: bool) -> None:
     render_info(describe(path), console, full_template)
 
 
-
 @click.command()
 @click.argument("gguf_file", metavar="FILE.gguf", type=click.Path(path_type=Path))
-@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
-              help="Output file or folder [default: FILE.Modelfile beside the GGUF].")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output file or folder [default: FILE.Modelfile beside the GGUF].",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing Modelfile.")
 def modelfile(gguf_file: Path, out: Path | None, force: bool) -> None:
     """Write an Ollama Modelfile for a GGUF, then `ollama create NAME -f FILE.Modelfile`.

@@ -87,7 +87,7 @@ class _Walk:
 
     def string(self) -> str:
         n = self.scalar("Q")
-        return self.buf[self.take(n): self.pos].decode("utf-8", "replace")
+        return self.buf[self.take(n) : self.pos].decode("utf-8", "replace")
 
     def value(self, vtype: int, depth: int = 0) -> object:
         if vtype in _SCALAR:
@@ -154,8 +154,10 @@ def read_gguf_header(path: str | os.PathLike[str]) -> GGUFHeader:
         block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(t.ggml_type)][0]
         end = data_start + t.offset + tensor_nbytes(t)
         if t.shape[0] % block or end > size:
-            raise ExpoError(f"{p} is truncated or damaged: tensor {t.name} ends at byte {end}, "
-                            f"the file has {size}; re-download or rebuild it")
+            raise ExpoError(
+                f"{p} is truncated or damaged: tensor {t.name} ends at byte {end}, "
+                f"the file has {size}; re-download or rebuild it"
+            )
     return GGUFHeader(values, tensors)
 
 
@@ -175,7 +177,6 @@ def open_gguf(path: str | os.PathLike[str]) -> gguf.GGUFReader:
         reader = gguf.GGUFReader(p)
     except (ValueError, KeyError, IndexError, OverflowError, OSError, MemoryError) as e:
         raise ExpoError(
-            f"{p} is truncated or damaged ({size} bytes; gguf cannot parse it: {e});"
-            " re-download or rebuild it"
+            f"{p} is truncated or damaged ({size} bytes; gguf cannot parse it: {e}); re-download or rebuild it"
         ) from None
     return reader

@@ -13,8 +13,15 @@ from ..errors import ExpoError
 from .header import TensorEntry, read_gguf_header
 
 K = gguf.Keys.Tokenizer
-SPECIALS = {"bos": K.BOS_ID, "eos": K.EOS_ID, "eot": K.EOT_ID, "eom": K.EOM_ID, "unk": K.UNK_ID,
-            "pad": K.PAD_ID, "sep": K.SEP_ID}
+SPECIALS = {
+    "bos": K.BOS_ID,
+    "eos": K.EOS_ID,
+    "eot": K.EOT_ID,
+    "eom": K.EOM_ID,
+    "unk": K.UNK_ID,
+    "pad": K.PAD_ID,
+    "sep": K.SEP_ID,
+}
 
 
 @dataclass(frozen=True)

@@ -38,17 +38,18 @@ from .info import GGUFInfo, describe
 SUFFIX = ".Modelfile"
 
 OPENCHAT_GO = (
-    '{{- range .Messages }}GPT4 Correct\n'
+    "{{- range .Messages }}GPT4 Correct\n"
     '{{- if eq .Role "system" }} System:\n'
     '{{- else if eq .Role "user" }} User:\n'
     '{{- else if eq .Role "assistant" }} Assistant:\n'
-    '{{- end }} {{ .Content }}<|end_of_turn|>\n'
-    '{{- end }}GPT4 Correct Assistant:'
+    "{{- end }} {{ .Content }}<|end_of_turn|>\n"
+    "{{- end }}GPT4 Correct Assistant:"
 )
 CHATML_GO = "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
 
 CHATML_JINJA = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% for message in messages %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -85,8 +86,11 @@ _LEXER = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
 def _tokens(template: str) -> list[tuple[str, str]] | None:
     """Jinja's token stream without the whitespace inside tags or the spelling of delimiters."""
     try:
-        return [(kind, "" if kind.endswith(("_begin", "_end")) else value)
-                for _, kind, value in _LEXER.lex(template) if kind != "whitespace"]
+        return [
+            (kind, "" if kind.endswith(("_begin", "_end")) else value)
+            for _, kind, value in _LEXER.lex(template)
+            if kind != "whitespace"
+        ]
     except jinja2.TemplateSyntaxError:
         return None
 
@@ -147,8 +151,10 @@ def modelfile_text(gguf_path: Path, info: GGUFInfo | None = None, *, from_dir: P
     else:
         if '"""' in known.ollama:
             raise AssertionError("a TEMPLATE cannot hold triple quotes")
-        lines.append(f"# The GGUF's chat template ({known.name}) in Ollama's syntax, without BOS: Ollama adds it"
-                     " where the GGUF says so.")
+        lines.append(
+            f"# The GGUF's chat template ({known.name}) in Ollama's syntax, without BOS: Ollama adds it"
+            " where the GGUF says so."
+        )
         lines.append(f'TEMPLATE """{known.ollama}"""')
         if known.system is not None:
             lines.append(f'SYSTEM """{known.system}"""')
@@ -159,8 +165,9 @@ def modelfile_text(gguf_path: Path, info: GGUFInfo | None = None, *, from_dir: P
     return "\n".join(lines) + "\n"
 
 
-def write_modelfile(gguf_path: Path, force: bool = False, out: Path | None = None,
-                    info: GGUFInfo | None = None) -> Path:
+def write_modelfile(
+    gguf_path: Path, force: bool = False, out: Path | None = None, info: GGUFInfo | None = None
+) -> Path:
     """Write the Modelfile (default: beside the GGUF) via a temporary name, so a reader never
     sees half a file; an existing one is kept unless ``force``."""
     gguf_path = Path(gguf_path)

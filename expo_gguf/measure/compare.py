@@ -18,22 +18,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from ..chat.messages import Sampling
+from ..errors import ExpoError
+from ..progress import SILENT, Progress
+from ..runtime.loader import load_model
+from ..runtime.log import show_llama_log
+from ..runtime.model import ChatModel
 from .compare_checks import Checked, CompareOptions, ModelCheck, check_inputs
 from .compare_metrics import Figures, figures
 from .compare_prompts import Prompt
 from .divergence import KldStats, against, forced_logits, kld_stats, logprob_blocks, reference_cache
-from ..chat.messages import Sampling
-from ..errors import ExpoError
-from ..progress import SILENT, Progress
-from ..runtime.log import show_llama_log
-from ..runtime.loader import load_model
-from ..runtime.model import ChatModel
 
 __all__ = ["CompareOptions", "Comparison", "ModelRun", "Reply", "compare", "run_checked"]
 
@@ -63,9 +63,13 @@ class ModelRun:
     @property
     def figures(self) -> Figures:
         ms = sum(r.gen_ms for r in self.replies)
-        return figures([r.text for r in self.replies], [r.tokens for r in self.replies],
-                       [r.stop == "max_tokens" for r in self.replies],
-                       sum(r.timed_tokens for r in self.replies) / ms * 1000 if ms > 0 else 0.0, self.kld)
+        return figures(
+            [r.text for r in self.replies],
+            [r.tokens for r in self.replies],
+            [r.stop == "max_tokens" for r in self.replies],
+            sum(r.timed_tokens for r in self.replies) / ms * 1000 if ms > 0 else 0.0,
+            self.kld,
+        )
 
 
 @dataclass(frozen=True)
@@ -91,8 +95,13 @@ class _RefLogprobs:
     cache: np.ndarray
 
 
-def compare(models: Sequence[Path], reference: Path | None, prompts_path: Path | None,
-            opts: CompareOptions, progress: Progress = SILENT) -> Comparison:
+def compare(
+    models: Sequence[Path],
+    reference: Path | None,
+    prompts_path: Path | None,
+    opts: CompareOptions,
+    progress: Progress = SILENT,
+) -> Comparison:
     """Check every input, then run the models in turn (the CLI calls the two halves itself)."""
     return run_checked(check_inputs(models, reference, prompts_path, opts), opts, progress)
 
@@ -116,8 +125,9 @@ def run_checked(checked: Checked, opts: CompareOptions, progress: Progress = SIL
         with contextlib.ExitStack() as stack:
             ref_run, ref = _store_reference(checked.reference, prompts, opts, step, stack, checked.n_vocab)
             runs = [ref_run] + [_score_against(m, prompts, opts, step, ref) for m in checked.models]
-    return Comparison(checked.prompts_name, prompts, opts, tuple(runs),
-                      checked.reference.path if checked.reference else None)
+    return Comparison(
+        checked.prompts_name, prompts, opts, tuple(runs), checked.reference.path if checked.reference else None
+    )
 
 
 def _plain(m: ModelCheck, prompts: Sequence[Prompt], opts: CompareOptions, step: Step) -> ModelRun:
@@ -127,8 +137,14 @@ def _plain(m: ModelCheck, prompts: Sequence[Prompt], opts: CompareOptions, step:
         return _model_run(session, m, replies, None, is_reference=False)
 
 
-def _store_reference(m: ModelCheck, prompts: Sequence[Prompt], opts: CompareOptions, step: Step,
-                     stack: contextlib.ExitStack, n_vocab: int) -> tuple[ModelRun, _RefLogprobs]:
+def _store_reference(
+    m: ModelCheck,
+    prompts: Sequence[Prompt],
+    opts: CompareOptions,
+    step: Step,
+    stack: contextlib.ExitStack,
+    n_vocab: int,
+) -> tuple[ModelRun, _RefLogprobs]:
     """The reference's replies, then its log-probs along them, kept open on ``stack``."""
     with _loaded(m.path, opts) as session:
         replies, seqs = _generate(session, m.label, prompts, opts, step)
@@ -139,14 +155,15 @@ def _store_reference(m: ModelCheck, prompts: Sequence[Prompt], opts: CompareOpti
         step(f"{m.label}: reference log-probs", 0)
         for i, (p, seq) in enumerate(zip(prompts, seqs)):
             for row, logp in _forced_logprobs(session, _prompt_ids(session, p), seq):
-                cache[offsets[i] + row:offsets[i] + row + len(logp)] = logp
+                cache[offsets[i] + row : offsets[i] + row + len(logp)] = logp
             step("", 1)
         run = _model_run(session, m, replies, None, is_reference=True)
     return run, _RefLogprobs(tuple(map(tuple, seqs)), tuple(offsets), cache)
 
 
-def _score_against(m: ModelCheck, prompts: Sequence[Prompt], opts: CompareOptions, step: Step,
-                   ref: _RefLogprobs) -> ModelRun:
+def _score_against(
+    m: ModelCheck, prompts: Sequence[Prompt], opts: CompareOptions, step: Step, ref: _RefLogprobs
+) -> ModelRun:
     """A model's own replies, then its KL divergence from the reference along the reference's."""
     with _loaded(m.path, opts) as session:
         replies, _ = _generate(session, m.label, prompts, opts, step)
@@ -156,19 +173,19 @@ def _score_against(m: ModelCheck, prompts: Sequence[Prompt], opts: CompareOption
             mine = []
             for row, logp in _forced_logprobs(session, _prompt_ids(session, p), list(seq)):
                 at = ref.offsets[i] + row
-                k, agree = against(ref.cache[at:at + len(logp)], logp)
+                k, agree = against(ref.cache[at : at + len(logp)], logp)
                 mine.append(k)
                 same.append(agree)
             kld += mine
             per_reply.append(float(np.concatenate(mine).mean()))
             step("", 1)
         replies = [dataclasses.replace(r, kld_mean=k) for r, k in zip(replies, per_reply)]
-        return _model_run(session, m, replies, kld_stats(np.concatenate(kld), np.concatenate(same)),
-                          is_reference=False)
+        return _model_run(session, m, replies, kld_stats(np.concatenate(kld), np.concatenate(same)), is_reference=False)
 
 
-def _generate(session: ChatModel, label: str, prompts: Sequence[Prompt], opts: CompareOptions,
-              step: Step) -> tuple[list[Reply], list[list[int]]]:
+def _generate(
+    session: ChatModel, label: str, prompts: Sequence[Prompt], opts: CompareOptions, step: Step
+) -> tuple[list[Reply], list[list[int]]]:
     """Every prompt's greedy reply from an empty cache, and its ids (stop token included)."""
     sampling = Sampling(temp=0.0, seed=opts.seed, max_tokens=opts.max_tokens)
     step(f"{label}: generating", 0)
@@ -202,10 +219,18 @@ def _forced_logprobs(session: ChatModel, prompt: list[int], reply: list[int]) ->
         session.llama.reset()
 
 
-def _model_run(session: ChatModel, m: ModelCheck, replies: list[Reply], kld: KldStats | None,
-               is_reference: bool) -> ModelRun:
-    return ModelRun(m.path, m.label, session.info.quant.removeprefix("ALL_"), m.path.stat().st_size,
-                    is_reference, tuple(replies), kld)
+def _model_run(
+    session: ChatModel, m: ModelCheck, replies: list[Reply], kld: KldStats | None, is_reference: bool
+) -> ModelRun:
+    return ModelRun(
+        m.path,
+        m.label,
+        session.info.quant.removeprefix("ALL_"),
+        m.path.stat().st_size,
+        is_reference,
+        tuple(replies),
+        kld,
+    )
 
 
 @contextlib.contextmanager

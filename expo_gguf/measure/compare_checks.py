@@ -8,14 +8,12 @@ for ``--max-tokens``: a run never fails on its last model after the first ones t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import llama_cpp
 
-from .compare_prompts import Prompt, load_prompts
-from .divergence import check_same_vocab, read_vocab, vocab_model
 from .._data import chatml_template
 from .._units import file_labels
 from ..errors import ExpoError
@@ -24,6 +22,8 @@ from ..gguf_file.info import describe
 from ..runtime.log import show_llama_log
 from ..runtime.options import RunOptions, cap_context
 from ..runtime.tokens import PromptFormat
+from .compare_prompts import Prompt, load_prompts
+from .divergence import check_same_vocab, read_vocab, vocab_model
 
 NO_TEMPLATE = "the GGUF has no chat template; using ChatML"
 
@@ -65,8 +65,9 @@ class Checked:
         return ((self.reference,) if self.reference else ()) + self.models
 
 
-def check_inputs(models: Sequence[Path], reference: Path | None, prompts_path: Path | None,
-                 opts: CompareOptions) -> Checked:
+def check_inputs(
+    models: Sequence[Path], reference: Path | None, prompts_path: Path | None, opts: CompareOptions
+) -> Checked:
     """Refuse in one line whatever would stop the run later; collect what the user should read."""
     show_llama_log(opts.run.verbose)
     name, prompts = load_prompts(prompts_path)
@@ -82,8 +83,14 @@ def check_inputs(models: Sequence[Path], reference: Path | None, prompts_path: P
     if reference is not None:
         labels[0] += " (ref)"
     checks = [_check_model(p, label, prompts, opts) for p, label in zip(paths, labels)]
-    return Checked(name, tuple(prompts), checks[0] if reference else None,
-                   tuple(checks[1:] if reference else checks), n_vocab, (gpu_warning,) if gpu_warning else ())
+    return Checked(
+        name,
+        tuple(prompts),
+        checks[0] if reference else None,
+        tuple(checks[1:] if reference else checks),
+        n_vocab,
+        (gpu_warning,) if gpu_warning else (),
+    )
 
 
 def _check_model(path: Path, label: str, prompts: Sequence[Prompt], opts: CompareOptions) -> ModelCheck:

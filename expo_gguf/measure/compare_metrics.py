@@ -23,8 +23,8 @@ quant lost; for another alpha, how far it moved the model, which is expected.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from .divergence import KldStats
 
@@ -37,7 +37,7 @@ def words(text: str) -> list[str]:
 
 def _grams(text: str, n: int) -> list[tuple[str, ...]]:
     w = words(text)
-    return [tuple(w[i:i + n]) for i in range(len(w) - n + 1)]
+    return [tuple(w[i : i + n]) for i in range(len(w) - n + 1)]
 
 
 def distinct_n(texts: Sequence[str], n: int = 2) -> float | None:
@@ -72,13 +72,22 @@ class Figures:
     same_top_pct: float | None = None
 
 
-def figures(texts: Sequence[str], tokens: Sequence[int], cut: Sequence[bool], gen_tps: float,
-            kld: KldStats | None) -> Figures:
+def figures(
+    texts: Sequence[str], tokens: Sequence[int], cut: Sequence[bool], gen_tps: float, kld: KldStats | None
+) -> Figures:
     n = len(texts)
-    return Figures(replies=n, mean_tokens=sum(tokens) / n, mean_chars=sum(map(len, texts)) / n,
-                   distinct2=distinct_n(texts, 2), rep4=repeated_ngram_rate(texts, 4), runaway=sum(cut) / n,
-                   gen_tps=gen_tps, kld_mean=kld.mean if kld else None, kld_p99=kld.p99 if kld else None,
-                   same_top_pct=kld.same_top_pct if kld else None)
+    return Figures(
+        replies=n,
+        mean_tokens=sum(tokens) / n,
+        mean_chars=sum(map(len, texts)) / n,
+        distinct2=distinct_n(texts, 2),
+        rep4=repeated_ngram_rate(texts, 4),
+        runaway=sum(cut) / n,
+        gen_tps=gen_tps,
+        kld_mean=kld.mean if kld else None,
+        kld_p99=kld.p99 if kld else None,
+        same_top_pct=kld.same_top_pct if kld else None,
+    )
 
 
 def pct(x: float | None) -> str:
@@ -103,12 +112,29 @@ class Threshold:
 
 THRESHOLDS = (
     Threshold("rep4", "repeated 4-grams", 0.10, 0.05, True, pct, _points, "it repeats itself"),
-    Threshold("distinct2", "distinct-2", 0.50, 0.05, False, lambda x: f"{x:.2f}", lambda x: f"{x:.2f}",
-              "its wording is repetitive"),
-    Threshold("runaway", "runaway", 0.20, 0.15, True, pct, _points,
-              "replies cut at --max-tokens, long or never ending"),
-    Threshold("kld_mean", "mean KLD", 0.10, None, True, lambda x: f"{x:.3g}", lambda x: f"{x:.3g}",
-              "distance from the reference: a loss for a quant of it, expected for another alpha"),
+    Threshold(
+        "distinct2",
+        "distinct-2",
+        0.50,
+        0.05,
+        False,
+        lambda x: f"{x:.2f}",
+        lambda x: f"{x:.2f}",
+        "its wording is repetitive",
+    ),
+    Threshold(
+        "runaway", "runaway", 0.20, 0.15, True, pct, _points, "replies cut at --max-tokens, long or never ending"
+    ),
+    Threshold(
+        "kld_mean",
+        "mean KLD",
+        0.10,
+        None,
+        True,
+        lambda x: f"{x:.3g}",
+        lambda x: f"{x:.3g}",
+        "distance from the reference: a loss for a quant of it, expected for another alpha",
+    ),
 )
 
 
@@ -116,11 +142,16 @@ def thresholds_text() -> str:
     """The rules in two sentences, for --help, the report and the README."""
     text = [t for t in THRESHOLDS if t.margin is not None]
     fixed = ", ".join(f"{t.label} {'>' if t.above else '<'} {t.show(t.limit)}" for t in text)
-    relative = ", ".join(f"{t.label} more than {t.show_margin(t.margin)} {'above' if t.above else 'below'}"
-                         for t in text if t.margin is not None)
+    relative = ", ".join(
+        f"{t.label} more than {t.show_margin(t.margin)} {'above' if t.above else 'below'}"
+        for t in text
+        if t.margin is not None
+    )
     always = "; ".join(f"{t.label} > {t.show(t.limit)} ({t.meaning})" for t in THRESHOLDS if t.margin is None)
-    return (f"without --ref, and for the reference itself: {fixed}; with --ref, each model against the "
-            f"reference's own figure: {relative}; and {always}")
+    return (
+        f"without --ref, and for the reference itself: {fixed}; with --ref, each model against the "
+        f"reference's own figure: {relative}; and {always}"
+    )
 
 
 def crossings(f: Figures, ref: Figures | None = None) -> list[str]:

@@ -26,8 +26,9 @@ from ..errors import ExpoError
 
 SHIPPED = "compare_prompts.json"
 SHIPPED_NAME = "built-in prompts"
-FORMAT_HINT = ('a .json list of strings or {"prompt"|"messages", "id", "category"} objects, '
-               "or plain text with one prompt per line")
+FORMAT_HINT = (
+    'a .json list of strings or {"prompt"|"messages", "id", "category"} objects, or plain text with one prompt per line'
+)
 
 
 @dataclass(frozen=True)
@@ -86,18 +87,18 @@ def _one(i: int, item: object, where: str) -> Prompt:
     if isinstance(item, str):
         item = {"prompt": item}
     if not isinstance(item, dict) or ("prompt" in item) == ("messages" in item):
-        raise ExpoError(f"{bad} needs exactly one of \"prompt\" or \"messages\" ({FORMAT_HINT})")
+        raise ExpoError(f'{bad} needs exactly one of "prompt" or "messages" ({FORMAT_HINT})')
     for key in ("id", "category"):
         if not isinstance(item.get(key, ""), str):
             raise ExpoError(f"{bad}: {key} must be a string")
     if "prompt" in item:
         if not isinstance(item["prompt"], str):
-            raise ExpoError(f"{bad}: \"prompt\" must be a string")
+            raise ExpoError(f'{bad}: "prompt" must be a string')
         messages = [{"role": "user", "content": item["prompt"]}]
     else:
         messages = item["messages"]
         if not isinstance(messages, list) or not messages:
-            raise ExpoError(f"{bad}: \"messages\" must be a non-empty list of messages")
+            raise ExpoError(f'{bad}: "messages" must be a non-empty list of messages')
         for j, m in enumerate(messages):
             problem = message_problem(j, m)
             if problem:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import dataclasses
 import html
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+from .._units import human_bytes
+from ..errors import ExpoError
 from .compare import Comparison, ModelRun
 from .compare_metrics import THRESHOLDS, pct, thresholds_text, verdict
-from ..errors import ExpoError
-from .._units import human_bytes
 
 
 def check_outputs(outputs: dict[str, Path | None], inputs: Sequence[Path | None]) -> None:
@@ -47,8 +47,16 @@ def to_json(c: Comparison) -> dict[str, object]:
         "prompts": c.prompts_name,
         "settings": dataclasses.asdict(c.options),
         "reference": str(c.reference) if c.reference else None,
-        "thresholds": [{"figure": t.figure, "label": t.label, "limit": t.limit, "margin_from_reference": t.margin,
-                        "worse_when": "higher" if t.above else "lower"} for t in THRESHOLDS],
+        "thresholds": [
+            {
+                "figure": t.figure,
+                "label": t.label,
+                "limit": t.limit,
+                "margin_from_reference": t.margin,
+                "worse_when": "higher" if t.above else "lower",
+            }
+            for t in THRESHOLDS
+        ],
         "prompt_list": [{"id": p.id, "category": p.category, "messages": list(p.messages)} for p in c.prompts],
         "models": [_model_json(r, c) for r in c.runs],
     }
@@ -57,16 +65,41 @@ def to_json(c: Comparison) -> dict[str, object]:
 def _model_json(r: ModelRun, c: Comparison) -> dict[str, object]:
     f = r.figures
     return {
-        "label": r.label, "file": str(r.path), "type": r.file_type, "size_bytes": r.size_bytes,
-        "reference": r.is_reference, "figures": dataclasses.asdict(f),
-        "kld": dataclasses.asdict(r.kld) if r.kld else None, "verdict": _verdict(r, c),
-        "replies": [{"prompt": p.id, "text": x.text, "tokens": x.tokens, "chars": len(x.text),
-                     "stop": x.stop, "kld_mean": x.kld_mean} for p, x in zip(c.prompts, r.replies)],
+        "label": r.label,
+        "file": str(r.path),
+        "type": r.file_type,
+        "size_bytes": r.size_bytes,
+        "reference": r.is_reference,
+        "figures": dataclasses.asdict(f),
+        "kld": dataclasses.asdict(r.kld) if r.kld else None,
+        "verdict": _verdict(r, c),
+        "replies": [
+            {
+                "prompt": p.id,
+                "text": x.text,
+                "tokens": x.tokens,
+                "chars": len(x.text),
+                "stop": x.stop,
+                "kld_mean": x.kld_mean,
+            }
+            for p, x in zip(c.prompts, r.replies)
+        ],
     }
 
 
-COLUMNS = ("model", "type", "size", "tokens", "chars", "distinct-2", "rep. 4-grams", "runaway",
-           "mean KLD", "KLD p99", "gen tok/s")
+COLUMNS = (
+    "model",
+    "type",
+    "size",
+    "tokens",
+    "chars",
+    "distinct-2",
+    "rep. 4-grams",
+    "runaway",
+    "mean KLD",
+    "KLD p99",
+    "gen tok/s",
+)
 KLD_COLUMNS = ("mean KLD", "KLD p99")
 
 
@@ -81,9 +114,23 @@ def table_rows(c: Comparison) -> list[tuple[str, ...]]:
     for r in c.runs:
         f = r.figures
         kld = ("reference", "") if r.is_reference else (_num(f.kld_mean, 4), _num(f.kld_p99, 3))
-        cells = dict(zip(COLUMNS, (r.label, r.file_type, human_bytes(r.size_bytes), f"{f.mean_tokens:.1f}",
-                                   f"{f.mean_chars:.0f}", _num(f.distinct2, 3), pct(f.rep4), pct(f.runaway),
-                                   *kld, f"{f.gen_tps:.1f}")))
+        cells = dict(
+            zip(
+                COLUMNS,
+                (
+                    r.label,
+                    r.file_type,
+                    human_bytes(r.size_bytes),
+                    f"{f.mean_tokens:.1f}",
+                    f"{f.mean_chars:.0f}",
+                    _num(f.distinct2, 3),
+                    pct(f.rep4),
+                    pct(f.runaway),
+                    *kld,
+                    f"{f.gen_tps:.1f}",
+                ),
+            )
+        )
         rows.append(tuple(cells[col] for col in columns(c)))
     return rows
 
@@ -104,9 +151,13 @@ def verdict_lines(c: Comparison) -> list[str]:
 def markdown(c: Comparison) -> str:
     o = c.options
     ref = f", KL divergence against `{c.reference.name}`" if c.reference else ""
-    out = [f"# expo-gguf compare: {len(c.runs)} models, {len(c.prompts)} prompts", "",
-           f"Prompts: {c.prompts_name}. Greedy, seed {o.seed}, at most {o.max_tokens} tokens per reply, "
-           f"context {o.n_ctx}{ref}.", ""]
+    out = [
+        f"# expo-gguf compare: {len(c.runs)} models, {len(c.prompts)} prompts",
+        "",
+        f"Prompts: {c.prompts_name}. Greedy, seed {o.seed}, at most {o.max_tokens} tokens per reply, "
+        f"context {o.n_ctx}{ref}.",
+        "",
+    ]
     out += [f"- `{r.label}`: `{r.path}`" for r in c.runs] + [""]
     out += _md_table(columns(c), table_rows(c))
     out += ["", "Verdicts (" + thresholds_text() + "):", ""]
@@ -138,4 +189,3 @@ def _cell(text: str) -> str:
 def _md_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
     lines = ["| " + " | ".join(map(_cell, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return lines + ["| " + " | ".join(map(_cell, row)) + " |" for row in rows]
-

@@ -13,9 +13,9 @@ import contextlib
 import ctypes
 import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import llama_cpp
 import numpy as np
@@ -67,8 +67,9 @@ def kld_stats(kld: np.ndarray, same_top: np.ndarray) -> KldStats:
     mean, unc = mean_unc(kld)
     p = float(np.mean(same_top))
     p_unc = float(np.sqrt(p * (1 - p) / (n - 1))) if n > 1 else 0.0
-    return KldStats(n, mean, unc, float(np.median(kld)), float(np.percentile(kld, 99)),
-                    float(kld.max()), 100 * p, 100 * p_unc)
+    return KldStats(
+        n, mean, unc, float(np.median(kld)), float(np.percentile(kld, 99)), float(kld.max()), 100 * p, 100 * p_unc
+    )
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -100,8 +101,9 @@ def against(ref_logp: np.ndarray, logp: np.ndarray) -> tuple[np.ndarray, np.ndar
     return kld_rows(ref, logp), ref.argmax(axis=1) == logp.argmax(axis=1)
 
 
-def forced_logits(ctx: llama_cpp.llama_context_p, tokens: Sequence[int], first: int,
-                  n_batch: int) -> Iterator[tuple[int, np.ndarray]]:
+def forced_logits(
+    ctx: llama_cpp.llama_context_p, tokens: Sequence[int], first: int, n_batch: int
+) -> Iterator[tuple[int, np.ndarray]]:
     """Teacher forcing: the logits at positions ``first .. len(tokens)-2``, each predicting the
     next id, from one pass over ``tokens`` on an empty KV cache in ``n_batch`` pieces.
 
@@ -120,7 +122,7 @@ def forced_logits(ctx: llama_cpp.llama_context_p, tokens: Sequence[int], first: 
         for lo in range(0, end, n_batch):
             n = min(n_batch, end - lo)
             pos = np.arange(lo, lo + n)
-            np.ctypeslib.as_array(batch.token, shape=(n_batch,))[:n] = tokens[lo:lo + n]
+            np.ctypeslib.as_array(batch.token, shape=(n_batch,))[:n] = tokens[lo : lo + n]
             np.ctypeslib.as_array(batch.pos, shape=(n_batch,))[:n] = pos
             np.ctypeslib.as_array(batch.logits, shape=(n_batch,))[:n] = pos >= first
             batch.n_tokens = n
@@ -143,10 +145,13 @@ def reference_cache(rows: int, n_vocab: int, hint: str) -> Iterator[np.ndarray]:
         need = rows * n_vocab * np.dtype(CACHE_DTYPE).itemsize
         free = shutil.disk_usage(tmp).free
         if need > free:
-            raise ExpoError(f"the reference's log-probabilities need {need / 1e9:.1f} GB in {tmp} "
-                            f"({free / 1e9:.1f} GB free); {hint} or point TMPDIR at a disk with room")
-        cache = np.lib.format.open_memmap(Path(tmp) / "ref.npy", mode="w+", dtype=CACHE_DTYPE,
-                                          shape=(max(rows, 1), n_vocab))
+            raise ExpoError(
+                f"the reference's log-probabilities need {need / 1e9:.1f} GB in {tmp} "
+                f"({free / 1e9:.1f} GB free); {hint} or point TMPDIR at a disk with room"
+            )
+        cache = np.lib.format.open_memmap(
+            Path(tmp) / "ref.npy", mode="w+", dtype=CACHE_DTYPE, shape=(max(rows, 1), n_vocab)
+        )
         try:
             yield cache
         finally:
@@ -185,9 +190,13 @@ def read_vocab(path: Path) -> VocabInfo:
 def check_same_vocab(ref: VocabInfo, cand: VocabInfo) -> None:
     """Distributions over different vocabularies have no KL divergence: refuse in one line."""
     if cand.n_vocab != ref.n_vocab:
-        raise ExpoError(f"{cand.path} has a different vocabulary than {ref.path} ({cand.n_vocab} vs "
-                        f"{ref.n_vocab} tokens); KL divergence needs the same tokenizer")
+        raise ExpoError(
+            f"{cand.path} has a different vocabulary than {ref.path} ({cand.n_vocab} vs "
+            f"{ref.n_vocab} tokens); KL divergence needs the same tokenizer"
+        )
     if cand.texts != ref.texts:
         i = next(i for i, (a, b) in enumerate(zip(ref.texts, cand.texts)) if a != b)
-        raise ExpoError(f"{cand.path} has a different vocabulary than {ref.path} (token {i}: "
-                        f"{cand.texts[i]!r} vs {ref.texts[i]!r}); KL divergence needs the same tokenizer")
+        raise ExpoError(
+            f"{cand.path} has a different vocabulary than {ref.path} (token {i}: "
+            f"{cand.texts[i]!r} vs {ref.texts[i]!r}); KL divergence needs the same tokenizer"
+        )

@@ -18,21 +18,31 @@ by one chunk's logits whatever the text length.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import llama_cpp
 import numpy as np
 
-from .divergence import (KldStats, against, check_same_vocab, forced_logits, kld_stats, logprob_blocks,
-                         mean_unc, read_vocab, reference_cache, vocab_model)
 from ..errors import ExpoError
 from ..gguf_file.header import check_header, open_gguf
 from ..progress import SILENT, Progress
 from ..runtime.log import show_llama_log
 from ..runtime.options import RunOptions
 from ..runtime.tokens import tokenize_text
+from .divergence import (
+    KldStats,
+    against,
+    check_same_vocab,
+    forced_logits,
+    kld_stats,
+    logprob_blocks,
+    mean_unc,
+    read_vocab,
+    reference_cache,
+    vocab_model,
+)
 
 
 @dataclass(frozen=True)
@@ -64,9 +74,16 @@ class FileScore:
     kld: KldStats | None  # None for the reference itself
 
     def to_json(self) -> dict[str, object]:
-        return {"file": str(self.path), "type": self.file_type, "size_bytes": self.size_bytes,
-                "tokens": self.ppl.n, "ppl": self.ppl.ppl, "ppl_unc": self.ppl.ppl_unc,
-                "mean_nll": self.ppl.mean_nll, "kld": asdict(self.kld) if self.kld else None}
+        return {
+            "file": str(self.path),
+            "type": self.file_type,
+            "size_bytes": self.size_bytes,
+            "tokens": self.ppl.n,
+            "ppl": self.ppl.ppl,
+            "ppl_unc": self.ppl.ppl_unc,
+            "mean_nll": self.ppl.mean_nll,
+            "kld": asdict(self.kld) if self.kld else None,
+        }
 
 
 def ppl_stats(nll: np.ndarray) -> PplStats:
@@ -127,8 +144,15 @@ class _Evaluator:
         self._stack.close()
 
 
-def score_file(path: Path, chunks: np.ndarray, opts: EvalOptions, *, reference: np.ndarray | None = None,
-               store: np.ndarray | None = None, progress: Progress = SILENT) -> FileScore:
+def score_file(
+    path: Path,
+    chunks: np.ndarray,
+    opts: EvalOptions,
+    *,
+    reference: np.ndarray | None = None,
+    store: np.ndarray | None = None,
+    progress: Progress = SILENT,
+) -> FileScore:
     """PPL of ``path`` over ``chunks``; with ``reference`` also KLD and same-top against it.
 
     ``reference`` and ``store`` are ``(n_chunks * scored_count(n_ctx), n_vocab)`` arrays of
@@ -142,7 +166,7 @@ def score_file(path: Path, chunks: np.ndarray, opts: EvalOptions, *, reference: 
     nll, kld, same = [], [], []
     try:
         for c, chunk in enumerate(chunks):
-            targets = chunk[ev.first + 1:]
+            targets = chunk[ev.first + 1 :]
             for row, logits in forced_logits(ev.ctx, chunk, ev.first, opts.n_ctx):
                 for block, logp in logprob_blocks(logits):
                     lo, hi = row + block.start, row + block.stop
@@ -157,8 +181,13 @@ def score_file(path: Path, chunks: np.ndarray, opts: EvalOptions, *, reference: 
             progress.advance(1)
     finally:
         ev.close()
-    return FileScore(path, info.file_type, path.stat().st_size, ppl_stats(np.concatenate(nll)),
-                     kld_stats(np.concatenate(kld), np.concatenate(same)) if reference is not None else None)
+    return FileScore(
+        path,
+        info.file_type,
+        path.stat().st_size,
+        ppl_stats(np.concatenate(nll)),
+        kld_stats(np.concatenate(kld), np.concatenate(same)) if reference is not None else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -171,14 +200,20 @@ class Report:
     candidates: tuple[FileScore, ...]
 
     def to_json(self) -> dict[str, object]:
-        return {"text": str(self.text), "n_ctx": self.n_ctx, "chunks": self.n_chunks,
-                "text_tokens": self.n_tokens, "scored_tokens": self.reference.ppl.n,
-                "reference": str(self.reference.path),
-                "files": [s.to_json() for s in (self.reference, *self.candidates)]}
+        return {
+            "text": str(self.text),
+            "n_ctx": self.n_ctx,
+            "chunks": self.n_chunks,
+            "text_tokens": self.n_tokens,
+            "scored_tokens": self.reference.ppl.n,
+            "reference": str(self.reference.path),
+            "files": [s.to_json() for s in (self.reference, *self.candidates)],
+        }
 
 
-def prepare(reference: Path, candidates: Sequence[Path], text_path: Path,
-            opts: EvalOptions) -> tuple[np.ndarray, int, int]:
+def prepare(
+    reference: Path, candidates: Sequence[Path], text_path: Path, opts: EvalOptions
+) -> tuple[np.ndarray, int, int]:
     """Check every input and cut the text into chunks before any model is evaluated.
 
     Returns the chunks, the text's token count and the vocabulary size.
@@ -195,13 +230,16 @@ def prepare(reference: Path, candidates: Sequence[Path], text_path: Path,
         raise ExpoError(f"cannot read the text {text_path}: {e.strerror or e}") from None
     tokens = tokenize(ref.path, text, ref.bos)
     if len(tokens) < opts.n_ctx:
-        raise ExpoError(f"{text_path} is {len(tokens)} tokens, shorter than one chunk of --ctx "
-                        f"{opts.n_ctx}; use a longer text or a smaller --ctx")
+        raise ExpoError(
+            f"{text_path} is {len(tokens)} tokens, shorter than one chunk of --ctx "
+            f"{opts.n_ctx}; use a longer text or a smaller --ctx"
+        )
     return make_chunks(tokens, opts.n_ctx, opts.max_chunks, ref.bos), len(tokens), ref.n_vocab
 
 
-def evaluate(reference: Path, candidates: Sequence[Path], text_path: Path, opts: EvalOptions,
-             progress: Progress = SILENT) -> Report:
+def evaluate(
+    reference: Path, candidates: Sequence[Path], text_path: Path, opts: EvalOptions, progress: Progress = SILENT
+) -> Report:
     """Score the reference, keep its log-probabilities on disk, then each candidate against them.
 
     Progress counts chunks of every file; each file's figures are a note once it is scored.

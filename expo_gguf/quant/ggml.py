@@ -14,8 +14,8 @@ import ctypes
 import functools
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import gguf
 import numpy as np
@@ -47,8 +47,15 @@ def _lib(stem: str) -> ctypes.CDLL | None:
                 import llama_cpp  # loads the libraries with the rpaths they need
 
                 libdir = Path(llama_cpp.__file__).parent / "lib"
-                path = next((libdir / f"{p}{stem}{s}" for p in ("lib", "") for s in (".so", ".dylib", ".dll")
-                             if (libdir / f"{p}{stem}{s}").exists()), None)
+                path = next(
+                    (
+                        libdir / f"{p}{stem}{s}"
+                        for p in ("lib", "")
+                        for s in (".so", ".dylib", ".dll")
+                        if (libdir / f"{p}{stem}{s}").exists()
+                    ),
+                    None,
+                )
                 lib = ctypes.CDLL(str(path)) if path else None
                 if lib is not None and stem == "ggml-cpu":
                     lib.ggml_get_type_traits_cpu.restype = ctypes.POINTER(_TraitsCpu)
@@ -56,15 +63,22 @@ def _lib(stem: str) -> ctypes.CDLL | None:
                     lib.ggml_cpu_init()
                 elif lib is not None:
                     lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-                    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+                    lib.ggml_quantize_chunk.argtypes = [
+                        ctypes.c_int,
+                        ctypes.c_void_p,
+                        ctypes.c_void_p,
+                        ctypes.c_int64,
+                        ctypes.c_int64,
+                        ctypes.c_int64,
+                        ctypes.c_void_p,
+                    ]
             except (ImportError, OSError, AttributeError):
                 lib = None
         _LIBS[stem] = lib
         return lib
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def row_quantizer(qtype: gguf.GGMLQuantizationType) -> Callable[[np.ndarray], np.ndarray] | None:
     """A function float32 rows -> packed bytes for ``qtype`` from ggml, or None if absent."""
     block, type_size = gguf.GGML_QUANT_SIZES[qtype]
@@ -83,7 +97,9 @@ def row_quantizer(qtype: gguf.GGMLQuantizationType) -> Callable[[np.ndarray], np
             return None
 
         def run(rows: np.ndarray, out: np.ndarray) -> None:
-            base.ggml_quantize_chunk(int(qtype), rows.ctypes.data, out.ctypes.data, 0, rows.shape[0], rows.shape[1], None)
+            base.ggml_quantize_chunk(
+                int(qtype), rows.ctypes.data, out.ctypes.data, 0, rows.shape[0], rows.shape[1], None
+            )
 
     def quantize(rows: np.ndarray) -> np.ndarray:
         rows = np.ascontiguousarray(rows, dtype=np.float32)

@@ -24,8 +24,14 @@ CHATML_TEMPLATE = chatml_template()  # llama.cpp's own fallback when a GGUF carr
 
 def _new_llama(run: Resolved, path: Path, n_ctx: int, seed: int) -> llama_cpp.Llama:
     return llama_cpp.Llama(
-        str(path), n_ctx=n_ctx, n_batch=min(512, n_ctx), n_gpu_layers=run.gpu_layers,
-        n_threads=run.threads, n_threads_batch=run.threads, seed=seed, verbose=run.verbose,
+        str(path),
+        n_ctx=n_ctx,
+        n_batch=min(512, n_ctx),
+        n_gpu_layers=run.gpu_layers,
+        n_threads=run.threads,
+        n_threads_batch=run.threads,
+        seed=seed,
+        verbose=run.verbose,
     )
 
 

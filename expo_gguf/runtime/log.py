@@ -10,12 +10,12 @@ printed.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import sys
 import threading
-import contextlib
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import llama_cpp
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import codecs
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping, Protocol
+from typing import Protocol
 
 import llama_cpp
 
@@ -136,7 +137,7 @@ class ChatModel:
         reserve = sampling.max_tokens if sampling.max_tokens > 0 else n_ctx // 4
         budget = n_ctx - min(reserve, n_ctx // 2)
         head = messages[:1] if messages and messages[0]["role"] == "system" else []
-        rest = messages[len(head):]
+        rest = messages[len(head) :]
         dropped = 0
         n = len(self.tokenize(head + rest))
         while n > budget and len(rest) > 1:
@@ -148,8 +149,7 @@ class ChatModel:
             n = len(self.tokenize(head + rest))
         if n > n_ctx - MIN_REPLY_TOKENS:
             raise ExpoError(
-                f"message too long: the prompt is {n} tokens and the context holds {n_ctx};"
-                " shorten it or raise --ctx"
+                f"message too long: the prompt is {n} tokens and the context holds {n_ctx}; shorten it or raise --ctx"
             )
         return head + rest, dropped
 
@@ -169,8 +169,12 @@ class ChatModel:
         self.last_tokens = []
         try:
             tokens = llama.generate(
-                prompt, temp=sampling.temp, top_p=sampling.top_p, top_k=sampling.top_k,
-                min_p=sampling.min_p, repeat_penalty=sampling.repeat_penalty,
+                prompt,
+                temp=sampling.temp,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k,
+                min_p=sampling.min_p,
+                repeat_penalty=sampling.repeat_penalty,
             )
             for token in tokens:
                 self.last_tokens.append(token)
@@ -200,10 +204,16 @@ class ChatModel:
         finally:
             perf = llama_cpp.llama_perf_context(ctx)
             self.last_stats = TurnStats(
-                prompt_tokens=len(prompt), prompt_evaluated=perf.n_p_eval,
-                prompt_ms=perf.t_p_eval_ms, generated=generated, gen_evaluated=perf.n_eval,
+                prompt_tokens=len(prompt),
+                prompt_evaluated=perf.n_p_eval,
+                prompt_ms=perf.t_p_eval_ms,
+                generated=generated,
+                gen_evaluated=perf.n_eval,
                 gen_ms=perf.t_eval_ms,
-                ttft_s=ttft, ctx_used=llama.n_tokens, n_ctx=n_ctx, stop=stop,
+                ttft_s=ttft,
+                ctx_used=llama.n_tokens,
+                n_ctx=n_ctx,
+                stop=stop,
             )
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ renders a malformed prompt).
 from __future__ import annotations
 
 import ctypes
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .._data import openchat_template
+from ..errors import ExpoError
 from .checkpoint import read_json
 from .hub import display_name
-from ..errors import ExpoError
 
 END_OF_TURN = "<|end_of_turn|>"
 OPENCHAT_TEMPLATE = openchat_template()
@@ -42,8 +42,9 @@ def jinja_error(template: str) -> str | None:
     return None
 
 
-def chat_template(root: Path, tok_config: dict, override: Path | None, has_end_of_turn: bool,
-                  fallback: str | None = None) -> tuple[str, str | None]:
+def chat_template(
+    root: Path, tok_config: dict, override: Path | None, has_end_of_turn: bool, fallback: str | None = None
+) -> tuple[str, str | None]:
     """--chat-template, else the checkpoint's own byte for byte, else the preset's (``fallback``);
     OpenChat's only for an OpenChat vocab."""
     if override is not None:
@@ -53,7 +54,10 @@ def chat_template(root: Path, tok_config: dict, override: Path | None, has_end_o
         return text, None
     text, warning = _own_template(root, tok_config, has_end_of_turn, fallback)
     if (problem := jinja_error(text)) is not None:
-        warning = f"{display_name(root)}'s chat template is not valid Jinja ({problem}); chat will fail: give --chat-template FILE"
+        warning = (
+            f"{display_name(root)}'s chat template is not valid Jinja ({problem}); "
+            "chat will fail: give --chat-template FILE"
+        )
     return text, warning
 
 
@@ -65,16 +69,26 @@ def _own_template(root: Path, tok_config: dict, has_end_of_turn: bool, fallback:
     if (root / "chat_template.jinja").is_file():
         text = _read_template(root / "chat_template.jinja")
         differs = isinstance(tmpl, str) and tmpl and tmpl != text
-        return text, ("chat_template.jinja and tokenizer_config.json's chat_template differ; writing the "
-                      ".jinja file's, as transformers uses it") if differs else None
+        return text, (
+            "chat_template.jinja and tokenizer_config.json's chat_template differ; writing the "
+            ".jinja file's, as transformers uses it"
+        ) if differs else None
     if isinstance(tmpl, str) and tmpl:
         return tmpl, None
     tmpl = read_json(root / "chat_template.json", "chat template", required=False).get("chat_template")
     if isinstance(tmpl, str) and tmpl:
         return tmpl, None
     if fallback:
-        return fallback, f"{display_name(root)} has no chat template; writing the preset's (the format its model card gives)"
+        return (
+            fallback,
+            f"{display_name(root)} has no chat template; writing the preset's (the format its model card gives)",
+        )
     if has_end_of_turn:
-        return OPENCHAT_TEMPLATE, f"{display_name(root)} has no chat template; writing the OpenChat one (its vocab has {END_OF_TURN})"
-    raise ExpoError(f"{root} has no chat template (tokenizer_config.json chat_template, chat_template.jinja); "
-                    "give one with --chat-template FILE")
+        return (
+            OPENCHAT_TEMPLATE,
+            f"{display_name(root)} has no chat template; writing the OpenChat one (its vocab has {END_OF_TURN})",
+        )
+    raise ExpoError(
+        f"{root} has no chat template (tokenizer_config.json chat_template, chat_template.jinja); "
+        "give one with --chat-template FILE"
+    )

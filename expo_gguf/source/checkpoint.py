@@ -144,7 +144,9 @@ def _tensor_ref(path: Path, name: str, info: object, base: int, data_len: int) -
     if not 0 <= begin <= end:
         raise ExpoError(f"{bad} has invalid data_offsets {offs!r}")
     if end > data_len:
-        raise ExpoError(f"{path}: truncated shard: tensor {name!r} ends at byte {base + end}, file has {base + data_len}")
+        raise ExpoError(
+            f"{path}: truncated shard: tensor {name!r} ends at byte {base + end}, file has {base + data_len}"
+        )
     if end - begin != math.prod(shape) * DTYPES[dtype].itemsize:
         raise ExpoError(f"{bad}: shape {shape} {dtype} does not match its {end - begin} bytes")
     return TensorRef(name, path, base + begin, end - begin, dtype, tuple(shape))

@@ -46,8 +46,9 @@ class Preset:
 def load_presets() -> tuple[Preset, ...]:
     """Every preset, the default first."""
     rows = json.loads(data_text("presets.json"))["presets"]
-    return tuple(Preset(r["name"], r["sft"], r["rlhf"], float(r["alpha"]), r["source"], r.get("chat_template"))
-                 for r in rows)
+    return tuple(
+        Preset(r["name"], r["sft"], r["rlhf"], float(r["alpha"]), r["source"], r.get("chat_template")) for r in rows
+    )
 
 
 def find_preset(name: str) -> Preset:

@@ -17,22 +17,36 @@ from pathlib import Path
 
 import gguf
 
-from .checkpoint import read_json
-from .hub import display_name
 from ..errors import ExpoError
 from .chat_template import END_OF_TURN, chat_template
+from .checkpoint import read_json
+from .hub import display_name
 from .vocab_bpe import load_bpe
 
 log = logging.getLogger("expo_gguf")
 
 # Token texts llama.cpp itself treats as end of generation (llama-vocab.cpp, load): an id among
 # these needs no GGUF key to stop generation (test_llama_family checks each against llama.cpp).
-LLAMA_CPP_EOG_TEXTS = frozenset({
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>",
-    "<EOT>", "<|end_of_text|>", "<eos>",
-})
-CONTROL, USER_DEFINED, UNUSED, NORMAL = (int(gguf.TokenType.CONTROL), int(gguf.TokenType.USER_DEFINED),
-                                         int(gguf.TokenType.UNUSED), int(gguf.TokenType.NORMAL))
+LLAMA_CPP_EOG_TEXTS = frozenset(
+    {
+        "<|eot_id|>",
+        "<|im_end|>",
+        "<|end|>",
+        "<end_of_turn>",
+        "<|endoftext|>",
+        "</s>",
+        "<|eom_id|>",
+        "<EOT>",
+        "<|end_of_text|>",
+        "<eos>",
+    }
+)
+CONTROL, USER_DEFINED, UNUSED, NORMAL = (
+    int(gguf.TokenType.CONTROL),
+    int(gguf.TokenType.USER_DEFINED),
+    int(gguf.TokenType.UNUSED),
+    int(gguf.TokenType.NORMAL),
+)
 
 
 @dataclass(frozen=True)
@@ -148,12 +162,22 @@ def _bpe(root: Path, added: dict[int, tuple[str, bool]]) -> _Pieces:
     base = load_bpe(root)
     for tid, entry in base.added.items():
         added.setdefault(tid, entry)  # tokenizer_config.json's decoder, read first, wins
-    return _Pieces("gpt2", base.pre, [t.encode("utf-8") for t in base.tokens], None, [NORMAL] * len(base.tokens),
-                   base.merges, {}, base.add_bos, base.add_eos)
+    return _Pieces(
+        "gpt2",
+        base.pre,
+        [t.encode("utf-8") for t in base.tokens],
+        None,
+        [NORMAL] * len(base.tokens),
+        base.merges,
+        {},
+        base.add_bos,
+        base.add_eos,
+    )
 
 
-def _place_added(p: _Pieces, added: dict[int, tuple[str, bool]], vocab_size: int, root: Path,
-                 warnings: list[str]) -> None:
+def _place_added(
+    p: _Pieces, added: dict[int, tuple[str, bool]], vocab_size: int, root: Path, warnings: list[str]
+) -> None:
     n_base = len(p.tokens)
     for tid in sorted(added):
         content, special = added[tid]
@@ -193,12 +217,15 @@ def _eos_ids(root: Path, tok_config: dict, ids: dict[str, int], vocab_size: int,
         if tid < vocab_size:
             out.append(tid)
         else:
-            warnings.append(f"eos_token_id {tid} of generation_config.json is beyond the {vocab_size} embedding rows; ignored")
+            warnings.append(
+                f"eos_token_id {tid} of generation_config.json is beyond the {vocab_size} embedding rows; ignored"
+            )
     return list(dict.fromkeys(out))
 
 
-def _end_of_generation(eog: list[int], text: dict[int, str], special: dict[str, int], root: Path,
-                       warnings: list[str]) -> None:
+def _end_of_generation(
+    eog: list[int], text: dict[int, str], special: dict[str, int], root: Path, warnings: list[str]
+) -> None:
     """Give eot and eom to the end ids that are not eos: those llama.cpp does not know by their
     text first (nothing else would stop at them), then the ones it knows (older llama.cpp builds,
     as in Ollama or LM Studio, know fewer texts)."""
@@ -211,8 +238,10 @@ def _end_of_generation(eog: list[int], text: dict[int, str], special: dict[str, 
         if slot:
             special[slot] = t
         elif text[t] not in LLAMA_CPP_EOG_TEXTS:
-            warnings.append(f"token {text[t]!r} (id {t}) ends generation in {display_name(root)}, but a GGUF marks at "
-                            "most three (eos, eot, eom): llama.cpp will not stop at it")
+            warnings.append(
+                f"token {text[t]!r} (id {t}) ends generation in {display_name(root)}, but a GGUF marks at "
+                "most three (eos, eot, eom): llama.cpp will not stop at it"
+            )
 
 
 def _special_ids(root: Path, tok_config: dict, p: _Pieces, vocab_size: int, warnings: list[str]) -> dict[str, int]:
@@ -247,8 +276,9 @@ def load_vocab(root: Path, vocab_size: int, template_file: Path | None = None, f
     warnings: list[str] = []
     _place_added(pieces, added, vocab_size, root, warnings)
     special = _special_ids(root, tok_config, pieces, vocab_size, warnings)
-    template, warning = chat_template(root, tok_config, template_file,
-                                       any(t == END_OF_TURN.encode() for t in pieces.tokens), fallback)
+    template, warning = chat_template(
+        root, tok_config, template_file, any(t == END_OF_TURN.encode() for t in pieces.tokens), fallback
+    )
     if warning:
         warnings.append(warning)
     # a tokenizer.json's post-processor decides BOS/EOS where it says (as transformers and gguf-py read it)

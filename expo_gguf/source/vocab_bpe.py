@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import read_json
 from ..errors import ExpoError
+from .checkpoint import read_json
 
 LLAMA3_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -58,9 +58,11 @@ def pre_signature(tok: dict) -> tuple[object, ...]:
     steps = pre.get("pretokenizers") if isinstance(pre, dict) and pre.get("type") == "Sequence" else [pre]
     model = tok.get("model") if isinstance(tok.get("model"), dict) else {}
     normalizer = tok.get("normalizer")
-    return (None if normalizer is None else json.dumps(normalizer, sort_keys=True)[:200],
-            tuple(_pre_step(s) for s in (steps if isinstance(steps, list) else [steps])),
-            bool(model.get("ignore_merges", False)))
+    return (
+        None if normalizer is None else json.dumps(normalizer, sort_keys=True)[:200],
+        tuple(_pre_step(s) for s in (steps if isinstance(steps, list) else [steps])),
+        bool(model.get("ignore_merges", False)),
+    )
 
 
 def detect_pre(tok: dict, where: Path) -> str:
@@ -69,10 +71,14 @@ def detect_pre(tok: dict, where: Path) -> str:
         if sig == known:
             return name
     parts = ("normalizer", "pre-tokenizer steps", "model.ignore_merges")
-    near = [f"{name}: {', '.join(p for p, a, b in zip(parts, sig, known) if a != b)} differ"
-            for name, known in KNOWN_PRE.items()]
-    raise ExpoError(f"{where}: pre-tokenizer not recognised ({'; '.join(near)}); a GGUF would tokenize "
-                    "differently from the checkpoint")
+    near = [
+        f"{name}: {', '.join(p for p, a, b in zip(parts, sig, known) if a != b)} differ"
+        for name, known in KNOWN_PRE.items()
+    ]
+    raise ExpoError(
+        f"{where}: pre-tokenizer not recognised ({'; '.join(near)}); a GGUF would tokenize "
+        "differently from the checkpoint"
+    )
 
 
 def _merges(raw: object, where: Path) -> list[str]:
@@ -110,19 +116,29 @@ def load_bpe(root: Path) -> BpeBase:
     tok = read_json(where, "tokenizer")
     model = tok.get("model")
     decoder = tok.get("decoder")
-    if not (isinstance(model, dict) and model.get("type") == "BPE" and not model.get("byte_fallback")
-            and isinstance(decoder, dict) and decoder.get("type") == "ByteLevel"):
+    if not (
+        isinstance(model, dict)
+        and model.get("type") == "BPE"
+        and not model.get("byte_fallback")
+        and isinstance(decoder, dict)
+        and decoder.get("type") == "ByteLevel"
+    ):
         kind = model.get("type") if isinstance(model, dict) else model
         what = f"a {kind} tokenizer"
         if isinstance(model, dict) and model.get("byte_fallback"):
             what = "a SentencePiece-style BPE (byte_fallback) with no tokenizer.model beside it"
-        raise ExpoError(f"{where}: {what}; supported: byte-level BPE (tokenizer.json) and SentencePiece (tokenizer.model)")
+        raise ExpoError(
+            f"{where}: {what}; supported: byte-level BPE (tokenizer.json) and SentencePiece (tokenizer.model)"
+        )
     vocab = model.get("vocab")
     if not isinstance(vocab, dict) or not vocab:
         raise ExpoError(f"{where}: model.vocab is not a token -> id object")
     tokens: list[str | None] = [None] * len(vocab)
     for text, tid in vocab.items():
-        if not (isinstance(tid, int) and not isinstance(tid, bool) and 0 <= tid < len(vocab)) or tokens[tid] is not None:
+        if (
+            not (isinstance(tid, int) and not isinstance(tid, bool) and 0 <= tid < len(vocab))
+            or tokens[tid] is not None
+        ):
             raise ExpoError(f"{where}: token ids are not 0..{len(vocab) - 1}, each once (at {text!r}: {tid!r})")
         tokens[tid] = text
     added: dict[int, tuple[str, bool]] = {}
@@ -134,5 +150,10 @@ def load_bpe(root: Path) -> BpeBase:
         if not (isinstance(tid, int) and not isinstance(tid, bool) and tid >= 0 and isinstance(content, str)):
             raise ExpoError(f"{where}: added token {entry!r} has no id and content")
         added[tid] = (content, bool(entry.get("special", False)))
-    return BpeBase(detect_pre(tok, where), tokens, _merges(model.get("merges"), where), added,  # type: ignore[arg-type]
-                   *_bos_eos(tok))
+    return BpeBase(
+        detect_pre(tok, where),
+        tokens,
+        _merges(model.get("merges"), where),
+        added,  # type: ignore[arg-type]
+        *_bos_eos(tok),
+    )
