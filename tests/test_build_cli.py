@@ -216,3 +216,18 @@ def test_quantize_expands_a_quantized_real_model_to_f32(tmp_path):
     ref.eval(ids)
     # dequantized weights compute the same function up to float error
     assert np.allclose(llm.scores[len(ids) - 1], ref.scores[len(ids) - 1], atol=0.05 * np.std(ref.scores[len(ids) - 1]))
+
+
+def test_quantize_failure_names_llama_cpp_reason(tmp_path):
+    """llama.cpp's own error line (GGML_LOG_LEVEL_ERROR) reaches the one-line message."""
+    src = tmp_path / "bogus-F32.gguf"
+    w = gguf.GGUFWriter(src, "bogusarch")
+    w.add_tensor("blk.0.attn_q.weight", np.ones((64, 64), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    res = run_cli("quantize", src, "-q", "q4_k_m")
+    assert res.exit_code == 1, res.output
+    assert "unknown model architecture: 'bogusarch'" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bogus-F32.gguf"]

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 
 import llama_cpp
 
-ERROR_LEVEL = 3  # GGML_LOG_LEVEL_ERROR
+ERROR_LEVEL = 4  # GGML_LOG_LEVEL_ERROR (3 is WARN)
 _verbose = False
 _captures: list[tuple[list[str], bool]] = []  # (lines, errors only)
 _lock = threading.Lock()
