@@ -28,7 +28,7 @@ from ..quant.types import INTERMEDIATE, QUANTS, quantize_rows
 from ..source.checkpoint import DTYPES, RowReader
 from .extrapolate import extrapolate, widen
 from .mapping import permute_rows
-from .plan import Plan, TensorJob
+from .plan import Plan, TensorJob, check_ready
 from .writer import GGUFStream, verify
 
 
@@ -194,12 +194,7 @@ def run_build(plan: Plan, progress: Progress = SILENT) -> list[BuiltFile]:
     All or nothing: every output stays under its ``.part`` name until all of them are written and
     checked, then all are renamed; any failure or Ctrl+C removes every one of them.
     """
-    if plan.disk_free < plan.disk_needed:
-        raise ExpoError(
-            f"not enough disk in {plan.request.outdir}: the build needs {plan.disk_needed / 1e9:.2f} GB, "
-            f"{plan.disk_free / 1e9:.2f} GB free",
-            exit_code=1,
-        )
+    check_ready(plan)
     parts = [part_path(o.path) for o in plan.streamed + plan.derived]
     _remove_stale_parts(plan)
     try:

@@ -8,6 +8,7 @@ finds is reported at once; ``--dry-run`` prints the plan and the build only exec
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,8 @@ import numpy as np
 from ..errors import ExpoError
 from ..quant.types import INTERMEDIATE, Quant, nbytes, tensor_type
 from ..source.checkpoint import Checkpoint, TensorRef, load_checkpoint
-from ..source.presets import expo_name
+from ..source.hub import display_name
+from ..source.presets import expo_name, published_preset
 from ..source.vocab import Vocab, load_vocab
 from .mapping import (
     HParams,
@@ -81,6 +83,7 @@ class Output:
     types: tuple[gguf.GGMLQuantizationType, ...] | None  # None: written by llama.cpp from `source`
     source: Path | None = None
     temporary: bool = False  # the 16-bit intermediate of K-quants nobody asked to keep
+    name: str = ""  # general.name: the model at this alpha
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,12 @@ class Plan:
     derived: tuple[Output, ...]
     warnings: tuple[str, ...]
     disk_free: int
+    existing: tuple[Path, ...] = ()  # outputs already there: replaced with --force, else refused
+    unwritable: str | None = None  # why nothing can be written into the output folder
+
+    @property
+    def outputs(self) -> tuple[Output, ...]:
+        return self.streamed + self.derived
 
     @property
     def input_bytes(self) -> int:
@@ -176,15 +185,75 @@ def default_name(rlhf: Checkpoint) -> str:
     return expo_name(rlhf.label)
 
 
+def _identity(ckpt: Checkpoint) -> str:
+    return ckpt.repo_id or display_name(ckpt.path)
+
+
+def model_names(req: BuildRequest, sft: Checkpoint, rlhf: Checkpoint) -> tuple[str, dict[float, str]]:
+    """The base name, and the model's name at each alpha (``general.name``, and its files' names
+    before ``-QUANT``).
+
+    Only the published model gets the published name (``<RLHF name>-ExPO``): a preset's pair,
+    whether named by repo id or as local folders of those names, at that preset's own alpha. Any
+    other alpha or pair carries its alpha (``NAME-a0.3``), so builds of several alphas one at a time
+    never overwrite the published file or each other; several alphas in one build all carry theirs.
+    A ``--name`` is the user's own: kept as given for a single alpha, and as ``general.name`` of
+    every file (so each file of a several-alpha build equals its own single-alpha build).
+    """
+    if req.name:
+        base, plain = req.name, len(req.alphas) == 1
+    else:
+        base = default_name(rlhf)
+        preset = published_preset(_identity(sft), _identity(rlhf))
+        plain = preset is not None and req.alphas == (preset.alpha,)
+    return base, {a: base if plain else f"{base}-a{a:g}" for a in req.alphas}
+
+
 def _free_space(path: Path) -> int:
     while not path.exists() and path != path.parent:
         path = path.parent
     return shutil.disk_usage(path).free
 
 
-def output_path(req: BuildRequest, name: str, alpha: float, label: str) -> Path:
-    """NAME-QUANT.gguf, or NAME-a0.3-QUANT.gguf when one build writes several alphas."""
-    return req.outdir / (f"{name}-a{alpha:g}-{label}.gguf" if len(req.alphas) > 1 else f"{name}-{label}.gguf")
+def output_path(req: BuildRequest, model_name: str, label: str) -> Path:
+    """OUTDIR/MODEL-QUANT.gguf, MODEL being the model's name at that alpha (``model_names``)."""
+    return req.outdir / f"{model_name}-{label}.gguf"
+
+
+def unwritable_reason(outdir: Path) -> str | None:
+    """Why files cannot be created in ``outdir`` (made if missing), or None; nothing is written."""
+    folder = outdir
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{folder} is not writable" + (" (a read-only file system)" if _read_only_fs(folder) else "")
+    return None
+
+
+def _read_only_fs(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def check_ready(plan: Plan) -> None:
+    """What stops ``plan`` from being executed, though ``--dry-run`` still prints it: an output
+    folder that cannot be written, outputs that exist (without ``force``), too little disk."""
+    outdir = plan.request.outdir
+    if plan.unwritable:
+        raise ExpoError(f"cannot write into {outdir}: {plan.unwritable}")
+    if plan.existing and not plan.request.force:
+        more = " (and more)" if len(plan.existing) > 1 else ""
+        raise ExpoError(f"{plan.existing[0]} exists{more}; use --force to overwrite")
+    if plan.disk_free < plan.disk_needed:
+        raise ExpoError(
+            f"not enough disk in {outdir}: the build needs {plan.disk_needed / 1e9:.2f} GB, "
+            f"{plan.disk_free / 1e9:.2f} GB free",
+            exit_code=1,
+        )
 
 
 def _check_request(req: BuildRequest) -> None:
@@ -202,8 +271,10 @@ def _check_request(req: BuildRequest) -> None:
 
 def make_plan(req: BuildRequest) -> Plan:
     _check_request(req)
-    rlhf = load_checkpoint(req.rlhf)
-    sft = load_checkpoint(req.sft)
+    rlhf = load_checkpoint(req.rlhf, "--rlhf")
+    sft = load_checkpoint(req.sft, "--sft")
+    if sft.same_files(rlhf):
+        raise ExpoError(f"SFT and RLHF are the same checkpoint ({rlhf.path}): the result would be the RLHF model")
     hp = _check_pair(sft, rlhf)
     check_hparams(hp, rlhf.config, rlhf.label)
     names = tensor_names(list(rlhf.tensors), hp)
@@ -225,17 +296,17 @@ def make_plan(req: BuildRequest) -> Plan:
     freqs = rope_freqs(hp)
     extra = (ExtraTensor("rope_freqs.weight", freqs),) if freqs is not None else ()
 
-    name = req.name or default_name(rlhf)
+    name, names = model_names(req, sft, rlhf)
     warnings = list(vocab.warnings)
     streamed: list[Output] = []
     derived: list[Output] = []
     extra_bytes = sum(t.data.nbytes for t in extra)
     for alpha in req.alphas:
+        general = req.name or names[alpha]
         floats: dict[str, Output] = {}
         for quant in [q for q in req.quants if not q.by_llama_cpp]:
-            out = _streamed_output(
-                quant, alpha, output_path(req, name, alpha, quant.label), jobs, extra_bytes, warnings
-            )
+            path = output_path(req, names[alpha], quant.label)
+            out = _streamed_output(quant, alpha, path, jobs, extra_bytes, warnings, general)
             streamed.append(out)
             floats[quant.name] = out
         kquants = [q for q in req.quants if q.by_llama_cpp]
@@ -244,16 +315,15 @@ def make_plan(req: BuildRequest) -> Plan:
         # a float file the user asked for doubles as the source, the most precise first
         source = next((floats[n] for n in ("f32", "f16", "bf16") if n in floats), None)
         if source is None:
-            tmp = output_path(req, f".{name}", alpha, f"{INTERMEDIATE.label}.intermediate")
-            source = _streamed_output(INTERMEDIATE, alpha, tmp, jobs, extra_bytes, [], temporary=True)
+            tmp = output_path(req, f".{names[alpha]}", f"{INTERMEDIATE.label}.intermediate")
+            source = _streamed_output(INTERMEDIATE, alpha, tmp, jobs, extra_bytes, [], general, temporary=True)
             streamed.append(source)
         for quant in kquants:
             # an estimate: llama.cpp's mixes keep some tensors at Q6_K/Q8_0 (+7% at 7B for Q4_K_M, +29% tiny)
             size = int(1.3 * sum(nbytes(tensor_type(quant, j.gguf_name, j.shape)[0], j.shape) for j in jobs))
-            derived.append(Output(quant, alpha, output_path(req, name, alpha, quant.label), size, None, source.path))
-    existing = [o.path for o in streamed + derived if o.path.exists() and not o.temporary]
-    if existing and not req.force:
-        raise ExpoError(f"{existing[0]} exists{' (and more)' if len(existing) > 1 else ''}; use --force to overwrite")
+            path = output_path(req, names[alpha], quant.label)
+            derived.append(Output(quant, alpha, path, size, None, source.path, name=general))
+    existing = tuple(o.path for o in streamed + derived if o.path.exists() and not o.temporary)
     return Plan(
         req,
         name,
@@ -267,6 +337,8 @@ def make_plan(req: BuildRequest) -> Plan:
         tuple(derived),
         tuple(dict.fromkeys(warnings)),
         _free_space(req.outdir),
+        existing,
+        unwritable_reason(req.outdir),
     )
 
 
@@ -277,6 +349,7 @@ def _streamed_output(
     jobs: list[TensorJob],
     extra_bytes: int,
     warnings: list[str],
+    name: str,
     temporary: bool = False,
 ) -> Output:
     types = []
@@ -286,4 +359,4 @@ def _streamed_output(
             warnings.append(f"{quant.label}: {warning}")
         types.append(qtype)
     size = extra_bytes + sum(nbytes(t, j.shape) for t, j in zip(types, jobs))
-    return Output(quant, alpha, path, size, tuple(types), temporary=temporary)
+    return Output(quant, alpha, path, size, tuple(types), temporary=temporary, name=name)

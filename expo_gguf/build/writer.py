@@ -44,7 +44,7 @@ def _source_id(ckpt: Checkpoint) -> str:
 
 def add_metadata(w: gguf.GGUFWriter, plan: Plan, out: Output) -> None:
     w.add_type(gguf.GGUFType.MODEL)
-    w.add_name(plan.name)
+    w.add_name(out.name or plan.name)
     w.add_file_type(int(out.quant.file_type))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     w.add_base_model_count(2)

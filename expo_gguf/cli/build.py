@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from .._units import human_bytes
 from ..build.execute import run_build
-from ..build.plan import BuildRequest, Plan, make_plan
+from ..build.plan import BuildRequest, Plan, check_ready, make_plan
 from ..errors import ExpoError
 from ..gguf_file.modelfile import write_modelfile
 from ..quant.requantize import requantize
@@ -33,11 +34,13 @@ def print_plan(plan: Plan) -> None:
         f"  {len(plan.tensors)} tensors, input {human_bytes(plan.input_bytes)} read once, "
         f"{r.threads} threads, peak RAM ~{human_bytes(plan.peak_ram)}"
     )
-    console.print(f"  writing into {r.outdir}/")
+    console.print(
+        f"  writing into {r.outdir}/" + (f"  [red]cannot: {escape(plan.unwritable)}[/]" if plan.unwritable else "")
+    )
     t = Table(box=None, pad_edge=False)
     for col in ("  file", "written by", "size"):
         t.add_column(col, overflow="fold")
-    for o in plan.streamed + plan.derived:
+    for o in plan.outputs:
         who = "llama.cpp quantize" if o.types is None else "stream pass"
         t.add_row(
             "  " + o.path.name + (" (temporary)" if o.temporary else ""),
@@ -45,6 +48,9 @@ def print_plan(plan: Plan) -> None:
             ("~" if o.types is None else "") + human_bytes(o.nbytes),
         )
     console.print(t)
+    replace = "exists, replaced (--force)" if r.force else "[red]exists, --force to replace[/]"
+    for path in plan.existing:
+        console.print(f"  {escape(path.name)} {replace}", soft_wrap=True)
     ok = plan.disk_free >= plan.disk_needed
     console.print(
         f"  disk: needs ~{human_bytes(plan.disk_needed)}, {human_bytes(plan.disk_free)} free "
@@ -105,12 +111,15 @@ def parse_alphas(text: str) -> tuple[float, ...]:
 @click.option(
     "--name",
     default=None,
-    help="Output base name; files are OUTDIR/NAME-QUANT.gguf [default: <RLHF name>-ExPO, the published "
-    "model's name; with -aALPHA when the alpha is not the preset's].",
+    help="Output base name; files are OUTDIR/NAME-QUANT.gguf [default: <RLHF name>-ExPO-aALPHA; "
+    "<RLHF name>-ExPO, the published model's name, only for a preset's pair at that preset's alpha].",
 )
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @click.option(
-    "--dry-run", is_flag=True, help="Check both checkpoints and print the plan (sizes, RAM, disk); write nothing."
+    "--dry-run",
+    is_flag=True,
+    help="Check everything and print the whole plan (files, sizes, RAM, disk); write nothing. Exits "
+    "non-zero, after the plan, where the build would refuse (outputs exist, folder not writable, disk short).",
 )
 @threads_option
 def build(
@@ -142,17 +151,20 @@ def build(
         alphas,
         tuple(parse_quants(quant_text)),
         outdir,
-        name or p.name_for(sft, rlhf, alphas),
+        name,
         force,
         threads or usable_cores(),
         chat_template,
         p.fallback_template(rlhf),
     )
     plan = make_plan(req)
+    if not dry_run:
+        check_ready(plan)
     for w in plan.warnings:
         warn(w)
     print_plan(plan)
     if dry_run:
+        check_ready(plan)  # a check: what would stop the build, after the whole plan
         return
     with progress("bytes", keep=True) as bar:
         built = run_build(plan, bar)

@@ -68,6 +68,19 @@ class Checkpoint:
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.tensors.values())
 
+    def same_files(self, other: Checkpoint) -> bool:
+        """The same folder, or shards that are the same files (the HF cache's blobs are hard links)."""
+        if self.path.resolve() == other.path.resolve():
+            return True
+
+        def inodes(c: Checkpoint) -> set[tuple[int, int]]:
+            return {(s.st_dev, s.st_ino) for s in (f.stat() for f in {t.file for t in c.tensors.values()})}
+
+        try:
+            return bool(self.tensors) and inodes(self) == inodes(other)
+        except OSError:
+            return False
+
 
 def read_json(path: Path, what: str, required: bool = True) -> dict:
     """A JSON object from a checkpoint file; a missing optional file reads as ``{}``."""
@@ -152,9 +165,10 @@ def _tensor_ref(path: Path, name: str, info: object, base: int, data_len: int) -
     return TensorRef(name, path, base + begin, end - begin, dtype, tuple(shape))
 
 
-def load_checkpoint(spec: str) -> Checkpoint:
-    """Resolve, then index every tensor of a checkpoint from its headers alone."""
-    root, repo_id = resolve_source(spec)
+def load_checkpoint(spec: str, what: str = "a checkpoint") -> Checkpoint:
+    """Resolve, then index every tensor of a checkpoint from its headers alone (``what``: the
+    option it came from, for messages)."""
+    root, repo_id = resolve_source(spec, what)
     pickles = [p.name for p in root.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
     config = read_json(root / "config.json", "model config")
     index_path = root / INDEX_NAME

@@ -32,11 +32,35 @@ def hub_cache_dir() -> Path:
     return Path("~/.cache/huggingface/hub").expanduser()
 
 
-def resolve_source(spec: str) -> tuple[Path, str | None]:
-    """A local directory, or a repo id looked up offline in the HF cache; returns (dir, repo_id)."""
+def _not_a_folder(spec: str, local: Path, what: str) -> str:
+    """What is wrong with a file given where a checkpoint folder belongs."""
+    takes = f"{what} takes a Hugging Face checkpoint folder or repo id"
+    try:
+        with open(local, "rb") as f:
+            magic = f.read(4)
+    except OSError:
+        magic = b""
+    if local.suffix.lower() == ".gguf" or magic == b"GGUF":
+        return f"{spec} is a GGUF file; {takes}"
+    if (local.parent / "config.json").is_file():
+        return f"{spec} is a file in a checkpoint; {what} takes its folder: {local.parent}"
+    return f"{spec} is a file; {takes}"
+
+
+def resolve_source(spec: str, what: str = "a checkpoint") -> tuple[Path, str | None]:
+    """A local directory, or a repo id looked up offline in the HF cache; returns (dir, repo_id).
+
+    ``what`` names the option in messages (``--sft``): a GGUF or a file inside a checkpoint is
+    refused saying so, rather than with a download hint."""
     local = Path(spec).expanduser()
     if local.is_dir():
         return local, None
+    if local.exists():
+        raise ExpoError(_not_a_folder(spec, local, what))
+    if local.suffix.lower() == ".gguf":
+        raise ExpoError(
+            f"{spec}: no such file, and {what} takes a Hugging Face checkpoint folder or repo id, not a GGUF"
+        )
     if not REPO_ID.match(spec) or spec.startswith((".", "/", "~")):
         raise ExpoError(f"{spec}: no such directory (and not a Hugging Face repo id)")
     cache = hub_cache_dir()

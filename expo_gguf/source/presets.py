@@ -32,15 +32,18 @@ class Preset:
         """The authors' own name for the model."""
         return expo_name(self.rlhf)
 
-    def name_for(self, sft: str, rlhf: str, alphas: tuple[float, ...]) -> str | None:
-        """The published name only for the published model: same pair and alpha (or several
-        alphas, whose files carry -aALPHA); another alpha of the pair gets NAME-aALPHA; another
-        pair gets the build's default name (None)."""
-        if (sft, rlhf) != (self.sft, self.rlhf):
-            return None
-        if len(alphas) > 1 or alphas == (self.alpha,):
-            return self.output_name
-        return f"{self.output_name}-a{alphas[0]:g}"
+
+def _short(ident: str) -> str:
+    return ident.rstrip("/").split("/")[-1].lower()
+
+
+def published_preset(sft: str, rlhf: str) -> Preset | None:
+    """The preset whose pair ``sft`` and ``rlhf`` are: repo ids, or local folders named as the
+    repos are (``hf download --local-dir``), compared by the name after the organisation."""
+    return next(
+        (p for p in load_presets() if (_short(p.sft), _short(p.rlhf)) == (_short(sft), _short(rlhf))),
+        None,
+    )
 
 
 def load_presets() -> tuple[Preset, ...]:
