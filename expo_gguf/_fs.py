@@ -58,27 +58,44 @@ def write_text_atomic(target: Path, text: str) -> None:
 MAX_TEXT_BYTES = 10 * 2**20  # a long chat or prompt file is well under 1 MB; a cap keeps a wrong file harmless
 
 
-def read_capped(path: Path, reader: str) -> str:
-    """The file's UTF-8 text, refusing what is not a regular file or is over ``MAX_TEXT_BYTES``.
+def read_capped(path: Path, reader: str, limit: int = MAX_TEXT_BYTES) -> str:
+    """The file's UTF-8 text, refusing what is not a regular file or is over ``limit`` bytes.
 
     The size is checked before reading and the read itself is bounded, so neither a 30 GB file
     nor a device such as /dev/zero (size 0, endless) can fill a running session's memory; a
     FIFO is refused before opening, since opening one blocks until a writer appears. ``reader``
     names who reads, for the message ("/load reads conversations").
     """
-    cap = f"{reader} up to {MAX_TEXT_BYTES // 2**20} MB"
+    cap = f"{reader} up to {limit // 2**20} MB"
     try:
         if not path.is_file():
             raise ExpoError(f"cannot read {path}: " + ("not a regular file" if path.exists() else "no such file"))
-        if path.stat().st_size > MAX_TEXT_BYTES:
+        if path.stat().st_size > limit:
             raise ExpoError(f"{path} is {path.stat().st_size / 2**20:.1f} MB; {cap}")
         with path.open("rb") as f:
-            data = f.read(MAX_TEXT_BYTES + 1)
+            data = f.read(limit + 1)
     except OSError as e:
         raise ExpoError(f"cannot read {path}: {e.strerror or e}") from None
-    if len(data) > MAX_TEXT_BYTES:  # grew since stat
-        raise ExpoError(f"{path} is over {MAX_TEXT_BYTES // 2**20} MB; {cap}")
+    if len(data) > limit:  # grew since stat
+        raise ExpoError(f"{path} is over {limit // 2**20} MB; {cap}")
+    return decode_utf8(data, str(path))
+
+
+COMPRESSED = {
+    b"\x1f\x8b": "gzip",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"PK\x03\x04": "zip",
+}
+
+
+def decode_utf8(data: bytes, where: str) -> str:
+    """``data`` as text, or one line naming the first byte that is not UTF-8 (and a compressed
+    file as such): what every reader of a user's text says, before llama.cpp ever sees it."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ExpoError(f"cannot read {path}: not UTF-8 text (byte {e.start})") from None
+        kind = next((k for magic, k in COMPRESSED.items() if data.startswith(magic)), None)
+        hint = f"; it is {kind}-compressed: decompress it first" if kind else ""
+        raise ExpoError(f"cannot read {where}: not UTF-8 text (byte {e.start}){hint}") from None

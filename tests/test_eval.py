@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -148,4 +150,28 @@ def test_bad_inputs(smollm2_quants: dict[str, Path], starling_tiny: Path, tmp_pa
     short = tmp_path / "short.txt"
     short.write_text("Four score and seven years ago.")
     one_error_line(run_cli("eval", q4, "--text", short), "shorter than one chunk of --ctx 512")
-    one_error_line(run_cli("eval", q4, "--text", tmp_path / "none.txt"), "cannot read the text")
+    one_error_line(
+        run_cli("eval", q4, "--text", tmp_path / "none.txt"), f"cannot read {tmp_path / 'none.txt'}: no such file"
+    )
+
+
+def test_text_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    """Latin-1 and gzip: one line naming the byte, as compare says it, never llama.cpp's abort
+    ("invalid codepoint", exit 134); in a subprocess, since that abort would take pytest with it."""
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("Ça coûte très cher.\n".encode("latin-1") * 50)
+    packed = tmp_path / "sample.txt.gz"
+    packed.write_bytes(gzip.compress(SAMPLE.read_bytes()))
+    for path, needle in (
+        (latin1, f"cannot read {latin1}: not UTF-8 text (byte 0)"),
+        (packed, f"cannot read {packed}: not UTF-8 text (byte 1); it is gzip-compressed: decompress it first"),
+    ):
+        res = subprocess.run(
+            [sys.executable, "-c", "from expo_gguf.cli import main; main()", "eval", smollm2_path(), "--text", path],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert res.returncode == 2, res.stderr[-2000:]
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0] and "Traceback" not in res.stderr, res.stderr[-2000:]

@@ -25,6 +25,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
+from .._fs import read_capped
 from ..errors import ExpoError
 from ..gguf_file.header import check_header, open_gguf
 from ..progress import SILENT, Progress
@@ -43,6 +44,8 @@ from .divergence import (
     reference_cache,
     vocab_model,
 )
+
+MAX_EVAL_TEXT_BYTES = 64 * 2**20  # wikitext-2's test set is 1.3 MB, its training set 11 MB
 
 
 @dataclass(frozen=True)
@@ -224,10 +227,7 @@ def prepare(
     ref = read_vocab(reference)
     for c in candidates:
         check_same_vocab(ref, read_vocab(c))
-    try:
-        text = Path(text_path).read_bytes()
-    except OSError as e:
-        raise ExpoError(f"cannot read the text {text_path}: {e.strerror or e}") from None
+    text = read_capped(Path(text_path), "eval --text reads texts", MAX_EVAL_TEXT_BYTES).encode("utf-8")
     tokens = tokenize(ref.path, text, ref.bos)
     if len(tokens) < opts.n_ctx:
         raise ExpoError(
