@@ -41,6 +41,24 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def unwritable_reason(folder: Path) -> str | None:
+    """Why files cannot be created in ``folder`` (made first if missing), or None; writes nothing."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{folder} is not writable" + (" (a read-only file system)" if _read_only_fs(folder) else "")
+    return None
+
+
+def _read_only_fs(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def write_text_atomic(target: Path, text: str) -> None:
     tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
     try:

@@ -8,7 +8,6 @@ finds is reported at once; ``--dry-run`` prints the plan and the build only exec
 from __future__ import annotations
 
 import math
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from .._fs import unwritable_reason
 from ..errors import ExpoError
 from ..quant.types import INTERMEDIATE, Quant, nbytes, tensor_type
 from ..source.checkpoint import Checkpoint, TensorRef, load_checkpoint
@@ -218,25 +218,6 @@ def _free_space(path: Path) -> int:
 def output_path(req: BuildRequest, model_name: str, label: str) -> Path:
     """OUTDIR/MODEL-QUANT.gguf, MODEL being the model's name at that alpha (``model_names``)."""
     return req.outdir / f"{model_name}-{label}.gguf"
-
-
-def unwritable_reason(outdir: Path) -> str | None:
-    """Why files cannot be created in ``outdir`` (made if missing), or None; nothing is written."""
-    folder = outdir
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        return f"{folder} is not a folder"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return f"{folder} is not writable" + (" (a read-only file system)" if _read_only_fs(folder) else "")
-    return None
-
-
-def _read_only_fs(folder: Path) -> bool:
-    try:
-        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-    except OSError:
-        return False
 
 
 def check_ready(plan: Plan) -> None:

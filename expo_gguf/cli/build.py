@@ -13,13 +13,13 @@ from ..build.execute import run_build
 from ..build.plan import BuildRequest, Plan, check_ready, make_plan
 from ..errors import ExpoError
 from ..gguf_file.modelfile import write_modelfile
-from ..quant.requantize import requantize
+from ..quant.requantize import plan_requantize, run_requantize
 from ..quant.types import QUANTS, parse_quants
 from ..runtime.options import usable_cores
 from ..source.presets import find_preset, load_presets
 from ._options import threads_option
+from ._output import note, progress, warn
 from ._output import out as console
-from ._output import progress, warn
 
 
 def print_plan(plan: Plan) -> None:
@@ -184,21 +184,35 @@ def build(
 @click.option(
     "-o",
     "--out",
-    type=click.Path(path_type=Path),
+    type=click.Path(),  # a str: Path() would drop the slash of DIR/
     default=None,
-    help="Output file [default: SRC with its quant suffix replaced].",
+    help="Output file, or a folder (DIR/) for the default name [default: SRC's name with its type "
+    "replaced (X-F16.gguf -> X-Q4_K_M.gguf, X.Q4_1.gguf -> X.Q8_0.gguf), beside SRC, or in the current "
+    "directory when SRC's folder is not writable or belongs to an installed package].",
 )
 @click.option("--force", is_flag=True, help="Overwrite the output file.")
 @threads_option
-def quantize(src: Path, quant_text: str, out: Path | None, force: bool, threads: int | None) -> None:
-    """GGUF to GGUF with llama.cpp's quantizer (e.g. F16 -> Q4_K_M, or any type -> F32)."""
+def quantize(src: Path, quant_text: str, out: str | None, force: bool, threads: int | None) -> None:
+    """GGUF to GGUF with llama.cpp's quantizer (e.g. F16 -> Q4_K_M, or any type -> F32).
+
+    Warns when SRC has fewer bits than the target (its losses stay). Beside the GGUF goes an
+    Ollama Modelfile, as build writes one.
+    """
     quants = parse_quants(quant_text)
     if len(quants) != 1:
         raise click.UsageError("quantize takes one --quant")
-    result = requantize(src, quants[0], out, force, threads or usable_cores())
+    job = plan_requantize(src, quants[0], out, force)
+    for text in job.warnings:
+        warn(text)
+    for text in job.notes:
+        note(text)
+    result = run_requantize(job, threads or usable_cores())
+    modelfile = write_modelfile(result.path, force=True)  # derived from the file just written, as build's
     console.print(
-        f"{result.path}  {result.quant}  {human_bytes(result.nbytes)}  {result.seconds:.1f}s  sha256 {result.sha256}"
+        f"{result.path}  {result.quant}  {human_bytes(result.nbytes)}  {result.seconds:.1f}s  sha256 {result.sha256}",
+        soft_wrap=True,
     )
+    console.print(f"  ollama create NAME -f {escape(str(modelfile))}", soft_wrap=True)
 
 
 @click.command()

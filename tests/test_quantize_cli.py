@@ -1,0 +1,82 @@
+"""``expo-gguf quantize`` as a new user meets it on SmolLM2's Q4_1, which lives in an installed
+package's folder: the default name, where it goes, the lossier-source warning, ``-o DIR/`` and the
+Modelfile beside it (issue 17)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from expo_gguf.gguf_file.header import read_gguf_header
+
+from conftest import one_error_line, run_cli, smollm2
+
+pytestmark = pytest.mark.slow
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def _file_type(path: Path) -> int:
+    return int(read_gguf_header(path).values["general.file_type"])
+
+
+def test_default_output_from_an_installed_package(tmp_path, monkeypatch):
+    """X.Q4_1.gguf -> X.Q8_0.gguf, into the current directory (not the package's folder), with a
+    warning that Q4_1 is lossier than Q8_0 and a Modelfile beside the result."""
+    import gguf
+
+    src = smollm2()
+    assert src.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    package = _listing(src.parent)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    res = run_cli("quantize", src, "-q", "q8_0")
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "warning: SmolLM2-135M-Instruct.Q4_1.gguf is Q4_1 (5 bits per weight), lossier than Q8_0 (8.5)" in text
+    assert (
+        "is an installed package's folder: writing SmolLM2-135M-Instruct.Q8_0.gguf into the current directory" in text
+    )
+    assert _listing(here) == ["SmolLM2-135M-Instruct.Q8_0.Modelfile", "SmolLM2-135M-Instruct.Q8_0.gguf"]
+    assert _listing(src.parent) == package
+    assert _file_type(here / "SmolLM2-135M-Instruct.Q8_0.gguf") == gguf.LlamaFileType.MOSTLY_Q8_0
+    assert "FROM ./SmolLM2-135M-Instruct.Q8_0.gguf" in (here / "SmolLM2-135M-Instruct.Q8_0.Modelfile").read_text()
+
+    # into a folder given as DIR/ (made if missing), from Q8_0 down to Q4_0: no warning
+    res = run_cli("quantize", here / "SmolLM2-135M-Instruct.Q8_0.gguf", "-q", "q4_0", "-o", f"{tmp_path / 'out'}/")
+    assert res.exit_code == 0, res.output
+    assert "warning" not in res.output
+    assert _listing(tmp_path / "out") == ["SmolLM2-135M-Instruct.Q4_0.Modelfile", "SmolLM2-135M-Instruct.Q4_0.gguf"]
+    assert _file_type(tmp_path / "out" / "SmolLM2-135M-Instruct.Q4_0.gguf") == gguf.LlamaFileType.MOSTLY_Q4_0
+    one_error_line(
+        run_cli("quantize", here / "SmolLM2-135M-Instruct.Q8_0.gguf", "-q", "q4_0", "-o", tmp_path / "out"),
+        "SmolLM2-135M-Instruct.Q4_0.gguf exists; use --force",
+    )
+
+
+def test_source_in_a_folder_that_cannot_be_written(tmp_path, monkeypatch):
+    """A read-only file system (a tmpfs remounted read-only; needs root): the default output goes
+    into the current directory, a dash-separated suffix replaced."""
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        shutil.copyfile(smollm2(), mnt / "smol-Q4_1.gguf")
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        monkeypatch.chdir(tmp_path)
+        res = run_cli("quantize", mnt / "smol-Q4_1.gguf", "-q", "q5_1")
+        assert res.exit_code == 0, res.output
+        assert f"{mnt} is not writable (a read-only file system): writing smol-Q5_1.gguf" in " ".join(
+            res.output.split()
+        )
+        assert (tmp_path / "smol-Q5_1.gguf").is_file() and (tmp_path / "smol-Q5_1.Modelfile").is_file()
+        one_error_line(run_cli("quantize", mnt / "smol-Q4_1.gguf", "-q", "q5_1", "-o", mnt / "x.gguf"), "not writable")
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
