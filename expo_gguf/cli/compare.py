@@ -85,6 +85,13 @@ def print_checked(checked: Checked) -> None:
     type=click.IntRange(min=1),
     help="Longest reply; a reply cut here counts as runaway.",
 )
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Run only the first N prompts (a quick look) [default: all].",
+)
 @run_options(2048, 64, "Context length; must hold the longest prompt plus --max-tokens.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Sampling seed.")
 @click.option(
@@ -106,6 +113,7 @@ def compare_command(
     reference: Path | None,
     prompts_path: Path | None,
     max_tokens: int,
+    limit: int | None,
     ctx: int,
     seed: int,
     threads: int | None,
@@ -119,6 +127,7 @@ def compare_command(
         RunOptions(n_ctx=ctx, n_gpu_layers=n_gpu_layers, threads=threads, verbose=verbose),
         max_tokens=max_tokens,
         seed=seed,
+        max_prompts=limit,
     )
     checked = check_inputs(models, reference, prompts_path, opts)
     print_checked(checked)

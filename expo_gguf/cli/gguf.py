@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -46,9 +47,16 @@ def render_info(info: GGUFInfo, console: Console, full_template: bool = False) -
 @click.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--template", "full_template", is_flag=True, help="Print the whole chat template, however long.")
-def info(path: Path, full_template: bool) -> None:
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print it all as one JSON object instead (the whole template included)."
+)
+def info(path: Path, full_template: bool, as_json: bool) -> None:
     """What a GGUF holds: architecture, provenance, types, context, special tokens, template, RAM."""
-    render_info(describe(path), console, full_template)
+    described = describe(path)
+    if as_json:
+        click.echo(json.dumps(described.to_json(), indent=2, ensure_ascii=False, default=str))
+    else:
+        render_info(described, console, full_template)
 
 
 @click.command()

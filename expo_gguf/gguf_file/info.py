@@ -51,6 +51,28 @@ class GGUFInfo:
         """Weights plus an F16 K and V cache for ``n_ctx`` tokens, plus ~10% compute buffers."""
         return int(self.nbytes * 1.1) + self.kv_cache_bytes(n_ctx)
 
+    def to_json(self) -> dict[str, object]:
+        """What ``info --json`` prints: every field, special tokens as objects, the RAM estimate
+        at the context ``info`` shows it for."""
+        n = min(4096, self.context_length) if self.context_length else None
+        return {
+            "path": str(self.path),
+            "bytes": self.nbytes,
+            "architecture": self.architecture,
+            "name": self.name,
+            "file_type": self.file_type,
+            "base_models": list(self.base_models),
+            "expo": dict(self.expo),
+            "n_tensors": self.n_tensors,
+            "tensor_types": dict(sorted(self.tensor_types.items())),
+            "context_length": self.context_length,
+            "block_count": self.block_count,
+            "n_vocab": self.n_vocab,
+            "special_tokens": {k: {"id": i, "text": t} for k, (i, t) in self.special_tokens.items()},
+            "ram_estimate": {"n_ctx": n, "bytes": self.ram_estimate(n)} if n else None,
+            "chat_template": self.chat_template,
+        }
+
 
 def describe(path: Path) -> GGUFInfo:
     """From the checked header alone: instant even for a 7B file (gguf-py's full parse is ~1 s)."""

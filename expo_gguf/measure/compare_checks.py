@@ -35,6 +35,7 @@ class CompareOptions:
     run: RunOptions = field(default_factory=lambda: RunOptions(n_ctx=2048))
     max_tokens: int = 256
     seed: int = 0
+    max_prompts: int | None = None  # the first N prompts only (a quick look), else all
 
     @property
     def n_ctx(self) -> int:
@@ -71,6 +72,9 @@ def check_inputs(
     """Refuse in one line whatever would stop the run later; collect what the user should read."""
     show_llama_log(opts.run.verbose)
     name, prompts = load_prompts(prompts_path)
+    if opts.max_prompts is not None and len(prompts) > opts.max_prompts:
+        prompts = prompts[: opts.max_prompts]
+        name = f"{name}, the first {opts.max_prompts}"
     paths = [check_header(p) for p in ([reference] if reference else []) + list(models)]
     n_vocab = 0
     if reference is not None:

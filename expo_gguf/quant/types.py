@@ -8,6 +8,7 @@ llama.cpp's mixing rules (Q4_K_M keeps some tensors at Q6_K), so they are made a
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 import gguf
@@ -63,7 +64,9 @@ def parse_quants(text: str) -> list[Quant]:
     names = [n.strip().lower() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in QUANTS]
     if unknown or not names:
-        raise ExpoError(f"unknown quant {', '.join(unknown) or repr(text)}; choose from: {', '.join(QUANTS)}")
+        close = difflib.get_close_matches(unknown[0], QUANTS, n=1) if unknown else []
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ExpoError(f"unknown quant {', '.join(unknown) or repr(text)}{hint}; choose from: {', '.join(QUANTS)}")
     return [QUANTS[n] for n in dict.fromkeys(names)]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass
 
@@ -59,4 +60,6 @@ def find_preset(name: str) -> Preset:
     for p in presets:
         if p.name == name.lower():
             return p
-    raise ExpoError(f"no preset {name!r}; presets: {', '.join(p.name for p in presets)}")
+    close = difflib.get_close_matches(name.lower(), [p.name for p in presets], n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise ExpoError(f"no preset {name!r}{hint}; presets: {', '.join(p.name for p in presets)}")
