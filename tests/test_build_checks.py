@@ -80,6 +80,7 @@ def test_the_published_name_only_for_the_preset_pair_at_its_alpha(pair, tmp_path
         assert res.exit_code == 0, (extra, res.output)
         files = [w for w in res.output.split() if w.endswith(".gguf")]
         assert files == [name], (extra, res.output)
+        assert res.output.startswith(name.removesuffix("-Q8_0.gguf") + "  alpha="), res.output  # the model's name
 
 
 def test_a_gguf_or_a_file_is_not_a_checkpoint(pair, tmp_path):

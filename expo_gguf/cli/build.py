@@ -24,8 +24,9 @@ from ._output import out as console
 
 def print_plan(plan: Plan) -> None:
     r = plan.request
+    title = plan.outputs[0].name if len(r.alphas) == 1 and plan.outputs else plan.name  # the model's name at it
     console.print(
-        f"[bold]{plan.name}[/]  alpha={','.join(f'{a:g}' for a in r.alphas)}  ({plan.hparams.architecture}, "
+        f"[bold]{escape(title)}[/]  alpha={','.join(f'{a:g}' for a in r.alphas)}  ({plan.hparams.architecture}, "
         f"{plan.hparams.block_count} layers, vocab {plan.hparams.vocab_size})"
     )
     console.print(f"  RLHF {plan.rlhf.label}  ({plan.rlhf.path})")
