@@ -38,7 +38,6 @@ class Requantization:
     dst: Path
     quant: Quant
     source_type: str | None
-    force: bool = False
     warnings: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
 
@@ -132,7 +131,7 @@ def plan_requantize(
     if dst.exists() and not force:
         raise ExpoError(f"{dst} exists; use --force to overwrite")
     warning = lossier_warning(src, info.file_type, quant)
-    return Requantization(src, dst, quant, info.file_type, force, (warning,) if warning else (), tuple(notes))
+    return Requantization(src, dst, quant, info.file_type, (warning,) if warning else (), tuple(notes))
 
 
 def run_requantize(job: Requantization, threads: int) -> BuiltFile:
