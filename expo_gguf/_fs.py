@@ -9,8 +9,13 @@ by their writer once checked (``part_path``).
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import os
+import queue
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +62,87 @@ def _read_only_fs(folder: Path) -> bool:
         return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
     except OSError:
         return False
+
+
+_SYNC_WAIT_BEFORE, _SYNC_WRITE, _SYNC_WAIT_AFTER = 1, 2, 4  # sync_file_range(2) flags
+WRITEBACK_STEP = 32 << 20  # written bytes between writeback requests
+
+
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Linux's sync_file_range(2) from libc (Python's os has none), or None elsewhere."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def drop_cached(fd: int, offset: int = 0, nbytes: int = 0) -> None:
+    """Ask the kernel to forget clean cached pages of a file (0 bytes: to its end); a hint, never fails."""
+    if hasattr(os, "posix_fadvise"):
+        try:
+            os.posix_fadvise(fd, offset, nbytes, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
+
+
+def drop_cached_file(path: Path) -> None:
+    """Write a finished file out and drop its pages (a file llama.cpp wrote, or one we only read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fdatasync(fd)
+        drop_cached(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class WritebackDropper:
+    """Keeps a file being written from piling up in the page cache: a thread behind the writer
+    starts writeback of each new step (``sync_file_range``), waits for the step before it, and
+    drops those pages; ``fdatasync`` where there is no ``sync_file_range``. The writer calls
+    ``written(pos)`` after flushing; ``close()`` stops the thread (the final fsync is the writer's).
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._todo: queue.Queue[int | None] = queue.Queue()
+        self._started = self._dropped = 0
+        self._thread = threading.Thread(target=self._run, name="expo-writeback", daemon=True)
+        self._thread.start()
+
+    def written(self, pos: int) -> None:
+        self._todo.put(pos)
+
+    def _run(self) -> None:
+        sync = _sync_file_range()
+        while (pos := self._todo.get()) is not None:
+            try:
+                if sync is not None:
+                    sync(self.fd, self._started, pos - self._started, _SYNC_WRITE)
+                    done = self._started  # what was started a step ago is (nearly) on disk by now
+                    if done > self._dropped:
+                        sync(self.fd, self._dropped, done - self._dropped, _SYNC_WAIT_BEFORE | _SYNC_WRITE | _SYNC_WAIT_AFTER)
+                else:
+                    os.fdatasync(self.fd)
+                    done = pos
+            except OSError:  # a hint only: the writer's own fsync reports a real failure
+                done = self._dropped
+            if done > self._dropped:
+                drop_cached(self.fd, self._dropped, done - self._dropped)
+                self._dropped = done
+            self._started = pos
+
+    def close(self) -> None:
+        self._todo.put(None)
+        self._thread.join(timeout=30)
 
 
 def write_text_atomic(target: Path, text: str) -> None:

@@ -1,10 +1,11 @@
 """Executing a plan: one streaming pass over both checkpoints, every block-format output at once.
 
-Work items are row chunks of one tensor. Worker threads read a chunk from each checkpoint,
-widen it to float32, extrapolate, permute Q/K rows, and quantize it for every output (numpy and
-ggml release the GIL, so this uses every core); the main thread writes results in plan order.
-A bounded window of chunks in flight keeps memory flat whatever the model size. K-quants follow
-from the 16-bit output through llama.cpp.
+Work items are row chunks of one tensor. One reader thread per checkpoint (``source.reader``)
+reads its files front to back in large blocks, ahead of the work; worker threads widen each
+chunk to float32 (permuting Q/K rows on the way), extrapolate, and quantize it for every output
+(numpy and ggml release the GIL, so this uses every core); the main thread writes results in plan
+order. A bounded window of chunks in flight and a bounded pool of read blocks keep memory flat
+whatever the model size. K-quants follow from the 16-bit output through llama.cpp.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .._fs import BuiltFile, part_path, sha256_file
+from .._fs import BuiltFile, drop_cached_file, part_path, sha256_file
 from ..errors import ExpoError
 from ..progress import SILENT, Progress
 from ..quant.llama import llama_quantize
 from ..quant.types import INTERMEDIATE, QUANTS, quantize_rows
-from ..source.checkpoint import DTYPES, RowReader
+from ..source.checkpoint import DTYPES, TensorRef
+from ..source.reader import LocalFile, Piece, Span, SpanStream
 from .extrapolate import extrapolate, widen
-from .mapping import permute_rows
 from .plan import Plan, TensorJob, check_ready
 from .writer import GGUFStream, verify
 
@@ -36,6 +37,25 @@ def _chunks(plan: Plan) -> Iterator[tuple[int, TensorJob, int, int]]:
     for i, job in enumerate(plan.tensors):
         for start in range(0, job.rlhf.rows, job.chunk_rows):
             yield i, job, start, min(start + job.chunk_rows, job.rlhf.rows)
+
+
+def _span(ref: TensorRef, start: int, stop: int) -> Span:
+    """The bytes of rows [start, stop) of ``ref``: never outside the tensor's own range."""
+    row_bytes = ref.row_elems * DTYPES[ref.dtype].itemsize
+    return Span(ref.file, ref.offset + start * row_bytes, (stop - start) * row_bytes)
+
+
+def open_streams(plan: Plan) -> tuple[SpanStream, SpanStream]:
+    """One reader per checkpoint, ahead of the pass: every chunk's bytes in the order it needs them."""
+    chunks = list(_chunks(plan))
+    keep = plan.request.keep_cache
+    return tuple(  # type: ignore[return-value]
+        SpanStream(
+            [_span(getattr(job, side), start, stop) for _, job, start, stop in chunks],
+            lambda path: LocalFile(path, keep_cache=keep),
+        )
+        for side in ("rlhf", "sft")
+    )
 
 
 class _Worker:
@@ -48,47 +68,55 @@ class _Worker:
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.reader = RowReader()
         self.local = threading.local()
         self.max_elems = max((j.chunk_rows * j.rlhf.row_elems for j in plan.tensors), default=1)
 
     def _buffers(self) -> list[np.ndarray]:
-        """Raw bytes for: RLHF as stored, SFT as stored, RLHF float32, SFT float32, and with
-        several alphas a result buffer (RLHF must survive until the last alpha)."""
+        """float32 buffers for: RLHF, SFT, and with several alphas a result buffer (RLHF must
+        survive until the last alpha). The stored bytes stay in the reader's blocks."""
         if not hasattr(self.local, "bufs"):
-            n = 5 if len(self.plan.request.alphas) > 1 else 4
-            self.local.bufs = [np.empty(self.max_elems * 4, np.uint8) for _ in range(n)]
+            n = 3 if len(self.plan.request.alphas) > 1 else 2
+            self.local.bufs = [np.empty(self.max_elems, np.float32) for _ in range(n)]
         return self.local.bufs
 
-    def __call__(self, i: int, job: TensorJob, start: int, stop: int) -> list[np.ndarray]:
+    @staticmethod
+    def _widen(piece: Piece, ref: TensorRef, rows: int, rope_rows: int | None, out: np.ndarray) -> np.ndarray:
+        """The stored rows into ``out`` as float32, Q/K rows permuted on the way (llama.cpp's
+        ``LlamaModel.permute`` done by where each row lands, instead of a copy of its own)."""
+        stored = np.frombuffer(piece.data, DTYPES[ref.dtype])
+        n = stored.size
+        if rope_rows:
+            heads, half = rows // rope_rows, rope_rows // 2
+            widen(stored.reshape(heads, 2, half, -1), ref.dtype, out[:n].reshape(heads, half, 2, -1).swapaxes(1, 2))
+        else:
+            widen(stored, ref.dtype, out)
+        return out[:n]
+
+    def __call__(self, i: int, job: TensorJob, start: int, stop: int, pr: Piece, ps: Piece) -> list[np.ndarray]:
         bufs = self._buffers()
-        raw_r, raw_s, f_r, f_s = bufs[:4]
-        stored_r = self.reader.read_rows(job.rlhf, start, stop, raw_r.view(DTYPES[job.rlhf.dtype]))
-        stored_s = self.reader.read_rows(job.sft, start, stop, raw_s.view(DTYPES[job.sft.dtype]))
-        r = widen(stored_r, job.rlhf.dtype, f_r.view(np.float32))
-        s = widen(stored_s, job.sft.dtype, f_s.view(np.float32))
+        try:
+            r = self._widen(pr, job.rlhf, stop - start, job.rope_rows, bufs[0])
+            s = self._widen(ps, job.sft, stop - start, job.rope_rows, bufs[1])
+        finally:  # the reader's blocks are free for the next reads as soon as both are widened
+            pr.release()
+            ps.release()
         alphas = self.plan.request.alphas
         results: list[np.ndarray] = [np.empty(0)] * len(self.plan.streamed)
         for k, alpha in enumerate(alphas):
             # the last alpha may overwrite RLHF in place; earlier ones go to the result buffer
-            x = extrapolate(r, s, alpha, out=r if k == len(alphas) - 1 else bufs[4].view(np.float32)[: r.size])
+            x = extrapolate(r, s, alpha, out=r if k == len(alphas) - 1 else bufs[2][: r.size])
             if not np.isfinite(x).all():
                 raise ExpoError(
                     f"{job.rlhf.name}: NaN or Inf in the result (rows {start}-{stop}); are both checkpoints intact?",
                     exit_code=1,
                 )
             x = x.reshape(stop - start, -1) if len(job.shape) > 1 else x.reshape(1, -1)
-            if job.rope_rows:
-                x = permute_rows(x, job.rope_rows)
             for j, out in enumerate(self.plan.streamed):
                 if out.alpha == alpha:
                     res = quantize_rows(x, out.types[i])  # type: ignore[index]
                     # F32 output is x itself: copy it out of this thread's buffers before they are reused
-                    results[j] = res.copy() if any(np.may_share_memory(res, b) for b in bufs[2:]) else res
+                    results[j] = res.copy() if any(np.may_share_memory(res, b) for b in bufs) else res
         return results
-
-    def close(self) -> None:
-        self.reader.close()
 
 
 def _disk_error(plan: Plan, path: Path, e: OSError) -> ExpoError:
@@ -108,6 +136,7 @@ def stream_pass(plan: Plan, progress: Progress) -> list[BuiltFile]:
     progress.task("extrapolating", plan.input_bytes)
     streams: list[GGUFStream] = []
     worker = _Worker(plan)
+    readers = open_streams(plan)
     try:
         for out in plan.streamed:
             streams.append(GGUFStream(plan, out))
@@ -123,7 +152,13 @@ def stream_pass(plan: Plan, progress: Progress) -> list[BuiltFile]:
                         * job.rlhf.row_elems
                         * (DTYPES[job.rlhf.dtype].itemsize + DTYPES[job.sft.dtype].itemsize)
                     )
-                    pending.append((pool.submit(worker, i, job, start, stop), nbytes))
+                    pr = readers[0].next()
+                    try:
+                        ps = readers[1].next()
+                    except BaseException:
+                        pr.release()
+                        raise
+                    pending.append((pool.submit(worker, i, job, start, stop, pr, ps), nbytes))
                 while pending:
                     _drain(pending.popleft(), streams, progress)
             except BaseException:
@@ -144,7 +179,8 @@ def stream_pass(plan: Plan, progress: Progress) -> list[BuiltFile]:
             s.abort()
         raise
     finally:
-        worker.close()
+        for r in readers:
+            r.close()
 
 
 def _drain(item: tuple[Future[list[np.ndarray]], int], streams: list[GGUFStream], progress: Progress) -> None:
@@ -206,6 +242,9 @@ def run_build(plan: Plan, progress: Progress = SILENT) -> list[BuiltFile]:
             tmp = part_path(out.path)
             _interruptible(llama_quantize, part_path(out.source), tmp, out.quant, plan.request.threads)
             verify(tmp, plan)
+            if not plan.request.keep_cache:  # llama.cpp reads and writes through the page cache
+                drop_cached_file(tmp)
+                drop_cached_file(part_path(out.source))
             built.append(
                 BuiltFile(out.path, out.quant.label, tmp.stat().st_size, time.perf_counter() - t0, sha256_file(tmp))
             )

@@ -21,8 +21,13 @@ def extrapolate(rlhf: np.ndarray, sft: np.ndarray, alpha: float, out: np.ndarray
 
 
 def widen(stored: np.ndarray, dtype: str, out: np.ndarray) -> np.ndarray:
-    """Stored weights (bf16 as uint16, f16, f32) into a float32 buffer, without temporaries for bf16."""
-    out = out[: stored.size]
+    """Stored weights (bf16 as uint16, f16, f32) into float32, without temporaries for bf16.
+
+    ``out`` is a flat buffer (its first ``stored.size`` values are written) or a view shaped like
+    ``stored``, strided as the caller likes (the build lands Q/K rows in their permuted places).
+    """
+    if out.shape != stored.shape:
+        out = out[: stored.size]
     if dtype == "BF16":
         u32 = out.view(np.uint32)
         u32[:] = stored

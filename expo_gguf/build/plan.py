@@ -21,6 +21,7 @@ from ..quant.types import INTERMEDIATE, Quant, nbytes, tensor_type
 from ..source.checkpoint import Checkpoint, TensorRef, load_checkpoint
 from ..source.hub import display_name
 from ..source.presets import expo_name, published_preset
+from ..source.reader import BLOCK_BYTES, DEPTH
 from ..source.vocab import Vocab, load_vocab
 from .mapping import (
     HParams,
@@ -50,6 +51,7 @@ class BuildRequest:
     threads: int = 1
     chat_template: Path | None = None  # overrides the RLHF checkpoint's own
     fallback_template: str | None = None  # the preset's, for a checkpoint that ships none
+    keep_cache: bool = False  # read and write through the page cache and leave it filled
 
 
 @dataclass(frozen=True)
@@ -117,9 +119,11 @@ class Plan:
 
     @property
     def peak_ram(self) -> int:
-        """Worker buffers (two inputs and every output per chunk in flight) plus vocab and Python."""
-        per_chunk = CHUNK_ELEMS * 4 * (3 + min(len(self.request.alphas), 2) + len(self.streamed))
-        return self.request.threads * 3 * per_chunk + len(self.vocab.tokens) * 64 + 150 * 2**20
+        """Read blocks (a pool per checkpoint), worker buffers (two inputs and every output per
+        chunk in flight) plus vocab and Python."""
+        per_chunk = CHUNK_ELEMS * 4 * (1 + min(len(self.request.alphas), 2) + len(self.streamed))
+        blocks = 2 * DEPTH * BLOCK_BYTES
+        return blocks + self.request.threads * 3 * per_chunk + len(self.vocab.tokens) * 64 + 150 * 2**20
 
 
 def _check_pair(sft: Checkpoint, rlhf: Checkpoint) -> HParams:

@@ -16,7 +16,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from .._fs import part_path
+from .._fs import WRITEBACK_STEP, WritebackDropper, drop_cached, part_path
 from ..errors import ExpoError
 from ..gguf_file.header import read_gguf_header
 from ..quant.types import nbytes
@@ -83,13 +83,20 @@ class GGUFStream:
         self._w, self._f = w, w.fout[0]
         self._f.flush()
         self._hash = hashlib.sha256()
-        with open(self.tmp, "rb") as head:
-            self._hash.update(head.read(self._f.tell()))
-        self._align = w.data_alignment
-        self._pad(self._f.tell())
-        for extra in plan.extra:  # small and known now: written ahead of the streamed tensors
-            self._emit(memoryview(np.ascontiguousarray(extra.data, np.float32)).cast("B"))
-            self._pad(extra.data.nbytes)
+        self._keep_cache = plan.request.keep_cache
+        self._dropper = None if self._keep_cache else WritebackDropper(self._f.fileno())
+        self._next_step = WRITEBACK_STEP
+        try:
+            with open(self.tmp, "rb") as head:
+                self._hash.update(head.read(self._f.tell()))
+            self._align = w.data_alignment
+            self._pad(self._f.tell())
+            for extra in plan.extra:  # small and known now: written ahead of the streamed tensors
+                self._emit(memoryview(np.ascontiguousarray(extra.data, np.float32)).cast("B"))
+                self._pad(extra.data.nbytes)
+        except BaseException:
+            self._stop_dropper()
+            raise
         self._sizes = [nbytes(t, j.shape) for t, j in zip(out.types, plan.tensors)]
         self._index, self._written = 0, 0
 
@@ -104,6 +111,10 @@ class GGUFStream:
         except OSError as e:  # name the output, not the folder, in the one-line message
             raise OSError(e.errno, e.strerror, str(self.out.path)) from None
         self._hash.update(data)
+        if self._dropper is not None and self._f.tell() >= self._next_step:
+            self._f.flush()
+            self._dropper.written(self._f.tell())
+            self._next_step = self._f.tell() + WRITEBACK_STEP
 
     def write(self, chunk: np.ndarray) -> None:
         """Append part of the current tensor; closes it when its last byte arrives."""
@@ -123,12 +134,21 @@ class GGUFStream:
         if self._index != len(self._sizes):
             raise AssertionError(f"{self.tmp}: {self._index} of {len(self._sizes)} tensors written")
         self._f.flush()
+        self._stop_dropper()
         os.fsync(self._f.fileno())
+        if not self._keep_cache:
+            drop_cached(self._f.fileno())  # clean after the fsync: every page goes
         self._w.close()
         verify(self.tmp, self.plan)
         return self._hash.hexdigest()
 
+    def _stop_dropper(self) -> None:
+        if self._dropper is not None:
+            self._dropper.close()
+            self._dropper = None
+
     def abort(self) -> None:
+        self._stop_dropper()
         self._w.close()
         self.tmp.unlink(missing_ok=True)
 
