@@ -16,7 +16,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from .._fs import WRITEBACK_STEP, WritebackDropper, drop_cached, part_path
+from .._fs import WRITEBACK_STEP, WritebackDropper, drop_cached_file, part_path
 from ..errors import ExpoError
 from ..gguf_file.header import read_gguf_header
 from ..quant.types import nbytes
@@ -136,10 +136,10 @@ class GGUFStream:
         self._f.flush()
         self._stop_dropper()
         os.fsync(self._f.fileno())
-        if not self._keep_cache:
-            drop_cached(self._f.fileno())  # clean after the fsync: every page goes
         self._w.close()
         verify(self.tmp, self.plan)
+        if not self._keep_cache:
+            drop_cached_file(self.tmp)  # clean after the fsync: every page goes, the header just read too
         return self._hash.hexdigest()
 
     def _stop_dropper(self) -> None:
