@@ -129,7 +129,8 @@ class WritebackDropper:
                     sync(self.fd, self._started, pos - self._started, _SYNC_WRITE)
                     done = self._started  # what was started a step ago is (nearly) on disk by now
                     if done > self._dropped:
-                        sync(self.fd, self._dropped, done - self._dropped, _SYNC_WAIT_BEFORE | _SYNC_WRITE | _SYNC_WAIT_AFTER)
+                        wait = _SYNC_WAIT_BEFORE | _SYNC_WRITE | _SYNC_WAIT_AFTER
+                        sync(self.fd, self._dropped, done - self._dropped, wait)
                 else:
                     os.fdatasync(self.fd)
                     done = pos

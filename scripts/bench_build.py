@@ -389,7 +389,6 @@ def summarize(rows: list[dict]) -> None:
                 line.append(f"baseline / ours {base / ours:.2f}x")
             shas = [r["sha256"] for r in rs if r.get("quant") == quant and r.get("sha256")]
             line.append(f"sha256 {'identical' if len(set(shas)) == 1 else 'DIFFERENT'} in {len(shas)} builds")
-            )
             print("; ".join(line))
         two = [r["seconds"] for r in rs if r["kind"] == "two-pass" and r.get("seconds")]
         ours = _median(rs, "ours", "q8_0")
