@@ -283,22 +283,25 @@ def test_failure_in_the_kquant_step_leaves_nothing(pair, tmp_path, monkeypatch, 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_read_error_names_file_and_offset(pair, tmp_path, monkeypatch):
-    from expo_gguf.source import checkpoint
+def test_read_error_mid_file_names_file_and_offset(pair, tmp_path, monkeypatch):
+    """EIO in the middle of a shard (small read blocks, the 7th read fails): one line, nothing left."""
+    from expo_gguf.source import reader
 
-    calls = {"n": 0}
-    real = checkpoint.os.preadv
+    monkeypatch.setattr(reader, "BLOCK_BYTES", 64 << 10)
+    calls = {"n": 0, "at": -1}
+    real = reader.os.preadv
 
     def preadv(fd, buffers, offset):  # noqa: ANN001, ANN202
         calls["n"] += 1
         if calls["n"] == 7:
+            calls["at"] = offset
             raise OSError(errno.EIO, "Input/output error")
         return real(fd, buffers, offset)
 
-    monkeypatch.setattr(checkpoint.os, "preadv", preadv)
+    monkeypatch.setattr(reader.os, "preadv", preadv)
     res = _build(pair, tmp_path, "-q", "q8_0")
-    assert_clean_failure(res, tmp_path, "read error at byte", code=2)
-    assert ".safetensors" in res.output and "Input/output error" in res.output
+    assert_clean_failure(res, tmp_path, f"read error at byte {calls['at']}: Input/output error", code=2)
+    assert calls["at"] > 0 and ".safetensors" in res.output
 
 
 def test_stale_temporaries_of_a_killed_build_are_removed(pair, tmp_path):

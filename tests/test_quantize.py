@@ -34,3 +34,36 @@ def test_policy_keeps_norms_f32_and_falls_back_for_odd_rows():
 
 def test_parse_quants_is_case_insensitive_ordered_and_unique():
     assert [q.name for q in parse_quants("Q8_0, q4_k_m,q8_0")] == ["q8_0", "q4_k_m"]
+
+
+def _q8_0_cases() -> np.ndarray:
+    """Hand-picked blocks (exact ties at several scales, zeros and -0.0, one outlier, values just
+    below a tie, subnormals, the largest floats) and random rows over twelve orders of magnitude."""
+    rng = np.random.default_rng(7)
+    rows = [rng.normal(0, 10.0 ** rng.uniform(-6, 3), 256) for _ in range(40)]
+    for amax in (0.05, 1.0, 3.7, 1e-3):
+        d = np.float32(amax) / np.float32(127)
+        k = rng.integers(-254, 255, 256).astype(np.float32)
+        tie = (k / 2) * d  # x * (1/d) lands on or next to k/2, a tie when k is odd
+        tie[::32] = amax
+        rows += [tie, np.nextafter(tie, np.float32(0))]
+    rows.append(np.r_[np.zeros(128), -np.zeros(128)])
+    rows.append(np.r_[np.full(31, 1e-3), [1e4]].repeat(8))
+    rows.append(rng.normal(0, 1e-40, 256))  # subnormal inputs: d = 0 or 1/d overflows, as in C
+    rows.append(np.r_[rng.normal(0, 1, 255), [3.4e38]])
+    return np.array(rows, dtype=np.float32)
+
+
+def test_vectorised_q8_0_equals_ggml_quantize_chunk():
+    """quant.q8_0 (what the build uses for Q8_0) against ggml_quantize_chunk and gguf-py."""
+    from expo_gguf.quant.q8_0 import quantize_q8_0
+    from expo_gguf.quant.types import quantize_rows
+
+    rows = _q8_0_cases()
+    ggml = row_quantizer(T.Q8_0)
+    assert ggml is not None, "llama-cpp-python's ggml libraries should be loadable here"
+    ours = quantize_q8_0(rows)
+    assert np.array_equal(ours, ggml(rows))
+    sane = rows[:-2]  # gguf-py divides by zero and overflows on the last two, as C does; compare the rest
+    assert np.array_equal(quantize_q8_0(sane), gguf.quants.quantize(sane, T.Q8_0).view(np.uint8).reshape(len(sane), -1))
+    assert quantize_rows(rows, T.Q8_0) is not None and np.array_equal(quantize_rows(rows, T.Q8_0), ours)

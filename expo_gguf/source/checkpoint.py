@@ -1,8 +1,9 @@
-"""Reading checkpoints: index their safetensors from the headers alone, and read row ranges.
+"""Reading checkpoints: index their safetensors from the headers alone, every offset validated.
 
 Nothing here loads a whole tensor, let alone a shard: the planner needs only headers, and the build
-reads row ranges with ``os.preadv`` into buffers it owns, so resident memory stays at the size of
-those buffers however large the model is (a memory map would count every touched page in RSS).
+streams the byte ranges these headers name through ``source.reader`` into blocks it owns, so
+resident memory stays at the size of those blocks however large the model is (a memory map would
+count every touched page in RSS).
 """
 
 from __future__ import annotations
@@ -196,50 +197,3 @@ def load_checkpoint(spec: str, what: str = "a checkpoint") -> Checkpoint:
             raise ExpoError(f"{index_path}: names {missing[0]!r} in {shard.name}, which does not hold it")
         tensors.update(refs if not names else {n: refs[n] for n in names})
     return Checkpoint(root, repo_id, config, tensors)
-
-
-class RowReader:
-    """Reads row ranges of tensors with ``pread``, for any number of threads at once.
-
-    All threads share one descriptor per shard: the kernel's readahead state lives with the open
-    file, so chunks read by different threads still look sequential to it (measured on the 7B
-    pair, cold cache: 17.5 s with shared descriptors, 28.8 s with one per thread). Descriptors
-    hold no memory, unlike a map; they are all closed at the end.
-    """
-
-    def __init__(self) -> None:
-        self._fds: dict[Path, int] = {}
-        self._lock = threading.Lock()
-
-    def _fd(self, path: Path) -> int:
-        with self._lock:
-            fd = self._fds.get(path)
-            if fd is None:
-                try:
-                    fd = os.open(path, os.O_RDONLY)
-                except OSError as e:
-                    raise ExpoError(f"{path}: cannot open: {e.strerror}") from None
-                if hasattr(os, "posix_fadvise"):
-                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-                self._fds[path] = fd
-            return fd
-
-    def read_rows(self, ref: TensorRef, start: int, stop: int, out: np.ndarray) -> np.ndarray:
-        """Fill ``out`` (storage dtype, flat) with rows [start, stop); returns the filled view."""
-        row_bytes = ref.row_elems * DTYPES[ref.dtype].itemsize
-        want = (stop - start) * row_bytes
-        view = out[: want // out.itemsize]
-        offset = ref.offset + start * row_bytes
-        try:
-            got = os.preadv(self._fd(ref.file), [memoryview(view).cast("B")], offset)
-        except OSError as e:
-            raise ExpoError(f"{ref.file}: read error at byte {offset}: {e.strerror}") from None
-        if got != want:
-            raise ExpoError(f"{ref.file}: truncated shard: wanted {want} bytes at {offset}, got {got}")
-        return view
-
-    def close(self) -> None:
-        with self._lock:
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds.clear()

@@ -235,9 +235,7 @@ class SpanStream:
                 length = min(_align_up(end, align), start + self._size) - start
                 got = src.read_into(start, block.view[:length]) if end > start else 0
                 if start + got < end:
-                    raise ExpoError(
-                        f"{first.file}: truncated shard: wanted bytes up to {end}, the file ends at {start + got}"
-                    )
+                    raise ExpoError(f"{first.file}: truncated shard: wanted {end - start} bytes at {start}, got {got}")
                 block.hold(j - i)
                 for s in spans[i:j]:
                     self._ready.put(Piece(block.view[s.offset - start : s.end - start], block))
