@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
