@@ -242,12 +242,12 @@ def run_build(plan: Plan, progress: Progress = SILENT) -> list[BuiltFile]:
             tmp = part_path(out.path)
             _interruptible(llama_quantize, part_path(out.source), tmp, out.quant, plan.request.threads)
             verify(tmp, plan)
-            if not plan.request.keep_cache:  # llama.cpp reads and writes through the page cache
-                drop_cached_file(tmp)
-                drop_cached_file(part_path(out.source))
             built.append(
                 BuiltFile(out.path, out.quant.label, tmp.stat().st_size, time.perf_counter() - t0, sha256_file(tmp))
             )
+            if not plan.request.keep_cache:  # llama.cpp, and the hash, read and write through the page cache
+                drop_cached_file(tmp)
+                drop_cached_file(part_path(out.source))
         temporary = {o.path for o in plan.streamed if o.temporary}
         kept = [b for b in built if b.path not in temporary]
         for b in kept:
