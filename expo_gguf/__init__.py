@@ -32,6 +32,7 @@ _API = {
     "make_plan": "build.plan",
     "run_build": "build.execute",
     "extrapolate": "build.extrapolate",
+    "extrapolate_bf16": "build.extrapolate",
     "QUANTS": "quant.types",
     "Quant": "quant.types",
     "parse_quants": "quant.types",
@@ -77,6 +78,7 @@ __all__ = [
     "describe",
     "evaluate",
     "extrapolate",
+    "extrapolate_bf16",
     "find_preset",
     "load_conversation",
     "load_model",
@@ -106,7 +108,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from ._fs import BuiltFile
     from .build.execute import run_build
-    from .build.extrapolate import extrapolate
+    from .build.extrapolate import extrapolate, extrapolate_bf16
     from .build.plan import BuildRequest, Plan, make_plan
     from .chat.conversation import load_conversation, save_conversation
     from .chat.messages import Message, Sampling
