@@ -43,9 +43,10 @@ def _state_dict(d):
 
 @pytest.fixture(scope="module")
 def hf_model(pair):
-    """MistralForCausalLM with the extrapolated weights, computed independently in torch."""
+    """MistralForCausalLM with the extrapolated weights, computed independently in torch as the
+    ExPO authors' script does (bf16 tensors: the build's default maths on this bf16 pair)."""
     r, s = _state_dict(pair.rlhf), _state_dict(pair.sft)
-    weights = {k: r[k].float() + ALPHA * (r[k].float() - s[k].float()) for k in r}
+    weights = {k: (r[k] + ALPHA * (r[k] - s[k])).float() for k in r}
     config = transformers.AutoConfig.from_pretrained(pair.rlhf)
     model = transformers.MistralForCausalLM(config).float().eval()
     model.load_state_dict(weights)

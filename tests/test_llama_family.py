@@ -52,7 +52,7 @@ def _state_dict(d: Path) -> dict:
 def _hf_model(pair: Pair, alpha: float = ALPHA):  # noqa: ANN202
     """The HF class config.json names, with the extrapolated weights computed in torch."""
     r, s = _state_dict(pair.rlhf), _state_dict(pair.sft)
-    weights = {k: r[k].float() + alpha * (r[k].float() - s[k].float()) for k in r}
+    weights = {k: (r[k] + alpha * (r[k] - s[k])).float() for k in r}  # the authors' bf16 maths, the default
     config = transformers.AutoConfig.from_pretrained(pair.rlhf)
     model = getattr(transformers, config.architectures[0])(config).float().eval()
     missing, unexpected = model.load_state_dict(weights, strict=False)

@@ -2,7 +2,8 @@
 
 Work items are row chunks of one tensor. One reader thread per checkpoint (``source.reader``)
 reads its files front to back in large blocks, ahead of the work; worker threads widen each
-chunk to float32 (permuting Q/K rows on the way), extrapolate, and quantize it for every output
+chunk to float32 (permuting Q/K rows on the way), extrapolate (in float32, or with the ExPO
+authors' bf16 roundings: the plan says which per tensor), and quantize it for every output
 (numpy and ggml release the GIL, so this uses every core); the main thread writes results in plan
 order. A bounded window of chunks in flight and a bounded pool of read blocks keep memory flat
 whatever the model size. K-quants follow from the 16-bit output through llama.cpp.
@@ -28,7 +29,7 @@ from ..quant.llama import llama_quantize
 from ..quant.types import INTERMEDIATE, QUANTS, quantize_rows
 from ..source.checkpoint import DTYPES, TensorRef
 from ..source.reader import LocalFile, Piece, Span, SpanStream
-from .extrapolate import extrapolate, widen
+from .extrapolate import bf16_delta, bf16_step, extrapolate, round_bf16, widen
 from .plan import Plan, TensorJob, check_ready
 from .writer import GGUFStream, verify
 
@@ -72,10 +73,11 @@ class _Worker:
         self.max_elems = max((j.chunk_rows * j.rlhf.row_elems for j in plan.tensors), default=1)
 
     def _buffers(self) -> list[np.ndarray]:
-        """float32 buffers for: RLHF, SFT, and with several alphas a result buffer (RLHF must
-        survive until the last alpha). The stored bytes stay in the reader's blocks."""
+        """float32 buffers for: RLHF, SFT, scratch space for bf16 rounding, and with several alphas
+        a result buffer (RLHF must survive until the last alpha). The stored bytes stay in the
+        reader's blocks."""
         if not hasattr(self.local, "bufs"):
-            n = 3 if len(self.plan.request.alphas) > 1 else 2
+            n = 4 if len(self.plan.request.alphas) > 1 else 3
             self.local.bufs = [np.empty(self.max_elems, np.float32) for _ in range(n)]
         return self.local.bufs
 
@@ -102,9 +104,18 @@ class _Worker:
             ps.release()
         alphas = self.plan.request.alphas
         results: list[np.ndarray] = [np.empty(0)] * len(self.plan.streamed)
+        scratch = bufs[2].view(np.uint32)
+        if job.math == "bf16":
+            for x, dtype in ((r, job.rlhf.dtype), (s, job.sft.dtype)):
+                if dtype != "BF16":  # as from_pretrained(torch_dtype=torch.bfloat16) loads it
+                    round_bf16(x, x, scratch)
+            s = bf16_delta(r, s, s, scratch)  # SFT is needed no more: its buffer holds dpo - sft
         for k, alpha in enumerate(alphas):
-            # the last alpha may overwrite RLHF in place; earlier ones go to the result buffer
-            x = extrapolate(r, s, alpha, out=r if k == len(alphas) - 1 else bufs[2][: r.size])
+            last = k == len(alphas) - 1
+            if job.math == "bf16":  # the last alpha may overwrite the difference in place
+                x = bf16_step(r, s, alpha, s if last else bufs[3][: r.size], scratch)
+            else:  # the last alpha may overwrite RLHF in place; earlier ones go to the result buffer
+                x = extrapolate(r, s, alpha, out=r if last else bufs[3][: r.size])
             if not np.isfinite(x).all():
                 raise ExpoError(
                     f"{job.rlhf.name}: NaN or Inf in the result (rows {start}-{stop}); are both checkpoints intact?",

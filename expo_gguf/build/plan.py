@@ -17,7 +17,7 @@ import numpy as np
 
 from .._fs import unwritable_reason
 from ..errors import ExpoError
-from ..quant.types import INTERMEDIATE, Quant, nbytes, tensor_type
+from ..quant.types import INTERMEDIATE, QUANTS, Quant, nbytes, tensor_type
 from ..source.checkpoint import Checkpoint, TensorRef, load_checkpoint
 from ..source.hub import display_name
 from ..source.presets import expo_name, published_preset
@@ -35,6 +35,7 @@ from .mapping import (
 )
 
 CHUNK_ELEMS = 1 << 18  # float32 values per work item: 1 MiB, sized for a core's L2 cache
+MATHS = ("bf16", "f32")  # build.extrapolate: the ExPO authors' bf16 arithmetic, or float32 rounded once
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class BuildRequest:
     chat_template: Path | None = None  # overrides the RLHF checkpoint's own
     fallback_template: str | None = None  # the preset's, for a checkpoint that ships none
     keep_cache: bool = False  # read and write through the page cache and leave it filled
+    math: str | None = None  # "bf16" or "f32" for every tensor; None: bf16 where both store it in bf16
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class TensorJob:
     sft: TensorRef
     rope_rows: int | None  # rows per head when Q/K rows must be permuted, else None
     chunk_rows: int
+    math: str  # "bf16": the authors' arithmetic on bf16 tensors; "f32": float32, rounded once
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,6 +111,12 @@ class Plan:
     @property
     def outputs(self) -> tuple[Output, ...]:
         return self.streamed + self.derived
+
+    @property
+    def math(self) -> str:
+        """``expo.math`` in every output: bf16, f32, or mixed (bf16 for some tensors only)."""
+        maths = {j.math for j in self.tensors}
+        return maths.pop() if len(maths) == 1 else "mixed"
 
     @property
     def input_bytes(self) -> int:
@@ -247,6 +256,8 @@ def _check_request(req: BuildRequest) -> None:
     bad = [a for a in req.alphas if not math.isfinite(a)]
     if bad:
         raise ExpoError(f"alpha must be a finite number, got {bad[0]}")
+    if req.math is not None and req.math not in MATHS:
+        raise ExpoError(f"--math {req.math!r}: choose from {', '.join(MATHS)}")
     if len({f"{a:g}" for a in req.alphas}) != len(req.alphas):
         raise ExpoError(f"alpha {', '.join(f'{a:g}' for a in req.alphas)}: each alpha once")
     name = req.name
@@ -273,10 +284,10 @@ def make_plan(req: BuildRequest) -> Plan:
         rope_rows = ref.shape[0] // heads if heads else None
         if heads and ref.shape[0] != heads * hp.head_dim:
             raise ExpoError(f"{hf_name}: {ref.shape[0]} rows do not hold {heads} heads of {hp.head_dim}")
+        sft_ref = sft.tensors[hf_name]
+        job_math = req.math or ("bf16" if ref.dtype == sft_ref.dtype == "BF16" else "f32")
         jobs.append(
-            TensorJob(
-                names[hf_name], ref.shape, ref, sft.tensors[hf_name], rope_rows, _chunk_rows(ref.shape, rope_rows)
-            )
+            TensorJob(names[hf_name], ref.shape, ref, sft_ref, rope_rows, _chunk_rows(ref.shape, rope_rows), job_math)
         )
     freqs = rope_freqs(hp)
     extra = (ExtraTensor("rope_freqs.weight", freqs),) if freqs is not None else ()
@@ -286,6 +297,11 @@ def make_plan(req: BuildRequest) -> Plan:
     streamed: list[Output] = []
     derived: list[Output] = []
     extra_bytes = sum(t.data.nbytes for t in extra)
+    # K-quants start from a float file holding the values exactly: under bf16 maths, BF16 (the values
+    # llama.cpp would quantize from the converter's output), which F16 may round
+    bf16_values = all(j.math == "bf16" for j in jobs)
+    intermediate = QUANTS["bf16"] if bf16_values else INTERMEDIATE
+    float_order = ("f32", "bf16", "f16") if bf16_values else ("f32", "f16", "bf16")
     for alpha in req.alphas:
         general = req.name or names[alpha]
         floats: dict[str, Output] = {}
@@ -298,10 +314,10 @@ def make_plan(req: BuildRequest) -> Plan:
         if not kquants:
             continue
         # a float file the user asked for doubles as the source, the most precise first
-        source = next((floats[n] for n in ("f32", "f16", "bf16") if n in floats), None)
+        source = next((floats[n] for n in float_order if n in floats), None)
         if source is None:
-            tmp = output_path(req, f".{names[alpha]}", f"{INTERMEDIATE.label}.intermediate")
-            source = _streamed_output(INTERMEDIATE, alpha, tmp, jobs, extra_bytes, [], general, temporary=True)
+            tmp = output_path(req, f".{names[alpha]}", f"{intermediate.label}.intermediate")
+            source = _streamed_output(intermediate, alpha, tmp, jobs, extra_bytes, [], general, temporary=True)
             streamed.append(source)
         for quant in kquants:
             # an estimate: llama.cpp's mixes keep some tensors at Q6_K/Q8_0 (+7% at 7B for Q4_K_M, +29% tiny)

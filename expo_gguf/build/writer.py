@@ -55,6 +55,7 @@ def add_metadata(w: gguf.GGUFWriter, plan: Plan, out: Output) -> None:
             w.add_base_model_organization(i, repo.split("/")[0])
             w.add_base_model_repo_url(i, f"https://huggingface.co/{repo}")
     w.add_float32("expo.alpha", out.alpha)
+    w.add_string("expo.math", plan.math)
     w.add_string("expo.sft", _source_id(plan.sft))
     w.add_string("expo.rlhf", _source_id(plan.rlhf))
     w.add_string("expo.version", tool_version())

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from .._units import human_bytes
 from ..build.execute import run_build
-from ..build.plan import BuildRequest, Plan, check_ready, make_plan
+from ..build.plan import MATHS, BuildRequest, Plan, check_ready, make_plan
 from ..errors import ExpoError
 from ..gguf_file.modelfile import write_modelfile
 from ..quant.requantize import plan_requantize, run_requantize
@@ -35,6 +35,7 @@ def print_plan(plan: Plan) -> None:
         f"  {len(plan.tensors)} tensors, input {human_bytes(plan.input_bytes)} read once, "
         f"{r.threads} threads, peak RAM ~{human_bytes(plan.peak_ram)}"
     )
+    console.print(f"  math: {_math_line(plan)}")
     console.print(
         f"  writing into {r.outdir}/" + (f"  [red]cannot: {escape(plan.unwritable)}[/]" if plan.unwritable else "")
     )
@@ -57,6 +58,17 @@ def print_plan(plan: Plan) -> None:
         f"  disk: needs ~{human_bytes(plan.disk_needed)}, {human_bytes(plan.disk_free)} free "
         + ("[green]ok[/]" if ok else "[red]NOT ENOUGH[/]")
     )
+
+
+def _math_line(plan: Plan) -> str:
+    if plan.request.math:
+        return f"{plan.math} for every tensor (--math {plan.request.math})"
+    if plan.math == "bf16":
+        return "bf16, the ExPO authors' roundings (both checkpoints store every tensor in bf16)"
+    if plan.math == "f32":
+        return "f32, rounded once (the two checkpoints do not both store their tensors in bf16)"
+    n = sum(j.math == "bf16" for j in plan.tensors)
+    return f"mixed: bf16 for the {n} tensors both checkpoints store in bf16, f32 for the other {len(plan.tensors) - n}"
 
 
 def parse_alphas(text: str) -> tuple[float, ...]:
@@ -108,6 +120,14 @@ def parse_alphas(text: str) -> tuple[float, ...]:
     metavar="LIST",
     help=f"Comma-separated quant types, case-insensitive: {', '.join(QUANTS)}. All come from one extrapolation pass.",
 )
+@click.option(
+    "--math",
+    type=click.Choice(MATHS),
+    default=None,
+    help="bf16: the ExPO authors' arithmetic, each step rounded to bf16 as their torch script does, so "
+    "the result is the published model bit for bit; f32: float32, rounded once when written [default: bf16 "
+    "for each tensor both checkpoints store in bf16, f32 for the others].",
+)
 @click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("models"), show_default=True)
 @click.option(
     "--name",
@@ -137,6 +157,7 @@ def build(
     alpha_text: str | None,
     chat_template: Path | None,
     quant_text: str,
+    math: str | None,
     outdir: Path,
     name: str | None,
     force: bool,
@@ -166,6 +187,7 @@ def build(
         chat_template,
         p.fallback_template(rlhf),
         keep_cache=keep_cache,
+        math=math,
     )
     plan = make_plan(req)
     if not dry_run:

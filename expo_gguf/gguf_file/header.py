@@ -65,6 +65,7 @@ class GGUFHeader:
 
     values: dict[str, object]  # scalars, strings, lists (numeric arrays as numpy arrays)
     tensors: list[TensorEntry]
+    data_start: int = 0  # where the data section begins; a tensor's bytes are at data_start + offset
 
 
 class _Walk:
@@ -158,7 +159,7 @@ def read_gguf_header(path: str | os.PathLike[str]) -> GGUFHeader:
                 f"{p} is truncated or damaged: tensor {t.name} ends at byte {end}, "
                 f"the file has {size}; re-download or rebuild it"
             )
-    return GGUFHeader(values, tensors)
+    return GGUFHeader(values, tensors, data_start)
 
 
 def trained_context_length(path: str | os.PathLike[str]) -> int | None:
