@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from expo_gguf.gguf_file.header import read_gguf_header, tensor_nbytes
@@ -80,8 +79,7 @@ def _tensors(path: Path) -> dict[str, tuple[int, tuple[int, ...], bytes]]:
     with open(path, "rb") as f:
         data = f.read()
     return {
-        t.name: (t.ggml_type, t.shape, data[header.data_start + t.offset :][: tensor_nbytes(t)])
-        for t in header.tensors
+        t.name: (t.ggml_type, t.shape, data[header.data_start + t.offset :][: tensor_nbytes(t)]) for t in header.tensors
     }
 
 
@@ -146,16 +144,14 @@ def test_f32_math_keeps_one_rounding_and_k_quants_start_from_the_bf16_values(pai
     _assert_same_tensors(tmp_path / "bf16" / "M-Q4_K_M.gguf", tmp_path / "theirs-q4_k_m.gguf")
 
 
-def _stored_as(src: Path, dst: Path, dtype: str, only: str = "") -> Path:
-    """A copy of a checkpoint with its tensors (those whose name contains ``only``) stored in ``dtype``."""
-    import torch
+def _stored_as(src: Path, dst: Path, dtype: object, only: str = "") -> Path:
+    """A copy of a checkpoint with its tensors (those whose name contains ``only``) stored in the torch ``dtype``."""
     from safetensors.torch import load_file, save_file
 
     shutil.copytree(src, dst)
     for f in dst.glob("*.safetensors"):
         tensors = {k: v.to(dtype) if only in k else v for k, v in load_file(f).items()}
         save_file(tensors, f, metadata={"format": "pt"})
-    assert torch  # the dtype names above are torch's
     return dst
 
 

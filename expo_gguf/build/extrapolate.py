@@ -51,14 +51,28 @@ def round_bf16(x: np.ndarray, out: np.ndarray | None = None, scratch: np.ndarray
         special = not np.isfinite(np.sum(u.view(np.float32)))  # a NaN or Inf (or a sum that overflows)
     nan = np.isnan(u.view(np.float32)) if special else None
     kept = u[nan] if nan is not None else None  # a copy: ``out`` may be ``x``
-    bias = np.right_shift(u, 16, out=None if scratch is None else scratch.reshape(-1)[: u.size])
-    bias &= 1
-    bias += _HALF
-    np.add(u, bias, out=o)  # a NaN's payload may carry into its sign here; NaNs are put back below
-    o &= _HIGH
+    _round_bits(u, o, scratch)  # a NaN's payload may carry into its sign here; NaNs are put back below
     if nan is not None:
         o[nan] = (kept & _HIGH) | _QUIET
     return out
+
+
+def _round_bits(u: np.ndarray, o: np.ndarray, scratch: np.ndarray | None) -> None:
+    """Round to nearest even on flat uint32 views. Exact for a NaN whose low 16 bits are zero: the
+    NaNs float32 arithmetic makes from bf16 values (a quieted input, or the default NaN) all are."""
+    bias = np.right_shift(u, 16, out=None if scratch is None else scratch.reshape(-1)[: u.size])
+    bias &= 1
+    bias += _HALF
+    np.add(u, bias, out=o)
+    o &= _HIGH
+
+
+def _round_result(x: np.ndarray, scratch: np.ndarray | None) -> np.ndarray:
+    """``round_bf16`` in place for the result of float32 arithmetic on bf16 values, which needs no
+    NaN check (see ``_round_bits``): one pass fewer in the build's hot loop."""
+    u = x.reshape(-1).view(np.uint32)
+    _round_bits(u, u, scratch)
+    return x
 
 
 def to_bf16(x: np.ndarray) -> np.ndarray:
@@ -72,7 +86,7 @@ def bf16_delta(rlhf: np.ndarray, sft: np.ndarray, out: np.ndarray, scratch: np.n
     Shared by every alpha of a build; ``out`` may be ``sft``.
     """
     np.subtract(rlhf, sft, out=out)
-    return round_bf16(out, out, scratch)
+    return _round_result(out, scratch)
 
 
 def bf16_step(
@@ -81,9 +95,9 @@ def bf16_step(
     """The authors' last two steps, ``dpo + alpha * delta``: each rounded to bf16; ``out`` may be ``delta``
     when no other alpha needs it."""
     np.multiply(delta, np.float32(alpha), out=out)
-    round_bf16(out, out, scratch)
+    _round_result(out, scratch)
     np.add(rlhf, out, out=out)
-    return round_bf16(out, out, scratch)
+    return _round_result(out, scratch)
 
 
 def extrapolate_bf16(rlhf: np.ndarray, sft: np.ndarray, alpha: float, out: np.ndarray | None = None) -> np.ndarray:
