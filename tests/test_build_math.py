@@ -184,6 +184,19 @@ def test_default_is_bf16_per_tensor_where_both_store_bf16(pair, tmp_path):
     assert _plan_math(pair, tmp_path / "h", "--math", "f32") == "math: f32 for every tensor (--math f32)"
 
 
+@pytest.mark.parametrize("math,intermediate", [("bf16", "BF16"), ("f32", "F16")])
+def test_k_quants_under_either_maths_start_from_a_16_bit_file_that_holds_them(pair, tmp_path, math, intermediate):
+    """bf16 maths: a BF16 intermediate holds the values exactly; f32 maths: F16, 3 more mantissa bits."""
+    res = run_cli(
+        "build", "--sft", pair.sft, "--rlhf", pair.rlhf, "--outdir", tmp_path, "--name", "M", "-q", "q4_k_m",
+        "--math", math, "--dry-run",
+    )  # fmt: skip
+    assert res.exit_code == 0 and f".M-{intermediate}.intermediate.gguf" in res.output, res.output
+    _build(pair, tmp_path, "-q", "q4_k_m", "--math", math)
+    assert read_gguf_header(tmp_path / "M-Q4_K_M.gguf").values["expo.math"] == math
+    assert not list(tmp_path.glob(".*"))  # the intermediate is gone
+
+
 def test_forced_bf16_math_rounds_other_inputs_as_loading_in_bf16_does(pair, tmp_path):
     """An F16-stored RLHF under ``--math bf16`` gives what the bf16 pair of its rounded values gives."""
     torch = pytest.importorskip("torch")
