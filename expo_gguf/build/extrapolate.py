@@ -5,9 +5,10 @@
 chujiezheng/LLM-Extrapolation), which made every published model: both checkpoints loaded in
 bfloat16, then ``dpo + alpha * (dpo - sft)`` on bf16 tensors, as torch evaluates it. Each of the
 three operations is computed in float32 and rounded to bf16 (round to nearest even), and the Python
-float alpha enters as float32(alpha), not rounded to bf16 (torch's CPU and CUDA kernels take the
-scalar in their float32 "opmath" type; checked against torch 2.13, where alpha 0.3 tells the two
-apart). No torch here: the rounding is integer arithmetic on the float32 bits, in place.
+float alpha enters as float32(alpha), not rounded to bf16 (torch's kernels take the scalar in their
+float32 "opmath" type; checked against torch 2.13 on the CPU, where alpha 0.3 tells the two apart;
+the authors ran on CUDA, whose kernels read the scalar the same way in torch's source, not run
+here). No torch here: the rounding is integer arithmetic on the float32 bits, in place.
 """
 
 from __future__ import annotations
