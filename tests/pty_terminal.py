@@ -20,8 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
-# select/poll family: where readline sleeps while it waits for a key.
-WAIT_SYSCALLS = {"x86_64": {7, 23, 270, 271}, "aarch64": {72, 73}}
+# select/poll/epoll family: where readline (select) and prompt_toolkit (epoll) sleep waiting for a key.
+WAIT_SYSCALLS = {"x86_64": {7, 23, 232, 270, 271, 281, 441}, "aarch64": {22, 72, 73, 441}}
 
 
 class Terminal:
@@ -35,6 +35,7 @@ class Terminal:
             os.execvpe(args[0], args, env)
         fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
         self.text, self.pos, self.closed = "", 0, False
+        self.raw = b""  # every byte the child wrote, escapes included (for a terminal emulator)
 
     def _read(self, timeout: float) -> bool:
         ready, _, _ = select.select([self.fd], [], [], timeout)
@@ -45,6 +46,7 @@ class Terminal:
         except OSError:  # EIO: the child closed the terminal
             data = b""
         self.closed = not data
+        self.raw += data
         self.text += ANSI.sub("", data.decode("utf-8", errors="replace"))
         return bool(data)
 
@@ -111,6 +113,17 @@ class Terminal:
         text = self.expect(">>> ")
         self.wait_for_input()
         return text
+
+    def transcript(self) -> list[str]:
+        """What a user would see scrolling back: every line that left the screen, then the screen,
+        as a 120x40 xterm shows them (pyte plays the bytes the child wrote)."""
+        import pyte
+
+        screen = pyte.HistoryScreen(120, 40, history=100_000, ratio=0.001)
+        stream = pyte.ByteStream(screen)
+        stream.feed(self.raw)
+        gone = ["".join(line[x].data for x in range(120)) for line in screen.history.top]
+        return [line.rstrip() for line in [*gone, *screen.display]]
 
     def send(self, text: str) -> None:
         os.write(self.fd, text.encode())

@@ -7,7 +7,9 @@ text), so tests drive every command, multi-line input and Ctrl+C with a scripted
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager, nullcontext
@@ -16,14 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.live import Live
-from rich.markdown import Markdown
 from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ExpoError
+
+try:
+    import termios
+except ImportError:  # Windows: no echo to turn off
+    termios = None  # type: ignore[assignment]
 from .conversation import load_conversation, save_conversation
 from .messages import Message
+from .render import MarkdownStream, PlainStream
 
 PROMPT, CONTINUE = ">>> ", "... "
 HELP = """\
@@ -76,6 +82,31 @@ def sigint_flag() -> Iterator[threading.Event]:
         yield flag
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
+def quiet_terminal() -> Iterator[None]:
+    """No echo while a reply streams: a ``^C`` or a key typed ahead would land inside the live
+    view and shift it by a line, so its redraw left a copy of a line behind. Keys typed ahead
+    are still read by the next prompt."""
+    if termios is None:
+        yield
+        return
+    try:
+        fd = sys.stdin.fileno()
+        before = termios.tcgetattr(fd) if os.isatty(fd) else None
+    except (OSError, ValueError, termios.error):  # no stdin, or a test's stand-in
+        before = None
+    if before is None:
+        yield
+        return
+    quiet = list(before)
+    quiet[3] &= ~(termios.ECHO | termios.ECHOCTL)
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, before)
 
 
 def read_message(read_line: Callable[[str], str]) -> str:
@@ -251,10 +282,10 @@ class Repl:
         try:
             flag = nullcontext(stop) if stop is not None else sigint_flag()
             with flag as pressed, closing(self.backend.reply(self.messages)) as reply:
-                with self._renderer() as show:
+                with quiet_terminal(), self._renderer() as show:
                     for chunk in reply:
                         chunks.append(chunk)
-                        show("".join(chunks), chunk)
+                        show.feed(chunk)
                         if pressed.is_set():
                             interrupted = True
                             break
@@ -270,14 +301,10 @@ class Repl:
         if status:
             self.note(status)
 
-    @contextmanager
-    def _renderer(self) -> Iterator[Callable[[str, str], None]]:
+    def _renderer(self) -> MarkdownStream | PlainStream:
         if self.markdown:
-            with Live(Markdown(""), console=self.console, refresh_per_second=8, vertical_overflow="visible") as live:
-                yield lambda text, _chunk: live.update(Markdown(text))
-            return
-        yield lambda _text, chunk: self.console.print(chunk, end="", markup=False, highlight=False, soft_wrap=True)
-        self.console.print()
+            return MarkdownStream(self.console)
+        return PlainStream(self.console, self.console.width if self.console.is_terminal else None)
 
     def run(self, read_line: Callable[[str], str]) -> None:
         pressed_ctrl_c = False
