@@ -13,15 +13,30 @@ The names are loaded on first use, so ``import expo_gguf`` (and ``expo-gguf --he
 from __future__ import annotations
 
 import importlib
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 # Load llama.cpp's shared libraries before anything imports numpy. With a CUDA build of
 # llama-cpp-python and a numpy wheel loaded first, model loading segfaulted in llama.cpp's
 # print_info (seen on an H200 machine with numpy 2.5.2); loading llama.cpp first avoids it.
+
+
+def _started_as_cli() -> bool:
+    """``expo-gguf`` (its script) or ``python -m expo_gguf`` is starting (argv[0] is "-m" while
+    Python locates the module it runs)."""
+    return sys.argv[:1] == ["-m"] or Path(sys.argv[0] if sys.argv else "").name == "expo-gguf"
+
+
 try:
     import llama_cpp  # noqa: F401
 except ImportError:  # only `chat`, `quantize` and K-quants need it; they say so when used
     pass
+except KeyboardInterrupt:  # the CLI's Ctrl+C is one line and exit 130, even this early
+    if not _started_as_cli():
+        raise
+    sys.stderr.write("interrupted\n")
+    raise SystemExit(130) from None
 
 _API = {
     "ExpoError": "errors",

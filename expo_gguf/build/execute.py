@@ -16,7 +16,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from ..errors import ExpoError
 from ..progress import SILENT, Progress
 from ..quant.llama import llama_quantize
 from ..quant.types import INTERMEDIATE, QUANTS, quantize_rows
+from ..runtime.interrupt import interruptible
 from ..source.checkpoint import DTYPES, TensorRef
 from ..source.reader import LocalFile, Piece, Span, SpanStream
 from .extrapolate import bf16_delta, bf16_step, extrapolate, round_bf16, widen
@@ -201,27 +202,6 @@ def _drain(item: tuple[Future[list[np.ndarray]], int], streams: list[GGUFStream]
     progress.advance(nbytes)
 
 
-def _interruptible(fn: Callable[..., None], *args: object) -> None:
-    """Run a long C call (llama.cpp's quantizer) in a thread so Ctrl+C still reaches us at once.
-
-    On Ctrl+C the caller removes the files and exits; the abandoned thread ends with the process.
-    """
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            fn(*args)
-        except BaseException as e:  # handed to the main thread below
-            failure.append(e)
-
-    t = threading.Thread(target=run, name="llama-quantize", daemon=True)
-    t.start()
-    while t.is_alive():
-        t.join(0.2)
-    if failure:
-        raise failure[0]
-
-
 def _remove_stale_parts(plan: Plan) -> None:
     """Temporaries of an earlier build of this NAME that was killed (kill -9, power loss): our own
     naming exactly (NAME[-aALPHA]-QUANT), never another build's whose name merely starts the same."""
@@ -251,7 +231,9 @@ def run_build(plan: Plan, progress: Progress = SILENT) -> list[BuiltFile]:
             progress.note(f"llama.cpp quantize -> {out.path.name}")
             t0 = time.perf_counter()
             tmp = part_path(out.path)
-            _interruptible(llama_quantize, part_path(out.source), tmp, out.quant, plan.request.threads)
+            interruptible(
+                llama_quantize, part_path(out.source), tmp, out.quant, plan.request.threads, name="llama-quantize"
+            )
             verify(tmp, plan)
             built.append(
                 BuiltFile(out.path, out.quant.label, tmp.stat().st_size, time.perf_counter() - t0, sha256_file(tmp))

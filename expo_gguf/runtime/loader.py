@@ -15,6 +15,7 @@ from .._data import chatml_template
 from ..errors import ExpoError
 from ..gguf_file.header import check_header, open_gguf, trained_context_length
 from ..gguf_file.info import file_type_name
+from .interrupt import interruptible
 from .log import show_llama_log
 from .model import ChatModel, ModelInfo
 from .options import CUDA_HINT, Resolved, RunOptions, cap_context, gpu_offload_available
@@ -45,14 +46,14 @@ def load_model(path: Path, options: RunOptions | None = None, seed: int = llama_
         notes.append(f"CPU-only llama-cpp-python build; for a GPU: {CUDA_HINT}")
     n_ctx = cap_context(run.n_ctx, trained_context_length(path), warnings)
     try:
-        llama = _new_llama(run, path, n_ctx, seed)
+        llama = interruptible(_new_llama, run, path, n_ctx, seed, name="llama-load")
     except (ValueError, RuntimeError) as e:
         open_gguf(path)  # names the actual defect (truncation, damage) when there is one
         raise ExpoError(f"llama.cpp could not load {path} ({e}); --verbose shows its log") from None
     n_ctx_train = llama_cpp.llama_model_n_ctx_train(llama.model)
     if 0 < n_ctx_train < n_ctx:  # the header walk missed it (an odd GGUF): load again, capped
         llama.close()
-        llama = _new_llama(run, path, cap_context(n_ctx, n_ctx_train, warnings), seed)
+        llama = interruptible(_new_llama, run, path, cap_context(n_ctx, n_ctx_train, warnings), seed, name="llama-load")
     meta = llama.metadata
     template = meta.get("tokenizer.chat_template")
     if not template:

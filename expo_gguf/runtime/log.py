@@ -10,6 +10,7 @@ printed.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import ctypes
 import sys
@@ -25,8 +26,7 @@ _captures: list[tuple[list[str], bool]] = []  # (lines, errors only)
 _lock = threading.Lock()
 
 
-@llama_cpp.llama_log_callback
-def _callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+def _log(level: int, text: bytes) -> None:
     with _lock:
         if _captures:
             lines, errors_only = _captures[-1]
@@ -36,6 +36,16 @@ def _callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
             return
     if _verbose:
         sys.stderr.write(text.decode("utf-8", errors="replace"))
+
+
+@llama_cpp.llama_log_callback
+def _callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    try:
+        _log(level, text)
+    except KeyboardInterrupt:  # Ctrl+C landed in here: ctypes would print it and drop it, so it is
+        # sent again from another thread, to be raised in the main thread's own code (should it land
+        # in this callback again, the same happens until the C call returns)
+        threading.Timer(0.01, _thread.interrupt_main).start()
 
 
 def _install() -> None:
