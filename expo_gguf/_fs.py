@@ -14,6 +14,7 @@ import functools
 import hashlib
 import os
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -204,3 +205,31 @@ def decode_utf8(data: bytes, where: str) -> str:
         kind = next((k for magic, k in COMPRESSED.items() if data.startswith(magic)), None)
         hint = f"; it is {kind}-compressed: decompress it first" if kind else ""
         raise ExpoError(f"cannot read {where}: not UTF-8 text (byte {e.start}){hint}") from None
+
+
+def read_stdin_capped(reader: str) -> str:
+    """Standard input's UTF-8 text, bounded as ``read_capped`` bounds a file."""
+    data = sys.stdin.buffer.read(MAX_TEXT_BYTES + 1)
+    if len(data) > MAX_TEXT_BYTES:
+        raise ExpoError(f"stdin is over {MAX_TEXT_BYTES // 2**20} MB; {reader} up to {MAX_TEXT_BYTES // 2**20} MB")
+    return decode_utf8(data, "stdin")
+
+
+def utf8_text(text: str, where: str) -> str:
+    """``text`` unchanged if it is UTF-8, else ``decode_utf8``'s one line ("cannot read -p: not
+    UTF-8 text (byte 3)").
+
+    For text that arrives as a ``str`` (an argument, a line typed at a terminal): Python keeps the
+    bytes it could not decode as lone surrogates (surrogateescape), which fail only later, deep in
+    a tokenizer.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError as e:
+        first = e.start
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        raise ExpoError(f"cannot read {where}: not UTF-8 text (character {first})") from None
+    return decode_utf8(raw, where)

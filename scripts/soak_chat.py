@@ -112,8 +112,7 @@ class Soak:
         self.term.send(question + "\n")
         interrupted = False
         if ctrl_c:
-            self.term.expect(question[-12:])  # readline's echo
-            self.term.expect_output()  # the reply has started
+            self.term.reply_started()
             self.term.send("\x03")
             self.ctrl_c_sent += 1
             landed = self.term.expect_any("(interrupted)", "Ctrl+C again")

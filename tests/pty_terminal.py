@@ -18,10 +18,24 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pyte
+
 ROOT = Path(__file__).resolve().parents[1]
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\x1b[=>]|\r")
+FORWARD = re.compile(r"\x1b\[(\d*)C")  # the line editor moves past a prompt's trailing space
 # select/poll/epoll family: where readline (select) and prompt_toolkit (epoll) sleep waiting for a key.
 WAIT_SYSCALLS = {"x86_64": {7, 23, 232, 270, 271, 281, 441}, "aarch64": {22, 72, 73, 441}}
+
+
+class _Screen(pyte.HistoryScreen):
+    """A 120x40 screen keeping 100,000 lines of scrollback, replying to the child's queries."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(120, 40, history=100_000, ratio=0.001)
+        self.fd = fd
+
+    def write_process_input(self, data: str) -> None:
+        os.write(self.fd, data.encode())
 
 
 class Terminal:
@@ -35,7 +49,9 @@ class Terminal:
             os.execvpe(args[0], args, env)
         fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
         self.text, self.pos, self.closed = "", 0, False
-        self.raw = b""  # every byte the child wrote, escapes included (for a terminal emulator)
+        self.raw = b""  # every byte the child wrote, escapes included
+        self.screen = _Screen(self.fd)  # the terminal the child draws on, as an xterm shows it
+        self.stream = pyte.ByteStream(self.screen)
 
     def _read(self, timeout: float) -> bool:
         ready, _, _ = select.select([self.fd], [], [], timeout)
@@ -47,7 +63,9 @@ class Terminal:
             data = b""
         self.closed = not data
         self.raw += data
-        self.text += ANSI.sub("", data.decode("utf-8", errors="replace"))
+        self.stream.feed(data)  # answers the line editor's cursor-position requests, as a terminal does
+        shown = FORWARD.sub(lambda m: " " * int(m.group(1) or 1), data.decode("utf-8", errors="replace"))
+        self.text += ANSI.sub("", shown)
         return bool(data)
 
     def _until(self, done: Callable[[], bool], timeout: float, what: str) -> None:
@@ -85,6 +103,19 @@ class Terminal:
         self.pos = len(self.text)
         return self.text[start:]
 
+    def reply_started(self, timeout: float = 60) -> str:
+        """After a message was sent: wait until the child has left the prompt (it no longer waits
+        for a key; the line editor redraws the line as it leaves), then for the reply's first text.
+        A Ctrl+C sent before that would reach the line editor as a key, not the reply."""
+        if self._reading_input() is None:
+            time.sleep(0.5)
+        else:
+            self._until(lambda: self._reading_input() is False, timeout, "the child leaving the prompt")
+        while self._read(0.05):
+            pass
+        self.pos = len(self.text)
+        return self.expect_output(timeout)
+
     def _reading_input(self) -> bool | None:
         """Whether the child's main thread sleeps in select/poll; None where /proc cannot say."""
         calls = WAIT_SYSCALLS.get(os.uname().machine)
@@ -109,24 +140,29 @@ class Terminal:
         self._until(lambda: bool(self._reading_input()), timeout, "the child waiting for input")
 
     def prompt(self) -> str:
-        """Wait for the next prompt and for readline to be ready; return what came before it."""
-        text = self.expect(">>> ")
+        """Wait for the next prompt and for the child to wait for a key; return what came before it.
+
+        The line editor draws the prompt again when a line is sent (and on redraws), so the prompt
+        is the last one drawn once the child waits for a key.
+        """
+        start = self.pos
+        self.expect(">>> ")
         self.wait_for_input()
-        return text
+        while self._read(0.05):  # what the child wrote before it blocked
+            pass
+        last = self.text.rfind(">>> ")
+        self.pos = last + 4
+        return self.text[start:last]
 
     def transcript(self) -> list[str]:
-        """What a user would see scrolling back: every line that left the screen, then the screen,
-        as a 120x40 xterm shows them (pyte plays the bytes the child wrote)."""
-        import pyte
-
-        screen = pyte.HistoryScreen(120, 40, history=100_000, ratio=0.001)
-        stream = pyte.ByteStream(screen)
-        stream.feed(self.raw)
-        gone = ["".join(line[x].data for x in range(120)) for line in screen.history.top]
+        """What a user would see scrolling back: every line that left the screen, then the screen."""
+        screen = self.screen
+        gone = ["".join(line[x].data for x in range(screen.columns)) for line in screen.history.top]
         return [line.rstrip() for line in [*gone, *screen.display]]
 
     def send(self, text: str) -> None:
-        os.write(self.fd, text.encode())
+        """Type ``text``; a newline is the Enter key (a carriage return, as a terminal sends it)."""
+        os.write(self.fd, text.replace("\n", "\r").encode())
 
     def wait(self, timeout: float = 30) -> int:
         deadline = time.monotonic() + timeout

@@ -41,8 +41,7 @@ def test_terminal_session(chat: Callable[..., Terminal], tmp_path: Path) -> None
     term.send("/set max_tokens 400\n")
     assert "max_tokens = 400" in term.prompt()
     term.send("Write a very long story about a dragon and a knight.\n")
-    term.expect("knight.")  # readline's echo of the line
-    term.expect_output()  # the reply has started streaming
+    term.reply_started()
     term.send("\x03")
     term.expect("(interrupted)", timeout=30)
     term.prompt()

@@ -21,10 +21,11 @@ from pty_terminal import Terminal
 pytestmark = pytest.mark.pty
 
 CHILD = """
-import readline, sys, time
+import sys, time
 from rich.console import Console
 from expo_gguf import Sampling
 from expo_gguf.chat.repl import Backend, run_repl
+from expo_gguf.chat.session import _input_line
 
 text = open(sys.argv[1], encoding="utf-8").read()
 pause = float(sys.argv[2])
@@ -34,7 +35,9 @@ def reply(messages):
         time.sleep(pause)
         yield text[i : i + 5]
 
-run_repl(Backend(reply=reply, status=lambda: "STATUS-LINE"), Sampling(), console=Console(), markdown=True)
+console, settings = Console(), Sampling()
+backend = Backend(reply=reply, status=lambda: "STATUS-LINE")
+run_repl(backend, settings, console=console, markdown=True, read_line=_input_line(console, settings))
 """
 
 
@@ -92,6 +95,7 @@ def test_ctrl_c_mid_reply_leaves_each_line_once(tmp_path: Path) -> None:
     term = start(tmp_path, "Intro line of the reply.\n\n" + items, 0.01)
     term.prompt()
     term.send("go\n")
+    term.reply_started()
     term.expect("Item 12 ")
     term.send("\x03")
     term.expect("(interrupted)", timeout=30)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from expo_gguf import Sampling
-from expo_gguf.chat.repl import Backend, read_message, run_repl
+from expo_gguf.chat.repl import Backend, command_table, read_message, run_repl, unfinished
 from expo_gguf.errors import ExpoError
 
 Message = dict[str, str]
@@ -125,7 +126,7 @@ def test_slash_commands(tmp_path: Path) -> None:
     assert "/regen" in out and "Multi-line" in out  # /help
     assert "be brief" in out  # /system without text shows it
     assert (settings.temp, settings.top_k) == (0.25, 7)  # /set changed the shared settings
-    assert "invalid sampling setting: temp" in out and "takes a float" in out and "usage: /set" in out
+    assert "temp must be >= 0" in out and "takes a float" in out and "usage: /set" in out
     assert "fake-model" in out and "3 tokens" in out and "STATUS-LINE" in out
     assert "unknown command /frobnicate" in out
     # /regen answered the same message again, replacing the first answer
@@ -146,7 +147,7 @@ def test_negative_seed_means_random_as_on_the_command_line() -> None:
     assert Sampling(seed=-5).seed == Sampling(seed=-1).seed == llama_cpp.LLAMA_DEFAULT_SEED
     settings = Sampling(seed=3)
     _, out = chat(Backend(reply=Fake().reply), "/set seed -5", settings=settings)
-    assert settings.seed == llama_cpp.LLAMA_DEFAULT_SEED and f"seed = {llama_cpp.LLAMA_DEFAULT_SEED}" in out
+    assert settings.seed == llama_cpp.LLAMA_DEFAULT_SEED and "seed = random" in out
 
 
 def small_context(messages: list[Message]) -> tuple[list[Message], int]:
@@ -288,8 +289,93 @@ def test_context_trim_told_once_and_refusal() -> None:
     assert all("huge" not in m["content"] for m in history)
 
 
-def test_settings_validation() -> None:
-    with pytest.raises(ExpoError, match="top_p"):
-        Sampling(top_p=0)
-    with pytest.raises(ExpoError, match="max_tokens"):
-        Sampling(max_tokens=0)
+def test_settings_validation_names_the_valid_range() -> None:
+    cases = {
+        "temp": (-1, "temp must be >= 0"),
+        "top_p": (0, "top_p must be > 0 and <= 1"),
+        "top_k": (-2, "top_k must be >= 0"),
+        "min_p": (1.5, "min_p must be between 0 and 1"),
+        "repeat_penalty": (0, "repeat_penalty must be > 0"),
+        "max_tokens": (0, "max_tokens must be > 0, or -1 for no limit"),
+    }
+    for name, (value, words) in cases.items():
+        with pytest.raises(ExpoError, match=re.escape(words)):
+            Sampling(**{name: value})
+    with pytest.raises(ExpoError, match=r"^temp must be >= 0.*; top_k must be >= 0"):
+        Sampling(temp=-1, top_k=-1)
+
+
+def test_seed_random_show_system_and_template() -> None:
+    settings = Sampling(seed=7)
+    backend = Backend(reply=Fake().reply, template=lambda: "{{ TEMPLATE-TEXT }}")
+    _, out = chat(
+        backend,
+        "/set seed random",
+        "/set",
+        "/system be kind",
+        "/show",
+        "/show template",
+        "/show nonsense",
+        settings=settings,
+    )
+    assert "seed = random" in out and "seed=random" in out and "4294967295" not in out
+    assert re.search(r"^seed\s+random\s*$", out, re.M) and re.search(r"^system\s+be kind\s*$", out, re.M)
+    assert "{{ TEMPLATE-TEXT }}" in out and "usage: /show [template]" in out
+    _, out = chat(Backend(reply=Fake().reply), "/show", "/show template")
+    assert re.search(r"^system\s+\(none\)\s*$", out, re.M) and "(no chat template)" in out
+
+
+def test_a_cut_reply_says_so_once() -> None:
+    cut = Backend(reply=Fake().reply, cut=lambda: 12)
+    _, out = chat(cut, "hello")
+    assert out.count("(cut at 12 tokens)") == 1
+    _, out = chat(Backend(reply=Fake().reply), "hello")
+    assert "cut at" not in out
+    _, out = chat(Backend(reply=Fake(interrupt_after=1).reply, cut=lambda: 12), "a b c")
+    assert "(interrupted)" in out and "cut at" not in out  # stopped by the user, not cut
+
+
+def test_a_typed_message_that_is_not_utf8_is_one_line_and_not_sent() -> None:
+    fake = Fake()
+    history, out = chat(Backend(reply=fake.reply), "caf\udce9 au lait", "after")
+    assert "error: your message: not UTF-8 text (byte 3)" in out
+    assert [m[-1]["content"] for m in fake.seen] == ["after"] and len(history) == 2
+
+
+def test_a_paste_stays_one_message_verbatim() -> None:
+    """A read that returns several lines (a bracketed paste, the line editor's buffer) is one message."""
+    assert read_message(script("first line\nsecond \\\nthird")) == "first line\nsecond \\\nthird"
+    assert read_message(script('"""\nx\n\ny\n"""')) == "x\n\ny"
+    assert read_message(script('"""\nx', 'y"""')) == "x\ny"
+    assert read_message(script("pasted\nlines \\", "and more")) == "pasted\nlines \nand more"
+    for text, waits in [
+        ('"""', True),
+        ('"""a"""', False),
+        ('"""\na', True),
+        ('"""\na"""', False),
+        ("a\\", True),
+        ("a", False),
+    ]:
+        assert unfinished(text) is waits, text
+
+
+def test_tab_completion_table() -> None:
+    table = command_table(Sampling())
+    assert table["set"] == ("temp", "top_p", "top_k", "min_p", "repeat_penalty", "max_tokens", "seed")
+    assert table["save"] is None and table["load"] is None and table["show"] == ("template",)
+    assert set(table) >= {"help", "regen", "exit", "system"}
+
+
+def test_plain_replies_wrap_between_words_on_a_terminal() -> None:
+    words = "Extrapolation moves the weights further along the direction alignment took them, cheaply."
+    backend = Backend(reply=lambda messages: (words[i : i + 3] for i in range(0, len(words), 3)))
+    out = io.StringIO()
+    console = Console(file=out, width=24, force_terminal=True, color_system=None, highlight=False)
+    run_repl(backend, Sampling(), console=console, markdown=False, read_line=script("go"))
+    lines = [line for line in out.getvalue().splitlines() if line.strip()]
+    assert lines == [
+        "Extrapolation moves the",
+        "weights further along",
+        "the direction alignment",
+        "took them, cheaply.",
+    ]

@@ -61,7 +61,7 @@ def vs(
         sides,
         Sampling(),
         console=Console(file=out, width=200),
-        messages=messages or [],
+        threads=[messages or [], messages or []],
         markdown=False,
         read_line=read_line,
     )

@@ -40,17 +40,17 @@ class Sampling:
     def __post_init__(self) -> None:
         if self.seed < 0:  # as llama.cpp's --seed -1: a random seed
             self.seed = RANDOM_SEED
-        checks = {
-            "temp": self.temp >= 0,
-            "top_p": 0 < self.top_p <= 1,
-            "top_k": self.top_k >= 0,
-            "min_p": 0 <= self.min_p <= 1,
-            "repeat_penalty": self.repeat_penalty > 0,
-            "max_tokens": self.max_tokens == -1 or self.max_tokens > 0,
+        checks = {  # each setting, whether it is valid, and the range it must be in
+            "temp": (self.temp >= 0, ">= 0 (0 = greedy)"),
+            "top_p": (0 < self.top_p <= 1, "> 0 and <= 1"),
+            "top_k": (self.top_k >= 0, ">= 0 (0 = all tokens)"),
+            "min_p": (0 <= self.min_p <= 1, "between 0 and 1"),
+            "repeat_penalty": (self.repeat_penalty > 0, "> 0 (1 = off)"),
+            "max_tokens": (self.max_tokens == -1 or self.max_tokens > 0, "> 0, or -1 for no limit"),
         }
-        bad = [name for name, ok in checks.items() if not ok]
+        bad = [f"{name} must be {valid}" for name, (ok, valid) in checks.items() if not ok]
         if bad:
-            raise ExpoError(f"invalid sampling setting: {', '.join(bad)}")
+            raise ExpoError("; ".join(bad))
 
 
 def message_problem(i: int, m: object) -> str | None:

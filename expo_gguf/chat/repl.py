@@ -27,8 +27,9 @@ try:
     import termios
 except ImportError:  # Windows: no echo to turn off
     termios = None  # type: ignore[assignment]
+from .._fs import utf8_text
 from .conversation import load_conversation, save_conversation
-from .messages import Message
+from .messages import RANDOM_SEED, Message
 from .render import MarkdownStream, PlainStream
 
 PROMPT, CONTINUE = ">>> ", "... "
@@ -37,14 +38,16 @@ HELP = """\
 /clear                forget the conversation (keeps the system message)
 /system [TEXT]        show or set the system message
 /set [NAME VALUE]     show settings, or set temp|top_p|top_k|min_p|repeat_penalty|max_tokens|seed
-/show                 model, settings and context use
+/show [template]      model, settings, system message and context use; or the chat template
 /stats                figures for the last reply
 /regen                answer the last message again
 /save FILE            write the conversation as JSON
 /load FILE            read a conversation written by /save
 /exit, /quit, Ctrl+D  leave
-Multi-line: start and end with \"\"\" , or end a line with \\ to continue it.
+Multi-line: start and end with \"\"\" , or end a line with \\ to continue it; a paste stays one message.
+On a terminal: Up/Down and Ctrl+R search the history, Tab completes commands and their arguments.
 Ctrl+C stops a reply (the partial reply is kept); twice at the prompt leaves."""
+COMMANDS = ("help", "clear", "system", "set", "show", "stats", "regen", "save", "load", "exit", "quit")
 
 
 def _keep_all(messages: list[Message]) -> tuple[list[Message], int]:
@@ -60,6 +63,8 @@ class Backend:
     status: Callable[[], str | None] = lambda: None
     stats: Callable[[], dict[str, str]] = dict
     show: Callable[[], dict[str, str]] = dict
+    cut: Callable[[], int | None] = lambda: None  # tokens, when the last reply hit max_tokens or the context
+    template: Callable[[], str | None] = lambda: None  # the chat template, for /show template
 
 
 class Exit(Exception):
@@ -109,31 +114,62 @@ def quiet_terminal() -> Iterator[None]:
         termios.tcsetattr(fd, termios.TCSANOW, before)
 
 
+def unfinished(text: str) -> bool:
+    """Whether typed ``text`` (its lines joined by newlines) waits for more: an open \"\"\" block,
+    or a trailing backslash. The line editor asks it on Enter; ``read_message`` when reading lines."""
+    lines = text.split("\n")
+    first = lines[0].lstrip()
+    if first.startswith('"""'):
+        if len(lines) == 1:
+            return not first[3:].rstrip().endswith('"""')
+        return not any(line.rstrip().endswith('"""') for line in lines[1:])
+    return text.endswith("\\")
+
+
+def _block(text: str) -> str:
+    """The message in a \"\"\" block: the lines between the quotes, as typed."""
+    lines = text.split("\n")
+    first = lines[0].lstrip()[3:]
+    if len(lines) == 1:
+        return first.rstrip()[:-3] if first.rstrip().endswith('"""') else first
+    body = [first] if first else []
+    for line in lines[1:]:
+        if line.rstrip().endswith('"""'):
+            if line.rstrip()[:-3]:
+                body.append(line.rstrip()[:-3])
+            break
+        body.append(line)
+    return "\n".join(body)
+
+
 def read_message(read_line: Callable[[str], str]) -> str:
-    """One user message: a line, lines joined by trailing backslashes, or a \"\"\" block."""
-    line = read_line(PROMPT)
-    if line.lstrip().startswith('"""'):
-        first = line.lstrip()[3:]
-        if first.rstrip().endswith('"""'):
-            return first.rstrip()[:-3]
-        parts = [first] if first else []
-        while True:
+    """One user message: a line, lines joined by trailing backslashes, or a \"\"\" block.
+
+    ``read_line`` may return several lines at once (a paste, or the line editor's whole buffer):
+    they stay one message, verbatim.
+    """
+    text = read_line(PROMPT)
+    if text.lstrip().startswith('"""'):
+        while unfinished(text):
             try:
-                nxt = read_line(CONTINUE)
+                text += "\n" + read_line(CONTINUE)
             except EOFError:
                 break
-            if nxt.rstrip().endswith('"""'):
-                if nxt.rstrip()[:-3]:
-                    parts.append(nxt.rstrip()[:-3])
-                break
-            parts.append(nxt)
-        return "\n".join(parts)
+        return _block(text)
     parts = []
-    while line.endswith("\\"):
-        parts.append(line[:-1])
-        line = read_line(CONTINUE)
-    parts.append(line)
+    while text.endswith("\\"):
+        parts.append(text[:-1])
+        text = read_line(CONTINUE)
+    parts.append(text)
     return "\n".join(parts)
+
+
+def command_table(settings: Any) -> dict[str, tuple[str, ...] | None]:
+    """Each slash command and what its argument completes to (None: a file path), for Tab."""
+    names = tuple(f.name for f in dataclasses.fields(settings))
+    table: dict[str, tuple[str, ...] | None] = {name: () for name in COMMANDS}
+    table.update(set=names, show=("template",), save=None, load=None)
+    return table
 
 
 class Repl:
@@ -199,28 +235,52 @@ class Repl:
         name, _, value = arg.partition(" ")
         fields = {f.name: f for f in dataclasses.fields(self.settings)}
         if not name:
-            self.note("  ".join(f"{k}={getattr(self.settings, k)}" for k in fields))
+            self.note("  ".join(f"{k}={v}" for k, v in self.settings_shown().items()))
             return
         if name not in fields or not value.strip():
             raise ExpoError(f"usage: /set {'|'.join(fields)} VALUE")
         kind = type(getattr(self.settings, name))
+        value = value.strip()
+        if name == "seed" and value.lower() == "random":
+            value = "-1"
         try:
-            parsed = kind(value.strip())
+            parsed = kind(value)
         except ValueError:
-            raise ExpoError(f"{name} takes a {kind.__name__}, not {value.strip()!r}") from None
+            raise ExpoError(f"{name} takes a {kind.__name__}, not {value!r}") from None
         parsed = getattr(dataclasses.replace(self.settings, **{name: parsed}), name)  # validated (ExpoError)
         setattr(self.settings, name, parsed)
-        self.note(f"{name} = {parsed}")
+        self.note(f"{name} = {self.settings_shown()[name]}")
+
+    def settings_shown(self) -> dict[str, str]:
+        """The settings as /set and /show print them: a random seed is "random", not llama.cpp's 2**32-1."""
+        shown = {k: str(v) for k, v in dataclasses.asdict(self.settings).items()}
+        if getattr(self.settings, "seed", None) == RANDOM_SEED:
+            shown["seed"] = "random"
+        return shown
 
     def _table(self, rows: dict[str, str]) -> None:
         table = Table(show_header=False, box=None, pad_edge=False)
         for key, value in rows.items():
-            table.add_row(key, value)
+            table.add_row(escape(key), escape(value))
         self.console.print(table)
 
-    def show(self, _: str) -> None:
-        settings = {k: str(v) for k, v in dataclasses.asdict(self.settings).items()}
-        self._table({**self.backend.show(), **settings, "messages": str(len(self.messages))})
+    def system_shown(self) -> str:
+        return self.messages[0]["content"] if self.messages and self.messages[0]["role"] == "system" else "(none)"
+
+    def show_template(self) -> None:
+        template = self.backend.template()
+        if template:
+            self.console.print(template, markup=False, highlight=False, soft_wrap=True)
+        else:
+            self.note("(no chat template)")
+
+    def show(self, arg: str) -> None:
+        if arg == "template":
+            return self.show_template()
+        if arg:
+            raise ExpoError("usage: /show [template]")
+        rows = {**self.backend.show(), **self.settings_shown(), "system": self.system_shown()}
+        self._table({**rows, "messages": str(len(self.messages))})
 
     def stats(self, _: str) -> None:
         rows = self.backend.stats()
@@ -297,6 +357,8 @@ class Repl:
         self.messages.append({"role": "assistant", "content": "".join(chunks)})
         if interrupted:
             self.note("(interrupted)")
+        elif cut := self.backend.cut():
+            self.note(f"(cut at {cut} tokens)")
         status = self.backend.status()
         if status:
             self.note(status)
@@ -339,6 +401,11 @@ class Repl:
     def handle(self, text: str) -> bool:
         """Act on one input; False to leave."""
         if not text.strip():
+            return True
+        try:
+            utf8_text(text, "your message")
+        except ExpoError as e:  # bytes a terminal or a pipe could not decode
+            self.error(str(e))
             return True
         if text.startswith("/") and not text.startswith("//"):
             try:

@@ -8,16 +8,17 @@ This is where the chat layer meets the runtime; ``repl``, ``vs``, ``conversation
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rich.console import Console
 from rich.markup import escape
 
 from .._units import human_bytes
+from ..runtime.loader import CPU_ONLY_NOTE
 from ..runtime.model import ChatModel
-from . import vs
+from . import userdata, vs
 from .messages import Message, Sampling
-from .repl import Backend, run_repl
+from .repl import Backend, command_table, run_repl
 
 
 def backend(session: ChatModel, sampling: Sampling) -> Backend:
@@ -54,7 +55,15 @@ def backend(session: ChatModel, sampling: Sampling) -> Backend:
         status=lambda: session.last_stats.line() if session.last_stats else None,
         stats=stats,
         show=show,
+        cut=lambda: _cut(session),
+        template=lambda: session.prompt_format.template,
     )
+
+
+def _cut(session: ChatModel) -> int | None:
+    """The last reply's length when --max-tokens or a full context cut it."""
+    s = session.last_stats
+    return s.generated if s is not None and s.stop in ("max_tokens", "context") else None
 
 
 def _echo(text: str) -> None:
@@ -62,43 +71,93 @@ def _echo(text: str) -> None:
     sys.stdout.flush()
 
 
-def answer_once(session: ChatModel, sampling: Sampling, messages: list[Message], err: Console, verbose: bool) -> None:
-    """The reply alone on stdout, streamed, so it pipes cleanly into other tools."""
+def _say_cut(session: ChatModel, err: Console, capped: bool) -> None:
+    """A cut reply says so on stderr, so stdout stays the reply alone."""
+    cut = _cut(session)
+    if cut is None:
+        return
+    s = session.last_stats
+    if s is not None and s.stop == "context":
+        why = ": the context is full (--ctx)"
+    elif capped:
+        why = ", the one-shot default; --max-tokens N for longer, -1 for no limit"
+    else:
+        why = ""
+    err.print(f"(cut at {cut} tokens{why})", style="dim", markup=False, highlight=False, soft_wrap=True)
+
+
+def answer_once(
+    session: ChatModel, sampling: Sampling, messages: list[Message], err: Console, verbose: bool, capped: bool = False
+) -> None:
+    """The reply alone on stdout, streamed, so it pipes cleanly into other tools; ``capped``: the
+    reply length is the one-shot default, not the user's."""
     kept, _ = session.fit(messages, sampling)
     for chunk in session.stream(kept, sampling):
         _echo(chunk)
     _echo("\n")
+    _say_cut(session, err, capped)
     if verbose and session.last_stats:
         err.print(session.last_stats.line(), style="dim", markup=False)
 
 
 def answer_once_each(
-    sessions: Sequence[ChatModel], names: Sequence[str], sampling: Sampling, messages: list[Message]
+    sessions: Sequence[ChatModel],
+    names: Sequence[str],
+    sampling: Sampling,
+    threads: Sequence[list[Message]],
+    err: Console,
+    capped: bool = False,
 ) -> None:
-    """Each model's reply on stdout under its name, first model first."""
-    for i, (session, name) in enumerate(zip(sessions, names)):
+    """Each model's reply on stdout under its name, first model first (each to its own thread)."""
+    for i, (session, name, messages) in enumerate(zip(sessions, names, threads)):
         _echo(f"{'' if i == 0 else chr(10)}## {name}\n")
         kept, _ = session.fit(messages, sampling)
         for chunk in session.stream(kept, sampling):
             _echo(chunk)
         _echo("\n")
+        _say_cut(session, err, capped)
 
 
-def _line_editing() -> None:
-    if sys.stdin.isatty():
-        import readline  # noqa: F401  (line editing and history for input())
+def _read_piped_line(prompt: str) -> str:
+    """``input()`` for a pipe (``-i``), without its strict decoding: bytes that are not UTF-8 reach
+    the REPL, which names them in one line instead of the chat ending in a traceback."""
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    line = sys.stdin.buffer.readline()
+    if not line:
+        raise EOFError
+    return line.decode("utf-8", "surrogateescape").removesuffix("\n").removesuffix("\r")
+
+
+def _input_line(console: Console, sampling: Sampling) -> Callable[[str], str]:
+    """The line editor on a terminal (history, Ctrl+R, Tab, paste); a pipe is read as it is."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return _read_piped_line
+    from .line_editor import LineEditor, open_history
+
+    history, problem = open_history(userdata.history_path())
+    if problem:
+        console.print(f"note: {problem}", style="dim", markup=False, soft_wrap=True)
+    return LineEditor(command_table(sampling), history).read_line
+
+
+def _print_notes(console: Console, notes: Sequence[str]) -> None:
+    for note in notes:
+        if note == CPU_ONLY_NOTE and not userdata.first_time("cpu-only"):
+            continue  # said on the first start; -ngl on such a build still warns every time
+        console.print(f"note: {note}", style="dim", markup=False, soft_wrap=True)
 
 
 def chat_interactive(session: ChatModel, sampling: Sampling, messages: list[Message], plain: bool) -> None:
     console = Console(highlight=False)
     info = session.info
-    _line_editing()
     console.print(
         f"[bold]{escape(info.name)}[/] · {info.quant} · {human_bytes(info.size_bytes)}"
         f" · ctx {info.n_ctx} · {info.device}"
     )
-    for note in info.notes:
-        console.print(f"note: {note}", style="dim", markup=False, soft_wrap=True)
+    _print_notes(console, info.notes)
+    if messages:
+        console.print(f"{len(messages)} messages loaded", style="dim")
     console.print("/help for commands, Ctrl+D or /exit to leave", style="dim")
     run_repl(
         backend(session, sampling),
@@ -106,18 +165,17 @@ def chat_interactive(session: ChatModel, sampling: Sampling, messages: list[Mess
         console=console,
         messages=messages,
         markdown=not plain and console.is_terminal,
+        read_line=_input_line(console, sampling),
     )
 
 
 def chat_interactive_vs(
-    sessions: Sequence[ChatModel], names: list[str], sampling: Sampling, messages: list[Message], plain: bool
+    sessions: Sequence[ChatModel], names: list[str], sampling: Sampling, threads: list[list[Message]], plain: bool
 ) -> None:
     console = Console(highlight=False)
-    _line_editing()
     for line in vs.banner(sessions, names):
         console.print(line, markup=False, soft_wrap=True)
-    for note in dict.fromkeys(n for s in sessions for n in s.info.notes):
-        console.print(f"note: {note}", style="dim", markup=False, soft_wrap=True)
+    _print_notes(console, list(dict.fromkeys(n for s in sessions for n in s.info.notes)))
     console.print(
         "each message is answered by both, each model keeping its own thread;"
         " /help for commands, Ctrl+D or /exit to leave",
@@ -125,4 +183,11 @@ def chat_interactive_vs(
         soft_wrap=True,
     )
     sides = [(name, s.info.path, backend(s, sampling)) for name, s in zip(names, sessions)]
-    vs.run_vs(sides, sampling, console=console, messages=messages, markdown=not plain and console.is_terminal)
+    vs.run_vs(
+        sides,
+        sampling,
+        console=console,
+        threads=threads,
+        markdown=not plain and console.is_terminal,
+        read_line=_input_line(console, sampling),
+    )

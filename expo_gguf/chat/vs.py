@@ -154,10 +154,17 @@ class VsRepl(Repl):
         for side, kept in zip(self.sides, before):
             side.restore_if_unanswered(kept)
 
-    def show(self, _: str) -> None:
-        settings = {k: str(v) for k, v in dataclasses.asdict(self.settings).items()}
-        self._each(lambda side: self._table({**side.backend.show(), "messages": str(len(side.messages))}))
-        self._table(settings)
+    def show(self, arg: str) -> None:
+        if arg == "template":
+            return self._each(lambda side: side.show_template())
+        if arg:
+            raise ExpoError("usage: /show [template]")
+        self._each(
+            lambda side: self._table(
+                {**side.backend.show(), "system": side.system_shown(), "messages": str(len(side.messages))}
+            )
+        )
+        self._table(self.settings_shown())
 
     def stats(self, _: str) -> None:
         self._each(lambda side: side.stats(""))
@@ -190,12 +197,14 @@ def run_vs(
     settings: Sampling,
     *,
     console: Console,
-    messages: list[Message],
+    threads: list[list[Message]],
     markdown: bool,
     read_line: Callable[[str], str] = input,
 ) -> list[list[Message]]:
-    """Chat with every model in turn until /exit, Ctrl+D or Ctrl+C twice; returns each thread."""
-    threads = [[dict(m) for m in messages] for _ in sides]
+    """Chat with every model in turn until /exit, Ctrl+D or Ctrl+C twice; returns each thread.
+
+    ``threads`` holds each model's conversation so far (the same one, or what ``/save`` wrote)."""
+    threads = [[dict(m) for m in thread] for thread in threads]
     repl = VsRepl(sides, settings, threads, console, markdown)
     repl.run(read_line)
     return [side.messages for side in repl.sides]

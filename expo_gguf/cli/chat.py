@@ -8,9 +8,11 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from .._fs import read_stdin_capped, utf8_text
 from .._units import file_labels
 from ..chat import session as chat_session
 from ..chat import vs
+from ..chat.conversation import load_conversation, load_threads
 from ..chat.messages import Message, Sampling
 from ..chat.serve import serve as serve_model
 from ..errors import ExpoError
@@ -22,6 +24,7 @@ from ._options import run_options
 from ._output import err, warn
 
 DEFAULTS = Sampling()
+ONE_SHOT_MAX_TOKENS = 1024  # a one-shot or piped reply stops here unless --max-tokens says otherwise
 MODEL_CTX = dict(
     default_ctx=4096, minimum_ctx=64, ctx_help="Context length in tokens, capped at the model's trained length."
 )
@@ -50,12 +53,24 @@ def find_default_model(models_dir: Path = Path("models")) -> Path:
 @click.option("-p", "--prompt", help="Answer this once and exit (piped stdin is appended).")
 @click.option("-i", "--interactive", is_flag=True, help="Chat even when stdin is not a terminal.")
 @click.option("--system", help="System message.")
+@click.option(
+    "--load",
+    "load_file",
+    type=click.Path(path_type=Path),
+    metavar="FILE.json",
+    help="Start from a conversation /save wrote (its system message unless --system is given).",
+)
 @click.option("--temp", type=float, default=DEFAULTS.temp, show_default=True, help="0 = greedy.")
 @click.option("--top-p", type=float, default=DEFAULTS.top_p, show_default=True)
 @click.option("--top-k", type=int, default=DEFAULTS.top_k, show_default=True)
 @click.option("--min-p", type=float, default=DEFAULTS.min_p, show_default=True)
 @click.option("--repeat-penalty", type=float, default=DEFAULTS.repeat_penalty, show_default=True)
-@click.option("--max-tokens", type=int, default=-1, show_default=True, help="-1 = until the model stops.")
+@click.option(
+    "--max-tokens",
+    type=int,
+    help=f"Cut replies at N tokens; -1 = until the model stops. Default: -1 in a chat,"
+    f" {ONE_SHOT_MAX_TOKENS} for a one-shot reply.",
+)
 @click.option("--seed", type=int, default=-1, help="Sampling seed (default: random).")
 @click.option("--plain", is_flag=True, help="Print replies as plain text, not markdown.")
 @click.option(
@@ -74,12 +89,13 @@ def chat(
     prompt: str | None,
     interactive: bool,
     system: str | None,
+    load_file: Path | None,
     temp: float,
     top_p: float,
     top_k: int,
     min_p: float,
     repeat_penalty: float,
-    max_tokens: int,
+    max_tokens: int | None,
     seed: int,
     plain: bool,
     vs_model: Path | None,
@@ -91,7 +107,12 @@ def chat(
       expo-gguf chat MODEL -p "Summarise this" < notes.txt    one reply on stdout
       echo "hi" | expo-gguf chat MODEL                        piped stdin: one reply too
       expo-gguf chat A.gguf --vs B.gguf                       both answer, A first
+      expo-gguf chat MODEL --load chat.json                   carry on from a /save
     """
+    one_shot = prompt is not None or (not sys.stdin.isatty() and not interactive)
+    capped = one_shot and max_tokens is None  # a pipe gets a reply of sane length, and is told
+    if max_tokens is None:
+        max_tokens = ONE_SHOT_MAX_TOKENS if one_shot else -1
     sampling = Sampling(
         temp=temp,
         top_p=top_p,
@@ -104,14 +125,22 @@ def chat(
     options = RunOptions(n_ctx=ctx, n_gpu_layers=n_gpu_layers, threads=threads, verbose=verbose)
     path = check_header(model if model is not None else find_default_model())
     paths = [path] + ([check_header(vs_model)] if vs_model is not None else [])
-    one_shot = prompt is not None or (not sys.stdin.isatty() and not interactive)
     question = ""
     if one_shot:
-        piped = "" if sys.stdin.isatty() else sys.stdin.read()
-        question = "\n\n".join(part for part in (prompt, piped.strip()) if part)
+        piped = "" if sys.stdin.isatty() else read_stdin_capped("chat reads")
+        question = "\n\n".join(part for part in (prompt and utf8_text(prompt, "-p"), piped.strip()) if part)
         if not question.strip():
             raise ExpoError("nothing to answer: give -p TEXT or pipe text on stdin")
-    messages: list[Message] = [{"role": "system", "content": system}] if system else []
+    if load_file is None:
+        histories: list[list[Message]] = [[] for _ in paths]  # one per model
+    elif len(paths) == 1:
+        histories = [load_conversation(load_file)]
+    else:
+        histories = load_threads(load_file, len(paths))
+    if system:
+        head: Message = {"role": "system", "content": utf8_text(system, "--system")}
+        histories = [[head, *[m for m in h if m["role"] != "system"]] for h in histories]
+    messages = histories[0]
     if len(paths) > 1 and not one_shot:  # before loading: the user may not have the memory for both
         Console(highlight=False).print(vs.estimate_memory(paths, ctx).line(), markup=False, soft_wrap=True)
     sessions: list[ChatModel] = []
@@ -124,11 +153,12 @@ def chat(
         if len(sessions) > 1:
             names = file_labels(paths)
             if one_shot:
-                chat_session.answer_once_each(sessions, names, sampling, asked)
+                asked_each = [h + asked[-1:] for h in histories]
+                chat_session.answer_once_each(sessions, names, sampling, asked_each, err, capped)
             else:
-                chat_session.chat_interactive_vs(sessions, names, sampling, messages, plain)
+                chat_session.chat_interactive_vs(sessions, names, sampling, histories, plain)
         elif one_shot:
-            chat_session.answer_once(sessions[0], sampling, asked, err, verbose)
+            chat_session.answer_once(sessions[0], sampling, asked, err, verbose, capped)
         else:
             chat_session.chat_interactive(sessions[0], sampling, messages, plain)
     finally:

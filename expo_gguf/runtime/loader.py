@@ -21,6 +21,7 @@ from .model import ChatModel, ModelInfo
 from .options import CUDA_HINT, Resolved, RunOptions, cap_context, gpu_offload_available
 
 CHATML_TEMPLATE = chatml_template()  # llama.cpp's own fallback when a GGUF carries no template
+CPU_ONLY_NOTE = f"CPU-only llama-cpp-python build; for a GPU: {CUDA_HINT}"  # the chat says it once
 
 
 def _new_llama(run: Resolved, path: Path, n_ctx: int, seed: int) -> llama_cpp.Llama:
@@ -43,7 +44,7 @@ def load_model(path: Path, options: RunOptions | None = None, seed: int = llama_
     show_llama_log(run.verbose)
     warnings, notes = [run.warning] if run.warning else [], []
     if not gpu_offload_available() and not run.warning:
-        notes.append(f"CPU-only llama-cpp-python build; for a GPU: {CUDA_HINT}")
+        notes.append(CPU_ONLY_NOTE)
     n_ctx = cap_context(run.n_ctx, trained_context_length(path), warnings)
     try:
         llama = interruptible(_new_llama, run, path, n_ctx, seed, name="llama-load")

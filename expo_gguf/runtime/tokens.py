@@ -44,7 +44,7 @@ class PromptFormat:
     every prompt of every model (from a vocab-only load) before generating anything."""
 
     def __init__(self, vocab: llama_cpp.llama_vocab_p, template: str, source: str) -> None:
-        self.vocab, self.source = vocab, source
+        self.vocab, self.source, self.template = vocab, source, template
         bos, eos = llama_cpp.llama_vocab_bos(vocab), llama_cpp.llama_vocab_eos(vocab)
         self._bos = bos
         self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(vocab))
