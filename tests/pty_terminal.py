@@ -137,7 +137,7 @@ class Terminal:
         if self._reading_input() is None:
             time.sleep(0.5)
             return
-        self._until(lambda: bool(self._reading_input()), timeout, "the child waiting for input")
+        self._until(lambda: bool(self._reading_input()), timeout, f"the child (pid {self.pid}) waiting for input")
 
     def prompt(self) -> str:
         """Wait for the next prompt and for the child to wait for a key; return what came before it.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import sys
 import types
 from pathlib import Path
@@ -19,7 +20,7 @@ from expo_gguf.cli.chat import find_default_model
 from expo_gguf.errors import ExpoError
 from expo_gguf.gguf_file.header import open_gguf, trained_context_length
 
-from conftest import smollm2
+from conftest import one_error_line, smollm2
 
 FAST = ["--temp", "0", "--seed", "0", "--ctx", "512", "--threads", "1"]
 
@@ -280,3 +281,86 @@ def test_context_not_a_multiple_of_256_is_respected() -> None:
     assert "Traceback" not in too_long.output
     fits = run("chat", str(smollm2()), "--ctx", "300", "--max-tokens", "8", *FAST[:4], input="word " * 70)
     assert fits.exit_code == 0 and fits.output.strip(), fits.output
+
+
+def test_input_that_is_not_utf8_is_one_line_before_loading(tmp_path: Path) -> None:
+    """Bug: `-p "Translate:" < latin1.txt` ended in a 39-line UnicodeEncodeError traceback."""
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes(b'[{"role": "user", "content": "caf\xe9"}]')
+    bad = latin1.read_bytes().index(b"\xe9")
+    model = str(smollm2())
+    cases = [
+        (["-p", "Translate:"], b"caf\xe9 au lait\n", "cannot read stdin: not UTF-8 text (byte 3)"),
+        (["-p", "Translate: caf\udce9"], None, "-p: not UTF-8 text (byte 14)"),  # how Python keeps argv bytes
+        (["--system", "\udcff", "-p", "hi"], None, "--system: not UTF-8 text (byte 0)"),
+        (["--load", str(latin1), "-p", "hi"], None, f"cannot read {latin1}: not UTF-8 text (byte {bad})"),
+    ]
+    for args, stdin, words in cases:
+        one_error_line(CliRunner().invoke(cli, ["chat", model, *args, *FAST], input=stdin), words)
+
+
+def test_settings_errors_give_the_valid_range() -> None:
+    one_error_line(run("chat", str(smollm2()), "-p", "hi", "--temp", "-1"), "temp must be >= 0")
+    one_error_line(run("chat", str(smollm2()), "-p", "hi", "--top-p", "2"), "top_p must be > 0 and <= 1")
+
+
+def test_load_starts_from_a_saved_conversation_and_bad_bytes_typed_are_one_line(tmp_path: Path) -> None:
+    saved = tmp_path / "chat.json"
+    saved.write_text(json.dumps({"messages": [{"role": "system", "content": "Be terse."}, *TURN]}))
+    script = b"/show\ncaf\xe9\n/set seed -1\n/exit\n"
+    result = CliRunner().invoke(
+        cli, ["chat", str(smollm2()), "--load", str(saved), "-i", "--plain", *FAST], input=script
+    )
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "3 messages loaded" in out and re.search(r"system\s+Be terse\.", out) and re.search(r"messages\s+3\b", out)
+    assert "error: your message: not UTF-8 text (byte 3)" in out and "Traceback" not in out
+    assert "seed = random" in out
+    result = run(
+        "chat", str(smollm2()), "--load", str(saved), "--system", "Be kind.", "-i", "--plain", *FAST, input="/show\n"
+    )
+    assert result.exit_code == 0 and re.search(r"system\s+Be kind\.", result.output)
+    assert "Be terse" not in result.output and re.search(r"messages\s+3\b", result.output)
+
+
+TURN = [{"role": "user", "content": "My name is Ada."}, {"role": "assistant", "content": "Hello Ada."}]
+
+
+def test_a_cut_one_shot_reply_says_so_on_stderr() -> None:
+    result = run("chat", str(smollm2()), "-p", "Count from one to one hundred in words.", "--max-tokens", "5", *FAST)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip() == "(cut at 5 tokens)"
+    assert result.stdout.strip() and "cut at" not in result.stdout  # stdout is the reply alone
+    whole = run("chat", str(smollm2()), "-p", "Say yes.", "--max-tokens", "200", *FAST)
+    assert whole.exit_code == 0 and "cut at" not in whole.stderr
+
+
+def test_a_one_shot_reply_stops_at_a_default_length_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --max-tokens a one-shot reply stops at ONE_SHOT_MAX_TOKENS (1024, lowered here so
+    the test does not generate a thousand tokens) and says so on stderr; a chat has no default cap."""
+    from expo_gguf.cli import chat as chat_cli
+
+    assert chat_cli.ONE_SHOT_MAX_TOKENS == 1024
+    assert "Default: -1 in a chat, 1024 for" in " ".join(run("chat", "--help").output.split())
+    monkeypatch.setattr(chat_cli, "ONE_SHOT_MAX_TOKENS", 6)
+    story = "Write a very long story about a dragon and a knight."
+    result = run("chat", str(smollm2()), "-p", story, *FAST)
+    assert result.exit_code == 0, result.output
+    assert (
+        result.stderr.strip() == "(cut at 6 tokens, the one-shot default; --max-tokens N for longer, -1 for no limit)"
+    )
+    piped = run("chat", str(smollm2()), *FAST, input=story)
+    assert piped.exit_code == 0 and "the one-shot default" in piped.stderr
+    chat = run("chat", str(smollm2()), "-i", "--plain", *FAST, input="/set\n")
+    assert "max_tokens=-1" in chat.output
+
+
+def test_the_cpu_only_note_is_given_once() -> None:
+    import llama_cpp
+
+    if llama_cpp.llama_supports_gpu_offload():
+        pytest.skip("this llama-cpp-python build has GPU offload")
+    first, second = (run("chat", str(smollm2()), "-i", "--plain", *FAST, input="/exit\n") for _ in range(2))
+    assert first.exit_code == second.exit_code == 0
+    assert "note: CPU-only llama-cpp-python build" in first.output
+    assert "CPU-only" not in second.output and "CPU only" in second.output  # the banner still says where it runs

@@ -99,3 +99,30 @@ def test_context_overflow_in_a_terminal(chat: Callable[..., Terminal], tmp_path:
     assert users[-1] == "And one about the sun?" and users[-2] == questions[-1]
     assert questions[0] not in users and len(users) < len(questions)
     assert all("word word" not in u for u in users)  # the refused message was not kept
+
+
+def test_a_paste_is_one_message_and_history_outlives_the_session(
+    chat: Callable[..., Terminal], tmp_path: Path, own_data_dir: Path
+) -> None:
+    """Bug: a pasted text of several lines was sent a line at a time. With bracketed paste (which
+    the line editor turns on, as terminals support) it is one message; the history file in the
+    user's data directory gives it back in the next session."""
+    saved = tmp_path / "conversation.json"
+    term = chat("--ctx", "512", "--max-tokens", "8")
+    term.prompt()
+    term.send("\x1b[200~Name a tree.\nOne word only.\x1b[201~\n")
+    assert "tok/s" in term.prompt()
+    term.send("\x04")  # Ctrl+D: leaves, and is no history entry
+    assert term.wait() == 0
+    assert "Name a tree." in (own_data_dir / "history").read_text()
+
+    term = chat("--ctx", "512", "--max-tokens", "8")
+    term.prompt()
+    term.send("\x1b[A\n")  # Up: the last message, both lines
+    assert "tok/s" in term.prompt()
+    term.send(f"/save {saved}\n")
+    term.prompt()
+    term.send("/exit\n")
+    assert term.wait() == 0
+    users = [m["content"] for m in json.loads(saved.read_text())["messages"] if m["role"] == "user"]
+    assert users == ["Name a tree.\nOne word only."]
