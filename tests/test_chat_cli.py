@@ -291,8 +291,8 @@ def test_input_that_is_not_utf8_is_one_line_before_loading(tmp_path: Path) -> No
     model = str(smollm2())
     cases = [
         (["-p", "Translate:"], b"caf\xe9 au lait\n", "cannot read stdin: not UTF-8 text (byte 3)"),
-        (["-p", "Translate: caf\udce9"], None, "-p: not UTF-8 text (byte 14)"),  # how Python keeps argv bytes
-        (["--system", "\udcff", "-p", "hi"], None, "--system: not UTF-8 text (byte 0)"),
+        (["-p", "Translate: caf\udce9"], None, "cannot read -p: not UTF-8 text (byte 14)"),  # argv: surrogates
+        (["--system", "\udcff", "-p", "hi"], None, "cannot read --system: not UTF-8 text (byte 0)"),
         (["--load", str(latin1), "-p", "hi"], None, f"cannot read {latin1}: not UTF-8 text (byte {bad})"),
     ]
     for args, stdin, words in cases:
@@ -314,7 +314,7 @@ def test_load_starts_from_a_saved_conversation_and_bad_bytes_typed_are_one_line(
     assert result.exit_code == 0, result.output
     out = result.output
     assert "3 messages loaded" in out and re.search(r"system\s+Be terse\.", out) and re.search(r"messages\s+3\b", out)
-    assert "error: your message: not UTF-8 text (byte 3)" in out and "Traceback" not in out
+    assert "error: cannot read your message: not UTF-8 text (byte 3)" in out and "Traceback" not in out
     assert "seed = random" in out
     result = run(
         "chat", str(smollm2()), "--load", str(saved), "--system", "Be kind.", "-i", "--plain", *FAST, input="/show\n"

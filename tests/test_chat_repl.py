@@ -338,7 +338,7 @@ def test_a_cut_reply_says_so_once() -> None:
 def test_a_typed_message_that_is_not_utf8_is_one_line_and_not_sent() -> None:
     fake = Fake()
     history, out = chat(Backend(reply=fake.reply), "caf\udce9 au lait", "after")
-    assert "error: your message: not UTF-8 text (byte 3)" in out
+    assert "error: cannot read your message: not UTF-8 text (byte 3)" in out
     assert [m[-1]["content"] for m in fake.seen] == ["after"] and len(history) == 2
 
 
