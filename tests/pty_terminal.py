@@ -50,6 +50,7 @@ class Terminal:
         fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
         self.text, self.pos, self.closed = "", 0, False
         self.raw = b""  # every byte the child wrote, escapes included
+        self.raw_mark = 0
         self.screen = _Screen(self.fd)  # the terminal the child draws on, as an xterm shows it
         self.stream = pyte.ByteStream(self.screen)
 
@@ -104,17 +105,19 @@ class Terminal:
         return self.text[start:]
 
     def reply_started(self, timeout: float = 60) -> str:
-        """After a message was sent: wait until the child has left the prompt (it no longer waits
-        for a key; the line editor redraws the line as it leaves), then for the reply's first text.
-        A Ctrl+C sent before that would reach the line editor as a key, not the reply."""
-        if self._reading_input() is None:
-            time.sleep(0.5)
-        else:
-            self._until(lambda: self._reading_input() is False, timeout, "the child leaving the prompt")
-        while self._read(0.05):
-            pass
+        """After a message was sent: wait until the line editor has let go of the terminal (it
+        turns bracketed paste off as it leaves, ``ESC[?2004l``), then for the reply's first text.
+        A Ctrl+C sent before that would reach the line editor, or the moment before the reply."""
+        leave = b"\x1b[?2004l"
+        self._until(lambda: leave in self.raw[self.raw_mark :], timeout, "the line editor leaving the prompt")
+        after = self.raw.index(leave, self.raw_mark) + len(leave)
+
+        def visible() -> bool:
+            return bool(ANSI.sub("", self.raw[after:].decode("utf-8", errors="replace")).strip())
+
+        self._until(visible, timeout, "the reply's first text")
         self.pos = len(self.text)
-        return self.expect_output(timeout)
+        return ANSI.sub("", self.raw[after:].decode("utf-8", errors="replace"))
 
     def _reading_input(self) -> bool | None:
         """Whether the child's main thread sleeps in select/poll; None where /proc cannot say."""
@@ -152,6 +155,7 @@ class Terminal:
             pass
         last = self.text.rfind(">>> ")
         self.pos = last + 4
+        self.raw_mark = len(self.raw)  # where what follows this prompt starts (``reply_started``)
         return self.text[start:last]
 
     def transcript(self) -> list[str]:
