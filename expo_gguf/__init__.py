@@ -52,6 +52,15 @@ _API = {
     "Quant": "quant.types",
     "parse_quants": "quant.types",
     "requantize": "quant.requantize",
+    "plan_requantize": "quant.requantize",
+    "TensorOverrides": "quant.llama",
+    "parse_overrides": "quant.llama",
+    "Imatrix": "gguf_file.imatrix",
+    "read_imatrix": "gguf_file.imatrix",
+    "write_imatrix": "gguf_file.imatrix",
+    "load_imatrix": "gguf_file.imatrix",
+    "ImatrixOptions": "measure.imatrix",
+    "collect_imatrix": "measure.imatrix",
     "load_presets": "source.presets",
     "find_preset": "source.presets",
     "GGUFInfo": "gguf_file.info",
@@ -82,6 +91,8 @@ __all__ = [
     "EvalOptions",
     "ExpoError",
     "GGUFInfo",
+    "Imatrix",
+    "ImatrixOptions",
     "Message",
     "Plan",
     "Progress",
@@ -89,6 +100,8 @@ __all__ = [
     "Quant",
     "RunOptions",
     "Sampling",
+    "TensorOverrides",
+    "collect_imatrix",
     "compare",
     "describe",
     "evaluate",
@@ -96,14 +109,19 @@ __all__ = [
     "extrapolate_bf16",
     "find_preset",
     "load_conversation",
+    "load_imatrix",
     "load_model",
     "load_presets",
     "make_plan",
+    "parse_overrides",
     "parse_quants",
+    "plan_requantize",
+    "read_imatrix",
     "requantize",
     "run_build",
     "run_repl",
     "save_conversation",
+    "write_imatrix",
     "write_modelfile",
 ]
 
@@ -129,13 +147,16 @@ if TYPE_CHECKING:
     from .chat.messages import Message, Sampling
     from .chat.repl import Backend, run_repl
     from .errors import ExpoError
+    from .gguf_file.imatrix import Imatrix, load_imatrix, read_imatrix, write_imatrix
     from .gguf_file.info import GGUFInfo, describe
     from .gguf_file.modelfile import write_modelfile
     from .measure.compare import Comparison, compare
     from .measure.compare_checks import CompareOptions
+    from .measure.imatrix import ImatrixOptions, collect_imatrix
     from .measure.perplexity import EvalOptions, evaluate
     from .progress import Progress
-    from .quant.requantize import requantize
+    from .quant.llama import TensorOverrides, parse_overrides
+    from .quant.requantize import plan_requantize, requantize
     from .quant.types import QUANTS, Quant, parse_quants
     from .runtime.loader import load_model
     from .runtime.model import ChatModel

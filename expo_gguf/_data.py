@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from importlib import resources
+from pathlib import Path
 
 
 @functools.cache
@@ -23,3 +24,8 @@ def openchat_template() -> str:
 def chatml_template() -> str:
     """llama.cpp's own fallback for a GGUF without a template."""
     return data_text("chatml.jinja")
+
+
+def calibration_file() -> Path:
+    """The calibration text ``--imatrix auto`` runs the model over (its sources: the README beside it)."""
+    return Path(str(resources.files("expo_gguf").joinpath("data", "calibration", "calibration.txt")))

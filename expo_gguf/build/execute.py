@@ -16,7 +16,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import numpy as np
 
 from .._fs import BuiltFile, drop_cached_file, part_path, sha256_file
 from ..errors import ExpoError
+from ..gguf_file.imatrix import ImatrixInput
 from ..progress import SILENT, Progress
 from ..quant.llama import llama_quantize
 from ..quant.types import INTERMEDIATE, QUANTS, quantize_rows
@@ -214,9 +215,14 @@ def _remove_stale_parts(plan: Plan) -> None:
                 stale.unlink(missing_ok=True)
 
 
-def run_build(plan: Plan, progress: Progress = SILENT) -> list[BuiltFile]:
+def run_build(
+    plan: Plan, progress: Progress = SILENT, make_imatrix: Callable[[Path, Path], ImatrixInput] | None = None
+) -> list[BuiltFile]:
     """Execute ``plan``: the streaming pass, then each K-quant from the float file; returns the
     files it wrote (the caller adds what goes beside them, such as Ollama Modelfiles).
+
+    ``make_imatrix(model, keep)`` computes an importance matrix for ``--imatrix auto`` from the
+    16-bit file and keeps it (the build does not import the measuring stage that runs a model).
 
     All or nothing: every output stays under its ``.part`` name until all of them are written and
     checked, then all are renamed; any failure or Ctrl+C removes every one of them.
@@ -226,13 +232,27 @@ def run_build(plan: Plan, progress: Progress = SILENT) -> list[BuiltFile]:
     _remove_stale_parts(plan)
     try:
         built = stream_pass(plan, progress)
+        imatrix = dict(plan.imatrix)
         for out in plan.derived:
             assert out.source is not None
+            uses = out.quant.imatrix_helps or out.quant.needs_imatrix
+            if uses and out.alpha not in imatrix and out.alpha in plan.imatrix_keep:  # --imatrix auto
+                if make_imatrix is None:
+                    raise ExpoError("--imatrix auto needs a way to run the model: pass make_imatrix to run_build")
+                imatrix[out.alpha] = make_imatrix(part_path(out.source), plan.imatrix_keep[out.alpha])
             progress.note(f"llama.cpp quantize -> {out.path.name}")
             t0 = time.perf_counter()
             tmp = part_path(out.path)
             interruptible(
-                llama_quantize, part_path(out.source), tmp, out.quant, plan.request.threads, name="llama-quantize"
+                llama_quantize,
+                part_path(out.source),
+                tmp,
+                out.quant,
+                plan.request.threads,
+                False,
+                plan.request.overrides,
+                imatrix.get(out.alpha) if uses else None,
+                name="llama-quantize",
             )
             verify(tmp, plan)
             built.append(

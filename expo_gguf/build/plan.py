@@ -7,6 +7,7 @@ finds is reported at once; ``--dry-run`` prints the plan and the build only exec
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 from dataclasses import dataclass
@@ -17,7 +18,9 @@ import numpy as np
 
 from .._fs import unwritable_reason
 from ..errors import ExpoError
-from ..quant.types import INTERMEDIATE, QUANTS, Quant, nbytes, tensor_type
+from ..gguf_file.imatrix import ImatrixInput, load_imatrix
+from ..quant.llama import TensorOverrides, check_imatrix
+from ..quant.types import INTERMEDIATE, QUANTS, Quant, nbytes, refuse_without_imatrix, tensor_type
 from ..source.checkpoint import Checkpoint, TensorRef, load_checkpoint
 from ..source.hub import display_name
 from ..source.presets import expo_name, published_preset
@@ -54,6 +57,9 @@ class BuildRequest:
     fallback_template: str | None = None  # the preset's, for a checkpoint that ships none
     keep_cache: bool = False  # read and write through the page cache and leave it filled
     math: str | None = None  # "bf16" or "f32" for every tensor; None: bf16 where both store it in bf16
+    # issue 15: llama-quantize's per-tensor choices, and an importance matrix file or "auto"
+    overrides: TensorOverrides = TensorOverrides()
+    imatrix: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,12 @@ class Plan:
     @property
     def outputs(self) -> tuple[Output, ...]:
         return self.streamed + self.derived
+
+    # issue 15: per alpha, the importance matrix the quantizer gets (a given file, or an earlier
+    # --imatrix auto one reused), or where --imatrix auto keeps the one it computes
+    imatrix: dict[float, ImatrixInput] = dataclasses.field(default_factory=dict)
+    imatrix_keep: dict[float, Path] = dataclasses.field(default_factory=dict)
+    overridden: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # --tensor-type pattern -> tensors
 
     @property
     def math(self) -> str:
@@ -305,12 +317,12 @@ def make_plan(req: BuildRequest) -> Plan:
     for alpha in req.alphas:
         general = req.name or names[alpha]
         floats: dict[str, Output] = {}
-        for quant in [q for q in req.quants if not q.by_llama_cpp]:
+        for quant in [q for q in req.quants if not by_llama_cpp(q, req)]:
             path = output_path(req, names[alpha], quant.label)
             out = _streamed_output(quant, alpha, path, jobs, extra_bytes, warnings, general)
             streamed.append(out)
             floats[quant.name] = out
-        kquants = [q for q in req.quants if q.by_llama_cpp]
+        kquants = [q for q in req.quants if by_llama_cpp(q, req)]
         if not kquants:
             continue
         # a float file the user asked for doubles as the source, the most precise first
@@ -325,6 +337,7 @@ def make_plan(req: BuildRequest) -> Plan:
             path = output_path(req, names[alpha], quant.label)
             derived.append(Output(quant, alpha, path, size, None, source.path, name=general))
     existing = tuple(o.path for o in streamed + derived if o.path.exists() and not o.temporary)
+    imatrix, keep, overridden = _imatrix_and_overrides(req, names, jobs, derived, warnings)
     return Plan(
         req,
         name,
@@ -340,7 +353,55 @@ def make_plan(req: BuildRequest) -> Plan:
         _free_space(req.outdir),
         existing,
         unwritable_reason(req.outdir),
+        imatrix,
+        keep,
+        overridden,
     )
+
+
+# --- issue 15: importance matrix and per-tensor overrides -------------------------------------
+
+
+def by_llama_cpp(quant: Quant, req: BuildRequest) -> bool:
+    """K- and IQ-quants always; a block type too when it gets an importance matrix or overrides
+    (only llama.cpp's quantizer takes them), which also gives it llama.cpp's mix (output at Q6_K)."""
+    if quant.by_llama_cpp:
+        return True
+    if not quant.imatrix_helps and quant.ggml_type != gguf.GGMLQuantizationType.Q8_0:
+        return False  # F32, F16, BF16: nothing to choose
+    return (req.imatrix is not None and quant.imatrix_helps) or req.overrides.any
+
+
+def imatrix_path(req: BuildRequest, name: str) -> Path:
+    """Where --imatrix auto keeps a build's importance matrix: NAME.imatrix.gguf, NAME as the
+    model's files are named at that alpha."""
+    return req.outdir / f"{name}.imatrix.gguf"
+
+
+def _imatrix_and_overrides(
+    req: BuildRequest, names: dict[float, str], jobs: list[TensorJob], derived: list[Output], warnings: list[str]
+) -> tuple[dict[float, ImatrixInput], dict[float, Path], dict[str, list[str]]]:
+    refuse_without_imatrix(req.quants, req.imatrix is not None)
+    shapes = {j.gguf_name: tuple(reversed(j.shape)) for j in jobs}
+    overridden = req.overrides.matches(list(shapes))
+    wants = [o for o in derived if o.quant.imatrix_helps or o.quant.needs_imatrix]
+    if req.imatrix is None or not wants:
+        if req.imatrix is not None:
+            warnings.append(f"--imatrix: none of {', '.join(q.name for q in req.quants)} uses an importance matrix")
+        return {}, {}, overridden
+    given: dict[float, ImatrixInput] = {}
+    keep: dict[float, Path] = {}
+    for alpha in dict.fromkeys(o.alpha for o in wants):
+        name = names[alpha]
+        path = Path(req.imatrix) if req.imatrix != "auto" else imatrix_path(req, name)
+        if req.imatrix != "auto" or path.exists():
+            given[alpha] = load_imatrix(path)
+            check_imatrix(given[alpha].data, shapes, name, any(q.needs_imatrix for q in req.quants))
+            if req.imatrix == "auto":
+                warnings.append(f"reusing {path} (an earlier --imatrix auto of {name}); delete it to recompute")
+        else:
+            keep[alpha] = path
+    return given, keep, overridden
 
 
 def _streamed_output(

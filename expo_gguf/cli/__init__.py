@@ -15,7 +15,7 @@ import click
 from rich.markup import escape
 
 from ..errors import ExpoError
-from . import build, chat, compare, eval, gguf
+from . import build, chat, compare, eval, gguf, imatrix
 from ._output import err
 
 
@@ -42,12 +42,13 @@ def cli() -> None:
       expo-gguf build --quant q8_0        extrapolate + write GGUF in one pass
       expo-gguf info FILE.gguf            what a GGUF holds
       expo-gguf quantize FILE.gguf -q q4_k_m
+      expo-gguf imatrix FILE.gguf --text T  importance matrix for better quants
       expo-gguf chat                      talk to the newest model in ./models
       expo-gguf compare A.gguf B.gguf     same prompts through each: which to keep
     """
 
 
-for module in (build, chat, gguf, eval, compare):
+for module in (build, imatrix, chat, gguf, eval, compare):
     for command in module.COMMANDS:
         cli.add_command(command)
 

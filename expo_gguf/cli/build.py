@@ -12,14 +12,17 @@ from .._units import human_bytes
 from ..build.execute import run_build
 from ..build.plan import MATHS, BuildRequest, Plan, check_ready, make_plan
 from ..errors import ExpoError
+from ..gguf_file.imatrix import ImatrixInput, load_imatrix
 from ..gguf_file.modelfile import write_modelfile
-from ..quant.requantize import plan_requantize, run_requantize
-from ..quant.types import QUANTS, parse_quants
+from ..quant.llama import TensorOverrides, check_imatrix, parse_overrides
+from ..quant.requantize import dry_run_job, imatrix_beside, model_tensors, plan_requantize, run_requantize, size_of
+from ..quant.types import parse_quants, quant_help
 from ..runtime.options import usable_cores
 from ..source.presets import find_preset, load_presets
-from ._options import threads_option
+from ._options import imatrix_options, override_options, threads_option
 from ._output import note, progress, warn
 from ._output import out as console
+from .imatrix import auto_maker, check_auto_options
 
 
 def print_plan(plan: Plan) -> None:
@@ -50,6 +53,13 @@ def print_plan(plan: Plan) -> None:
             ("~" if o.types is None else "") + human_bytes(o.nbytes),
         )
     console.print(t)
+    print_quant_choices(r.overrides, plan.overridden)
+    for im in plan.imatrix.values():
+        console.print(f"  importance matrix: {im.file} ({len(im.data.sums)} matrices, {im.data.chunk_count} chunks)")
+    for keep in plan.imatrix_keep.values():
+        console.print(f"  importance matrix: computed from the 16-bit file over the calibration text -> {keep.name}")
+    if any(o.types is None for o in plan.derived):
+        console.print("  [dim]~ sizes of llama.cpp's files are estimates (its mix is decided from the 16-bit file)[/]")
     replace = "exists, replaced (--force)" if r.force else "[red]exists, --force to replace[/]"
     for path in plan.existing:
         console.print(f"  {escape(path.name)} {replace}", soft_wrap=True)
@@ -69,6 +79,20 @@ def _math_line(plan: Plan) -> str:
         return "f32, rounded once (the two checkpoints do not both store their tensors in bf16)"
     n = sum(j.math == "bf16" for j in plan.tensors)
     return f"mixed: bf16 for the {n} tensors both checkpoints store in bf16, f32 for the other {len(plan.tensors) - n}"
+
+
+def print_quant_choices(ov: TensorOverrides, overridden: dict[str, list[str]]) -> None:
+    """Which tensors the overrides change, from the names alone."""
+    if ov.output_tensor_type is not None:
+        console.print(f"  output.weight -> {ov.output_tensor_type.name}")
+    if ov.token_embedding_type is not None:
+        console.print(f"  token_embd.weight -> {ov.token_embedding_type.name}")
+    for pattern, qtype in ov.tensor_types:
+        names = overridden.get(pattern, [])
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        console.print(f"  --tensor-type {pattern}={qtype.name.lower()}: {len(names)} tensors ({shown})", soft_wrap=True)
+    if ov.pure:
+        console.print("  --pure: every quantized tensor in the main type, no mix")
 
 
 def parse_alphas(text: str) -> tuple[float, ...]:
@@ -118,7 +142,8 @@ def parse_alphas(text: str) -> tuple[float, ...]:
     default="q8_0",
     show_default=True,
     metavar="LIST",
-    help=f"Comma-separated quant types, case-insensitive: {', '.join(QUANTS)}. All come from one extrapolation pass.",
+    help=f"Comma-separated quant types, case-insensitive, by llama-quantize's names. {quant_help()}. "
+    "All come from one extrapolation pass.",
 )
 @click.option(
     "--math",
@@ -149,6 +174,8 @@ def parse_alphas(text: str) -> tuple[float, ...]:
     help="Check everything and print the whole plan (files, sizes, RAM, disk); write nothing. Exits "
     "non-zero, after the plan, where the build would refuse (outputs exist, folder not writable, disk short).",
 )
+@imatrix_options
+@override_options
 @threads_option
 def build(
     preset: str | None,
@@ -163,6 +190,13 @@ def build(
     force: bool,
     keep_cache: bool,
     dry_run: bool,
+    imatrix: str | None,
+    calibration: Path | None,
+    imatrix_chunks: int | None,
+    output_tensor_type: str | None,
+    token_embedding_type: str | None,
+    tensor_types: tuple[str, ...],
+    pure: bool,
     threads: int | None,
 ) -> None:
     """Extrapolate SFT -> RLHF and write GGUF files that llama.cpp runs.
@@ -172,6 +206,8 @@ def build(
     quantizer from a 16-bit intermediate, removed afterwards unless f16 was asked for. Beside each
     GGUF goes an Ollama Modelfile (NAME-QUANT.Modelfile).
     """
+    check_auto_options(imatrix, calibration, imatrix_chunks)
+    overrides = parse_overrides(output_tensor_type, token_embedding_type, tensor_types, pure)
     p = find_preset(preset) if preset else load_presets()[0]
     alphas = parse_alphas(alpha_text) if alpha_text is not None else (p.alpha,)
     sft, rlhf = sft or p.sft, rlhf or p.rlhf
@@ -188,6 +224,8 @@ def build(
         p.fallback_template(rlhf),
         keep_cache=keep_cache,
         math=math,
+        overrides=overrides,
+        imatrix=imatrix,
     )
     plan = make_plan(req)
     if not dry_run:
@@ -199,7 +237,7 @@ def build(
         check_ready(plan)  # a check: what would stop the build, after the whole plan
         return
     with progress("bytes", keep=True) as bar:
-        built = run_build(plan, bar)
+        built = run_build(plan, bar, auto_maker(calibration, imatrix_chunks, req.threads, bar))
     for b in built:  # for `ollama create -f NAME-QUANT.Modelfile`; derived from the file just written
         write_modelfile(b.path, force=True)
     t = Table(title=f"built in {plan.request.outdir}")
@@ -212,7 +250,9 @@ def build(
 
 @click.command()
 @click.argument("src", type=click.Path(path_type=Path))
-@click.option("-q", "--quant", "quant_text", required=True, help=f"Target type: {', '.join(QUANTS)}.")
+@click.option(
+    "-q", "--quant", "quant_text", required=True, help=f"Target type, by llama-quantize's names. {quant_help()}."
+)
 @click.option(
     "-o",
     "--out",
@@ -223,22 +263,79 @@ def build(
     "directory when SRC's folder is not writable or belongs to an installed package].",
 )
 @click.option("--force", is_flag=True, help="Overwrite the output file.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the type and size llama.cpp's quantizer would give each tensor; write nothing.",
+)
+@imatrix_options
+@override_options
 @threads_option
-def quantize(src: Path, quant_text: str, out: str | None, force: bool, threads: int | None) -> None:
+def quantize(
+    src: Path,
+    quant_text: str,
+    out: str | None,
+    force: bool,
+    dry_run: bool,
+    imatrix: str | None,
+    calibration: Path | None,
+    imatrix_chunks: int | None,
+    output_tensor_type: str | None,
+    token_embedding_type: str | None,
+    tensor_types: tuple[str, ...],
+    pure: bool,
+    threads: int | None,
+) -> None:
     """GGUF to GGUF with llama.cpp's quantizer (e.g. F16 -> Q4_K_M, or any type -> F32).
 
     Warns when SRC has fewer bits than the target (its losses stay). Beside the GGUF goes an
     Ollama Modelfile, as build writes one.
+
+    \b
+      expo-gguf quantize X-F16.gguf -q iq4_xs --imatrix X.imatrix.gguf
+      expo-gguf quantize X-F16.gguf -q q4_k_m --output-tensor-type q8_0 --tensor-type attn_v=q6_k
     """
     quants = parse_quants(quant_text)
     if len(quants) != 1:
         raise click.UsageError("quantize takes one --quant")
-    job = plan_requantize(src, quants[0], out, force)
+    check_auto_options(imatrix, calibration, imatrix_chunks)
+    overrides = parse_overrides(output_tensor_type, token_embedding_type, tensor_types, pure)
+    threads = threads or usable_cores()
+    given: ImatrixInput | None = None
+    if imatrix is not None and imatrix != "auto":
+        given = load_imatrix(Path(imatrix))  # a damaged file is refused before any work
+    job = plan_requantize(src, quants[0], out, force, overrides=overrides, have_imatrix=imatrix is not None)
+    keep = imatrix_beside(job.dst) if imatrix == "auto" else None  # beside the output: SRC's folder may not be ours
+    if keep is not None and keep.exists():
+        given = load_imatrix(keep)
     for text in job.warnings:
         warn(text)
     for text in job.notes:
         note(text)
-    result = run_requantize(job, threads or usable_cores())
+    if given is not None and job.uses_imatrix:
+        check_imatrix(given.data, model_tensors(src), src.name, job.quant.needs_imatrix)
+        if keep is not None:
+            note(f"reusing {keep} (an earlier --imatrix auto of this model); delete it to recompute")
+    elif imatrix is not None and not job.uses_imatrix:
+        warn(f"{job.quant.name} does not use an importance matrix; --imatrix ignored")
+    print_quant_choices(overrides, job.changed)
+    if dry_run:
+        plan = dry_run_job(job, threads, given if job.uses_imatrix else None)
+        counts: dict[str, int] = {}
+        for t in plan.types.values():
+            counts[t.name] = counts.get(t.name, 0) + 1
+        mix = ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        console.print(f"{job.dst}  {job.quant.label}  {human_bytes(size_of(src, plan.types))} of tensors ({mix})")
+        console.print("  [dim]types and size from llama.cpp's own dry run; nothing written[/]")
+        if keep is not None and given is None and job.uses_imatrix:
+            console.print(f"  importance matrix: would be computed over the calibration text -> {keep}")
+        return
+    with progress() as bar:
+        get = (lambda: given) if given is not None else None
+        if keep is not None and given is None:
+            make = auto_maker(calibration, imatrix_chunks, threads, bar)
+            get = lambda: make(src, keep)  # noqa: E731
+        result = run_requantize(job, threads, get)
     modelfile = write_modelfile(result.path, force=True)  # derived from the file just written, as build's
     console.print(
         f"{result.path}  {result.quant}  {human_bytes(result.nbytes)}  {result.seconds:.1f}s  sha256 {result.sha256}",

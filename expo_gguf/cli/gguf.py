@@ -29,6 +29,8 @@ def render_info(info: GGUFInfo, console: Console, full_template: bool = False) -
     t.add_row("base models", ", ".join(info.base_models) or "-")
     if info.expo:
         t.add_row("ExPO", "  ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.expo.items()))
+    if info.imatrix:
+        t.add_row("importance matrix", "  ".join(f"{k}={v}" for k, v in info.imatrix.items()))
     t.add_row("tensors", f"{info.n_tensors}: " + ", ".join(f"{n} {k}" for k, n in sorted(info.tensor_types.items())))
     t.add_row("context length", str(info.context_length or "-"))
     t.add_row("special tokens", "  ".join(f"{k}={i} {s!r}" for k, (i, s) in info.special_tokens.items()) or "-")

@@ -42,6 +42,7 @@ class GGUFInfo:
     chat_template: str | None
     n_vocab: int = 0
     extra: dict[str, object] = field(default_factory=dict)
+    imatrix: dict[str, object] = field(default_factory=dict)  # quantize.imatrix.*, as llama-quantize writes them
 
     def kv_cache_bytes(self, n_cells: int) -> int:
         """An F16 K and V cache of ``n_cells`` cells: 2 x layers x cells x KV heads x head size x 2 bytes."""
@@ -131,4 +132,5 @@ def _describe(path: Path, kv: dict[str, object], tensors: list[TensorEntry]) -> 
         special_tokens=specials,
         chat_template=get(gguf.Keys.Tokenizer.CHAT_TEMPLATE),
         n_vocab=len(tokens),
+        imatrix={k.removeprefix("quantize.imatrix."): v for k, v in kv.items() if k.startswith("quantize.imatrix.")},
     )

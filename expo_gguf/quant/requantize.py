@@ -11,16 +11,19 @@ import re
 import site
 import sysconfig
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gguf
 
 from .._fs import BuiltFile, part_path, sha256_file, unwritable_reason
 from ..errors import ExpoError
+from ..gguf_file.header import read_gguf_header
+from ..gguf_file.imatrix import ImatrixInput
 from ..gguf_file.info import describe
-from .llama import llama_quantize
-from .types import QUANTS, Quant
+from .llama import DryRun, TensorOverrides, check_imatrix, dry_run, llama_quantize
+from .types import QUANTS, Quant, refuse_without_imatrix
 
 # Every type name a GGUF's file name may end in: ours, and llama.cpp's file types (IQ4_XS, Q3_K_L...)
 _LABELS = {q.label for q in QUANTS.values()} | {
@@ -40,6 +43,13 @@ class Requantization:
     source_type: str | None
     warnings: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    overrides: TensorOverrides = TensorOverrides()
+    changed: dict[str, list[str]] = field(default_factory=dict)  # per --tensor-type pattern, the tensors it sets
+    uses_imatrix: bool = False
+
+    @property
+    def requantize(self) -> bool:
+        return self.source_type not in (None, *UNQUANTIZED)
 
 
 def output_name(src: Path, quant: Quant) -> str:
@@ -48,6 +58,13 @@ def output_name(src: Path, quant: Quant) -> str:
     stem = src.name.removesuffix(src.suffix) if src.suffix.lower() == ".gguf" else src.name
     m = _SUFFIX.search(stem)
     return f"{stem[: m.start()]}{m.group(1)}{quant.label}.gguf" if m else f"{stem}-{quant.label}.gguf"
+
+
+def imatrix_beside(src: Path) -> Path:
+    """Where ``--imatrix auto`` keeps a model's importance matrix: ``X-F16.gguf`` -> ``X.imatrix.gguf``."""
+    stem = src.name.removesuffix(src.suffix) if src.suffix.lower() == ".gguf" else src.name
+    m = _SUFFIX.search(stem)
+    return src.with_name(f"{stem[: m.start()] if m else stem}.imatrix.gguf")
 
 
 def default_output(src: Path, quant: Quant) -> Path:
@@ -99,7 +116,13 @@ def lossier_warning(src: Path, source_type: str | None, quant: Quant) -> str | N
 
 
 def plan_requantize(
-    src: Path, quant: Quant, out: Path | str | None = None, force: bool = False, cwd: Path | None = None
+    src: Path,
+    quant: Quant,
+    out: Path | str | None = None,
+    force: bool = False,
+    cwd: Path | None = None,
+    overrides: TensorOverrides = TensorOverrides(),  # noqa: B008 (frozen)
+    have_imatrix: bool = False,
 ) -> Requantization:
     """Where the output goes and what to say about it; every refusal before anything is written.
 
@@ -109,6 +132,8 @@ def plan_requantize(
     """
     info = describe(src)  # a clear line for a missing, foreign or truncated file
     src = Path(src)
+    refuse_without_imatrix([quant], have_imatrix)
+    changed = overrides.matches([t.name for t in read_gguf_header(src).tensors])
     notes: list[str] = []
     if out is None:
         dst = default_output(src, quant)
@@ -131,16 +156,46 @@ def plan_requantize(
     if dst.exists() and not force:
         raise ExpoError(f"{dst} exists; use --force to overwrite")
     warning = lossier_warning(src, info.file_type, quant)
-    return Requantization(src, dst, quant, info.file_type, (warning,) if warning else (), tuple(notes))
+    uses = have_imatrix and (quant.imatrix_helps or quant.needs_imatrix)
+    return Requantization(
+        src, dst, quant, info.file_type, (warning,) if warning else (), tuple(notes), overrides, changed, uses
+    )
 
 
-def run_requantize(job: Requantization, threads: int) -> BuiltFile:
-    """Write ``job.dst`` under a ``.part`` name, renamed only once llama.cpp has finished."""
+def model_tensors(src: Path) -> dict[str, tuple[int, ...]]:
+    return {t.name: t.shape for t in read_gguf_header(src).tensors}
+
+
+def size_of(src: Path, types: dict[str, gguf.GGMLQuantizationType]) -> int:
+    """Bytes of the tensors ``src`` would become with ``types`` (data only, as llama.cpp counts it)."""
+    total = 0
+    for t in read_gguf_header(src).tensors:
+        block, size = gguf.GGML_QUANT_SIZES[types.get(t.name, gguf.GGMLQuantizationType(t.ggml_type))]
+        n = 1
+        for d in t.shape:
+            n *= d
+        total += n // block * size
+    return total
+
+
+def dry_run_job(job: Requantization, threads: int, imatrix: ImatrixInput | None = None) -> DryRun:
+    return dry_run(job.src, job.quant, threads, job.requantize, job.overrides, imatrix)
+
+
+def run_requantize(
+    job: Requantization, threads: int, get_imatrix: Callable[[], ImatrixInput] | None = None
+) -> BuiltFile:
+    """Write ``job.dst`` under a ``.part`` name, renamed only once llama.cpp has finished;
+    ``get_imatrix`` is called first (it may compute one), its matrix checked against the model
+    before the output is opened."""
+    imatrix = get_imatrix() if get_imatrix is not None and job.uses_imatrix else None
+    if imatrix is not None:
+        check_imatrix(imatrix.data, model_tensors(job.src), job.src.name, job.quant.needs_imatrix)
     t0 = time.perf_counter()
     job.dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = part_path(job.dst)
     try:
-        llama_quantize(job.src, tmp, job.quant, threads, requantize=job.source_type not in (None, *UNQUANTIZED))
+        llama_quantize(job.src, tmp, job.quant, threads, job.requantize, job.overrides, imatrix)
         tmp.replace(job.dst)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -25,18 +25,39 @@ F = gguf.LlamaFileType
 
 @dataclass(frozen=True)
 class Quant:
-    """A user-facing quant name: the ggml type of its big tensors and who writes it."""
+    """A user-facing quant name (llama-quantize's), the ggml type of its big tensors, and who writes it.
+
+    ``needs_imatrix``: llama.cpp refuses the type without an importance matrix, because one of the
+    types its mix uses (IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, or Q2_K in a Q2_K_S file) is
+    garbage without one (``tensor_requires_imatrix`` in llama-quant.cpp).
+    """
 
     name: str
     ggml_type: T
     file_type: F
     by_llama_cpp: bool
+    needs_imatrix: bool = False
+    aliases: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
         return self.name.upper()
 
+    @property
+    def bpw(self) -> float:
+        """Bits per weight of the main tensor type (a mix keeps some tensors wider)."""
+        block, size = gguf.GGML_QUANT_SIZES[self.ggml_type]
+        return size * 8 / block
 
+    @property
+    def imatrix_helps(self) -> bool:
+        """ggml's quantizer for the main type weighs its rounding by an importance matrix
+        (every quantized type but Q8_0); llama.cpp ignores one for Q8_0 and the float types."""
+        return self.ggml_type not in (T.F32, T.F16, T.BF16, T.Q8_0)
+
+
+# Every type llama-quantize offers for a dense model, by its names; the main ggml type is
+# llama_ftype_get_default_type's (IQ2_S files are mostly IQ2_XS, IQ2_M mostly IQ2_S, IQ3_XS/IQ3_M IQ3_S).
 QUANTS: dict[str, Quant] = {
     q.name: q
     for q in (
@@ -49,27 +70,89 @@ QUANTS: dict[str, Quant] = {
         Quant("q5_0", T.Q5_0, F.MOSTLY_Q5_0, False),
         Quant("q5_1", T.Q5_1, F.MOSTLY_Q5_1, False),
         Quant("q2_k", T.Q2_K, F.MOSTLY_Q2_K, True),
-        Quant("q3_k_m", T.Q3_K, F.MOSTLY_Q3_K_M, True),
+        Quant("q2_k_s", T.Q2_K, F.MOSTLY_Q2_K_S, True, needs_imatrix=True),
+        Quant("q3_k_s", T.Q3_K, F.MOSTLY_Q3_K_S, True),
+        Quant("q3_k_m", T.Q3_K, F.MOSTLY_Q3_K_M, True, aliases=("q3_k",)),
+        Quant("q3_k_l", T.Q3_K, F.MOSTLY_Q3_K_L, True),
         Quant("q4_k_s", T.Q4_K, F.MOSTLY_Q4_K_S, True),
-        Quant("q4_k_m", T.Q4_K, F.MOSTLY_Q4_K_M, True),
+        Quant("q4_k_m", T.Q4_K, F.MOSTLY_Q4_K_M, True, aliases=("q4_k",)),
         Quant("q5_k_s", T.Q5_K, F.MOSTLY_Q5_K_S, True),
-        Quant("q5_k_m", T.Q5_K, F.MOSTLY_Q5_K_M, True),
+        Quant("q5_k_m", T.Q5_K, F.MOSTLY_Q5_K_M, True, aliases=("q5_k",)),
         Quant("q6_k", T.Q6_K, F.MOSTLY_Q6_K, True),
+        Quant("iq1_s", T.IQ1_S, F.MOSTLY_IQ1_S, True, needs_imatrix=True),
+        Quant("iq1_m", T.IQ1_M, F.MOSTLY_IQ1_M, True, needs_imatrix=True),
+        Quant("iq2_xxs", T.IQ2_XXS, F.MOSTLY_IQ2_XXS, True, needs_imatrix=True),
+        Quant("iq2_xs", T.IQ2_XS, F.MOSTLY_IQ2_XS, True, needs_imatrix=True),
+        Quant("iq2_s", T.IQ2_XS, F.MOSTLY_IQ2_S, True, needs_imatrix=True),
+        Quant("iq2_m", T.IQ2_S, F.MOSTLY_IQ2_M, True, needs_imatrix=True),
+        Quant("iq3_xxs", T.IQ3_XXS, F.MOSTLY_IQ3_XXS, True, needs_imatrix=True),
+        Quant("iq3_xs", T.IQ3_S, F.MOSTLY_IQ3_XS, True, needs_imatrix=True),
+        Quant("iq3_s", T.IQ3_S, F.MOSTLY_IQ3_S, True),
+        Quant("iq3_m", T.IQ3_S, F.MOSTLY_IQ3_M, True),
+        Quant("iq4_nl", T.IQ4_NL, F.MOSTLY_IQ4_NL, True),
+        Quant("iq4_xs", T.IQ4_XS, F.MOSTLY_IQ4_XS, True),
     )
 }
+ALIASES: dict[str, str] = {a: q.name for q in QUANTS.values() for a in q.aliases}
 # K-quants start from this; F16 keeps 3 more mantissa bits than BF16 and weights are far from its range limit.
 INTERMEDIATE = QUANTS["f16"]
+# ggml tensor types a --tensor-type, --output-tensor-type or --token-embedding-type may name
+TENSOR_TYPES: dict[str, T] = {
+    t.name.lower(): t
+    for t in T
+    if t in gguf.GGML_QUANT_SIZES
+    and not t.name.startswith(("I8", "I16", "I32", "I64", "F64", "TQ", "MXFP", "NVFP"))
+    and t.name not in ("Q8_1", "Q8_K")  # ggml's dot-product intermediates, never stored
+}
+
+
+def find_quant(name: str) -> Quant | None:
+    """A quant by its name or llama-quantize's alias, case-insensitive."""
+    key = name.strip().lower()
+    return QUANTS.get(ALIASES.get(key, key))
+
+
+def quant_help() -> str:
+    """Every type grouped by size, with its bits per weight, for ``--help``."""
+    groups: dict[str, list[str]] = {}
+    for q in sorted(QUANTS.values(), key=lambda q: (q.bpw, q.name)):
+        band = "16-32 bits" if q.bpw >= 16 else "8 bits" if q.bpw >= 8 else f"{int(q.bpw)}-{int(q.bpw) + 1} bits"
+        groups.setdefault(band, []).append(f"{q.name} {q.bpw:.2g}{'*' if q.needs_imatrix else ''}")
+    bands = sorted(groups, key=lambda b: -float(b.split("-")[0].split()[0]))
+    return "; ".join(f"{b}: {', '.join(groups[b])}" for b in bands) + (
+        " (bits per weight of the main tensors; * needs --imatrix; aliases "
+        + ", ".join(f"{a}={n}" for a, n in ALIASES.items())
+        + ")"
+    )
 
 
 def parse_quants(text: str) -> list[Quant]:
     """``"Q8_0, q4_k_m"`` -> quants, in order, without repeats; unknown names listed in one error."""
     names = [n.strip().lower() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in QUANTS]
+    unknown = [n for n in names if find_quant(n) is None]
     if unknown or not names:
-        close = difflib.get_close_matches(unknown[0], QUANTS, n=1) if unknown else []
+        close = difflib.get_close_matches(unknown[0], [*QUANTS, *ALIASES], n=1) if unknown else []
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise ExpoError(f"unknown quant {', '.join(unknown) or repr(text)}{hint}; choose from: {', '.join(QUANTS)}")
-    return [QUANTS[n] for n in dict.fromkeys(names)]
+    return list(dict.fromkeys(find_quant(n) for n in names))  # type: ignore[arg-type]
+
+
+def parse_tensor_type(name: str, flag: str) -> T:
+    """A ggml type as llama-quantize's ``--output-tensor-type q8_0`` names it."""
+    t = TENSOR_TYPES.get(name.strip().lower())
+    if t is None:
+        raise ExpoError(f"{flag} {name!r}: not a ggml type; choose from: {', '.join(TENSOR_TYPES)}")
+    return t
+
+
+def refuse_without_imatrix(quants: list[Quant] | tuple[Quant, ...], have_imatrix: bool) -> None:
+    """The types llama.cpp would refuse without an importance matrix, refused before any work."""
+    need = [q.name for q in quants if q.needs_imatrix]
+    if need and not have_imatrix:
+        raise ExpoError(
+            f"{', '.join(need)} need{'s' if len(need) == 1 else ''} an importance matrix: "
+            "pass --imatrix FILE (from `expo-gguf imatrix`) or --imatrix auto"
+        )
 
 
 def tensor_type(quant: Quant, gguf_name: str, shape: tuple[int, ...]) -> tuple[T, str | None]:
