@@ -2,9 +2,10 @@
 
 Block formats (F32 .. Q5_1) are written during the extrapolation pass, a row chunk at a time,
 by ggml's row quantizers (gguf-py's numpy ones as the fallback); Q8_0 by our vectorised copy of
-ggml's reference (``q8_0``), the same bytes in half the time. K-quants need whole tensors and
-llama.cpp's mixing rules (Q4_K_M keeps some tensors at Q6_K), so they are made afterwards from a
-16-bit GGUF by ``llama_model_quantize`` (``quant.llama``), exactly as ``llama-quantize`` would.
+ggml's reference (``q8_0``), the same bytes in half the time. K- and IQ-quants need whole tensors
+and llama.cpp's mixing rules (Q4_K_M keeps some tensors at Q6_K), so they are made afterwards
+from a 16-bit GGUF by ``llama_model_quantize`` (``quant.llama``), exactly as ``llama-quantize``
+would; so is a block type given an importance matrix or tensor overrides.
 """
 
 from __future__ import annotations
