@@ -63,6 +63,7 @@ _API = {
     "collect_imatrix": "measure.imatrix",
     "load_presets": "source.presets",
     "find_preset": "source.presets",
+    "download": "source.remote_repo",
     "GGUFInfo": "gguf_file.info",
     "describe": "gguf_file.info",
     "write_modelfile": "gguf_file.modelfile",
@@ -104,6 +105,7 @@ __all__ = [
     "collect_imatrix",
     "compare",
     "describe",
+    "download",
     "evaluate",
     "extrapolate",
     "extrapolate_bf16",
@@ -162,3 +164,4 @@ if TYPE_CHECKING:
     from .runtime.model import ChatModel
     from .runtime.options import RunOptions
     from .source.presets import find_preset, load_presets
+    from .source.remote_repo import download

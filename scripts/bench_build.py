@@ -5,6 +5,7 @@
     python scripts/bench_build.py --shape 7b --pair /tmp/big7 --no-two-pass
     python scripts/bench_build.py --scale tiny,1b,3b,7b --png scale.png
     python scripts/bench_build.py --shape 1b --alphas 0.1,0.3,0.5   # one read vs one build per alpha
+    python scripts/bench_build.py --shape 1b --remote          # build --remote from a loopback hub vs local
 
 Each step runs in a child process from a cold page cache when run as root (sync; drop_caches),
 else says the cache may be warm; for each: wall seconds, user and sys CPU-seconds (the child's
@@ -327,6 +328,64 @@ def _pct(res: tuple[int, int] | None) -> str:
     return f"{100 * res[0] / res[1]:.1f}%" if res and res[1] else "-"
 
 
+def _children_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def bench_remote(shape: str, args: argparse.Namespace) -> list[dict]:
+    """``build --remote`` from the loopback hub of the tests (a separate process serving the pair
+    from disk by range requests, on 127.0.0.1) vs the local build of the same pair: the cost of
+    the HTTP path (requests, parsing, sha256, the stream window), without a real network's
+    bandwidth. CPU seconds (user + sys, from the kernel's accounting of each finished process)
+    are printed too: on a shared machine they vary far less than wall time."""
+    import tempfile
+
+    sft, rlhf = make_pair(shape, args.workdir, args.pair)
+    inputs = sorted(sft.glob("*.safetensors")) + sorted(rlhf.glob("*.safetensors"))
+    in_bytes = sum(f.stat().st_size for f in inputs)
+    gb = in_bytes / 1e9
+    out = args.workdir / f"out-{shape}"
+    common = ["-q", "q8_0", "--outdir", str(out), "--force", "--name", "bench"]
+    exe = str(Path(PY).parent / "expo-gguf")
+    c0 = _children_cpu()
+    local = measure([exe, "build", "--sft", str(sft), "--rlhf", str(rlhf), *common], "local build -q q8_0")
+    local["cpu_seconds"] = _children_cpu() - c0
+    server = subprocess.Popen(
+        [PY, str(ROOT / "tests" / "hub_server.py"), f"bench/sft={sft}", f"bench/rlhf={rlhf}"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        url = server.stdout.readline().strip()  # printed once every file is hashed
+        with tempfile.TemporaryDirectory() as home:
+            os.environ.update(HF_ENDPOINT=url, HF_HOME=home)
+            os.environ.pop("HF_TOKEN", None)
+            c0 = _children_cpu()
+            remote = measure(
+                [exe, "build", "--remote", "--sft", "bench/sft", "--rlhf", "bench/rlhf", *common],
+                "remote build -q q8_0 (loopback hub)",
+            )
+            remote["cpu_seconds"] = _children_cpu() - c0
+    finally:
+        server.terminate()
+        server.wait()
+    out_bytes = sum(f.stat().st_size for f in out.glob("bench-*.gguf"))
+    rows = [local, remote]
+    for r in rows:
+        r.update(shape=shape, input_bytes=in_bytes, output_bytes=out_bytes)
+    print(
+        f"{shape}: remote / local = {remote['seconds'] / local['seconds']:.2f}x wall "
+        f"({(remote['seconds'] - local['seconds']) / gb:+.2f} s per GB of input); "
+        f"build CPU {local['cpu_seconds'] / gb:.2f} -> {remote['cpu_seconds'] / gb:.2f} s per GB "
+        f"({remote['cpu_seconds'] / local['cpu_seconds']:.2f}x; the server's own CPU not counted)"
+    )
+    return rows
+
+
 def report(rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -444,6 +503,7 @@ def main() -> None:
     ap.add_argument("--no-warm", dest="warm", action="store_false", help="skip the warm-cache runs")
     ap.add_argument("--baseline", type=Path, help="another checkout (e.g. main) built side by side, sha256 compared")
     ap.add_argument("--alphas", help="comma list: one several-alpha build vs one build per alpha, and their floor")
+    ap.add_argument("--remote", action="store_true", help="build --remote from a loopback hub vs the local build")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--png", type=Path)
     args = ap.parse_args()
@@ -451,7 +511,9 @@ def main() -> None:
     shapes = args.scale.split(",") if args.scale else [args.shape]
     rows: list[dict] = []
     for shape in shapes:
-        if args.alphas:
+        if args.remote:
+            rows += bench_remote(shape, args)
+        elif args.alphas:
             rows += bench_alphas(shape, args.alphas, args)
         else:
             rows += bench_shape(shape, args, two_pass=not (args.no_two_pass or args.scale))

@@ -31,6 +31,7 @@ from ..quant.types import INTERMEDIATE, QUANTS, quantize_rows
 from ..runtime.interrupt import interruptible
 from ..source.checkpoint import DTYPES, TensorRef
 from ..source.reader import LocalFile, Piece, Span, SpanStream
+from ..source.remote_repo import RemoteFiles
 from .extrapolate import bf16_delta, bf16_step, extrapolate, round_bf16, widen
 from .plan import Plan, TensorJob, check_ready
 from .writer import GGUFStream, verify
@@ -48,14 +49,15 @@ def _span(ref: TensorRef, start: int, stop: int) -> Span:
     return Span(ref.file, ref.offset + start * row_bytes, (stop - start) * row_bytes)
 
 
-def open_streams(plan: Plan) -> tuple[SpanStream, SpanStream]:
-    """One reader per checkpoint, ahead of the pass: every chunk's bytes in the order it needs them."""
+def open_streams(plan: Plan, remote: RemoteFiles) -> tuple[SpanStream, SpanStream]:
+    """One reader per checkpoint, ahead of the pass: every chunk's bytes in the order it needs them
+    (from the disk, or from the hub for a shard in ``remote``)."""
     chunks = list(_chunks(plan))
     keep = plan.request.keep_cache
     return tuple(  # type: ignore[return-value]
         SpanStream(
             [_span(getattr(job, side), start, stop) for _, job, start, stop in chunks],
-            lambda path: LocalFile(path, keep_cache=keep),
+            lambda path: remote.open(path) if path in remote else LocalFile(path, keep_cache=keep),
         )
         for side in ("rlhf", "sft")
     )
@@ -149,7 +151,8 @@ def stream_pass(plan: Plan, progress: Progress) -> list[BuiltFile]:
     progress.task("extrapolating", plan.input_bytes)
     streams: list[GGUFStream] = []
     worker = _Worker(plan)
-    readers = open_streams(plan)
+    remote = RemoteFiles({**plan.rlhf.remote, **plan.sft.remote})
+    readers = open_streams(plan, remote)
     try:
         for out in plan.streamed:
             streams.append(GGUFStream(plan, out))
@@ -174,9 +177,11 @@ def stream_pass(plan: Plan, progress: Progress) -> list[BuiltFile]:
                     pending.append((pool.submit(worker, i, job, start, stop, pr, ps), nbytes))
                 while pending:
                     _drain(pending.popleft(), streams, progress)
+                remote.finish()  # remote shards: streamed to the end, sha256 checked
             except BaseException:
                 for fut, _ in pending:
                     fut.cancel()
+                remote.close()  # a reader waiting on a remote stream stops now, not after its timeout
                 raise
         seconds = time.perf_counter() - t0
         hashes = [s.finish() for s in streams]
@@ -192,6 +197,7 @@ def stream_pass(plan: Plan, progress: Progress) -> list[BuiltFile]:
             s.abort()
         raise
     finally:
+        remote.close()
         for r in readers:
             r.close()
 

@@ -21,6 +21,7 @@ from ..errors import ExpoError
 from ..gguf_file.imatrix import ImatrixInput, load_imatrix
 from ..quant.llama import TensorOverrides, check_imatrix
 from ..quant.types import INTERMEDIATE, QUANTS, Quant, nbytes, refuse_without_imatrix, tensor_type
+from ..source import remote
 from ..source.checkpoint import Checkpoint, TensorRef, load_checkpoint
 from ..source.hub import display_name
 from ..source.presets import expo_name, published_preset
@@ -60,6 +61,9 @@ class BuildRequest:
     # issue 15: llama-quantize's per-tensor choices, and an importance matrix file or "auto"
     overrides: TensorOverrides = TensorOverrides()
     imatrix: str | None = None
+
+
+from ..source import remote
 
 
 @dataclass(frozen=True)
@@ -141,10 +145,12 @@ class Plan:
     @property
     def peak_ram(self) -> int:
         """Read blocks (a pool per checkpoint), worker buffers (two inputs and every output per
-        chunk in flight) plus vocab and Python."""
+        chunk in flight) plus vocab and Python; remote shards add their stream windows."""
         per_chunk = CHUNK_ELEMS * 4 * (1 + min(len(self.request.alphas), 2) + len(self.streamed))
         blocks = 2 * DEPTH * BLOCK_BYTES
-        return blocks + self.request.threads * 3 * per_chunk + len(self.vocab.tokens) * 64 + 150 * 2**20
+        streams = len(self.sft.remote) + len(self.rlhf.remote)  # remote shards: a window each, two ahead
+        window = 2 * (remote.AHEAD + remote.BLOCK) + streams * (remote.BEHIND + remote.BLOCK) if streams else 0
+        return blocks + self.request.threads * 3 * per_chunk + len(self.vocab.tokens) * 64 + 150 * 2**20 + window
 
 
 def _check_pair(sft: Checkpoint, rlhf: Checkpoint) -> HParams:
@@ -279,8 +285,8 @@ def _check_request(req: BuildRequest) -> None:
 
 def make_plan(req: BuildRequest) -> Plan:
     _check_request(req)
-    rlhf = load_checkpoint(req.rlhf, "--rlhf")
-    sft = load_checkpoint(req.sft, "--sft")
+    rlhf = load_checkpoint(req.rlhf, "--rlhf", req.remote)
+    sft = load_checkpoint(req.sft, "--sft", req.remote)
     if sft.same_files(rlhf):
         raise ExpoError(f"SFT and RLHF are the same checkpoint ({rlhf.path}): the result would be the RLHF model")
     hp = _check_pair(sft, rlhf)

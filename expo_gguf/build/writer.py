@@ -58,6 +58,9 @@ def add_metadata(w: gguf.GGUFWriter, plan: Plan, out: Output) -> None:
     w.add_string("expo.math", plan.math)
     w.add_string("expo.sft", _source_id(plan.sft))
     w.add_string("expo.rlhf", _source_id(plan.rlhf))
+    for key, ckpt in (("expo.sft_revision", plan.sft), ("expo.rlhf_revision", plan.rlhf)):
+        if ckpt.revision:  # the commit both were read at (the hub's, or the HF cache snapshot's)
+            w.add_string(key, ckpt.revision)
     w.add_string("expo.version", tool_version())
     add_hparams(w, plan.hparams)
     plan.vocab.add_to(w)

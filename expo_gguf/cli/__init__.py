@@ -15,7 +15,7 @@ import click
 from rich.markup import escape
 
 from ..errors import ExpoError
-from . import build, chat, compare, eval, gguf, imatrix
+from . import build, chat, compare, download, eval, gguf, imatrix
 from ._output import err
 
 
@@ -40,6 +40,7 @@ def cli() -> None:
 
     \b
       expo-gguf build --quant q8_0        extrapolate + write GGUF in one pass
+      expo-gguf download                  both checkpoints into the HF cache (or: build --remote)
       expo-gguf info FILE.gguf            what a GGUF holds
       expo-gguf quantize FILE.gguf -q q4_k_m
       expo-gguf imatrix FILE.gguf --text T  importance matrix for better quants
@@ -48,7 +49,7 @@ def cli() -> None:
     """
 
 
-for module in (build, imatrix, chat, gguf, eval, compare):
+for module in (build, download, imatrix, chat, gguf, eval, compare):
     for command in module.COMMANDS:
         cli.add_command(command)
 

@@ -32,8 +32,11 @@ def print_plan(plan: Plan) -> None:
         f"[bold]{escape(title)}[/]  alpha={','.join(f'{a:g}' for a in r.alphas)}  ({plan.hparams.architecture}, "
         f"{plan.hparams.block_count} layers, vocab {plan.hparams.vocab_size})"
     )
-    console.print(f"  RLHF {plan.rlhf.label}  ({plan.rlhf.path})")
-    console.print(f"  SFT  {plan.sft.label}  ({plan.sft.path})")
+    for role, ckpt in (("RLHF", plan.rlhf), ("SFT ", plan.sft)):
+        where = f"hub, revision {ckpt.revision}" if ckpt.remote else str(ckpt.path)
+        if ckpt.revision and not ckpt.remote:
+            where += f", revision {ckpt.revision}"
+        console.print(f"  {role} {ckpt.label}  ({where})", soft_wrap=True)
     console.print(
         f"  {len(plan.tensors)} tensors, input {human_bytes(plan.input_bytes)} read once, "
         f"{r.threads} threads, peak RAM ~{human_bytes(plan.peak_ram)}"
@@ -114,7 +117,7 @@ def parse_alphas(text: str) -> tuple[float, ...]:
     "--sft",
     default=None,
     help="SFT checkpoint: a local directory or a Hugging Face repo id (looked up in the local HF cache, "
-    "never downloaded) [default: the preset's].",
+    "never downloaded; see --remote) [default: the preset's].",
 )
 @click.option(
     "--rlhf",
@@ -169,6 +172,13 @@ def parse_alphas(text: str) -> tuple[float, ...]:
     "the cache as it found it.",
 )
 @click.option(
+    "--remote",
+    is_flag=True,
+    help="Read --sft and --rlhf from the Hugging Face hub as the build goes (range requests, each "
+    "shard streamed once and checked against the hub's sha256); nothing but the outputs is written. "
+    "HF_ENDPOINT, HF_TOKEN and HF_HUB_DOWNLOAD_TIMEOUT apply.",
+)
+@click.option(
     "--dry-run",
     is_flag=True,
     help="Check everything and print the whole plan (files, sizes, RAM, disk); write nothing. Exits "
@@ -189,6 +199,7 @@ def build(
     name: str | None,
     force: bool,
     keep_cache: bool,
+    remote: bool,
     dry_run: bool,
     imatrix: str | None,
     calibration: Path | None,
@@ -226,6 +237,7 @@ def build(
         math=math,
         overrides=overrides,
         imatrix=imatrix,
+        remote=remote,
     )
     plan = make_plan(req)
     if not dry_run:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from ..errors import ExpoError
 from .hub import resolve_source
+from .remote import RemoteSpec, fetch_range
+from .remote_repo import open_remote, session, timeout
 
 # safetensors dtype -> the numpy dtype its bytes are read as. BF16 is read as uint16 and
 # widened by shifting; the rest are read as themselves.
@@ -28,6 +30,7 @@ DTYPES: dict[str, np.dtype] = {
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
+HEADER_PROBE = 1 << 18  # the first request for a remote header: most headers fit (Mistral 7B: ~25 KiB)
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,8 @@ class Checkpoint:
     repo_id: str | None
     config: dict
     tensors: dict[str, TensorRef] = field(repr=False)
+    revision: str | None = None  # the commit, for a repo from the hub or the HF cache
+    remote: dict[Path, RemoteSpec] = field(default_factory=dict, repr=False)  # shard -> where on the hub
 
     @property
     def label(self) -> str:
@@ -68,7 +73,10 @@ class Checkpoint:
         return sum(t.nbytes for t in self.tensors.values())
 
     def same_files(self, other: Checkpoint) -> bool:
-        """The same folder, or shards that are the same files (the HF cache's blobs are hard links)."""
+        """The same folder, or shards that are the same files (the HF cache's blobs are hard links);
+        on the hub, the same repo at the same commit."""
+        if self.remote or other.remote:
+            return (self.repo_id, self.revision) == (other.repo_id, other.revision)
         if self.path.resolve() == other.path.resolve():
             return True
 
@@ -112,37 +120,61 @@ def read_header(path: Path) -> dict[str, TensorRef]:
         size = path.stat().st_size
         with open(path, "rb") as f:
             head = f.read(8)
-            if len(head) < 8:
-                raise ExpoError(f"{path}: truncated safetensors file ({size} bytes)")
-            n = int.from_bytes(head, "little")
-            if n > MAX_HEADER_BYTES or n + 8 > size:
-                raise ExpoError(f"{path}: corrupt safetensors header (header length {n}, file {size} bytes)")
+            n = _header_length(path, head, size)
             raw = f.read(n)
     except FileNotFoundError:
         raise ExpoError(f"{path}: missing shard") from None
     except IsADirectoryError:
         raise ExpoError(f"{path}: is a directory, expected a safetensors shard") from None
+    return parse_header(path, raw, n, size)
+
+
+def _header_length(path: Path | str, head: bytes, size: int) -> int:
+    if len(head) < 8:
+        raise ExpoError(f"{path}: truncated safetensors file ({size} bytes)")
+    n = int.from_bytes(head[:8], "little")
+    if n > MAX_HEADER_BYTES or n + 8 > size:
+        raise ExpoError(f"{path}: corrupt safetensors header (header length {n}, file {size} bytes)")
+    return n
+
+
+def read_remote_header(spec: RemoteSpec, file: Path) -> dict[str, TensorRef]:
+    """The same header from the hub: a range request for the first bytes, another if it is longer."""
+    with_head = fetch_range(session(), spec, 0, min(spec.size, HEADER_PROBE), timeout())
+    n = _header_length(spec.label, with_head, spec.size)
+    raw = with_head[8 : 8 + n]
+    if len(raw) < n:
+        raw += fetch_range(session(), spec, 8 + len(raw), 8 + n, timeout())
+    return parse_header(file, raw, n, spec.size, spec.label)
+
+
+def parse_header(path: Path, raw: bytes, n: int, size: int, label: str | None = None) -> dict[str, TensorRef]:
+    """A header's JSON (``n`` bytes after the length) checked against a file of ``size`` bytes."""
+    where = label or path
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise ExpoError(f"{path}: corrupt safetensors header (not JSON)") from None
+        raise ExpoError(f"{where}: corrupt safetensors header (not JSON)") from None
     if not isinstance(header, dict):
-        raise ExpoError(f"{path}: corrupt safetensors header (not an object)")
+        raise ExpoError(f"{where}: corrupt safetensors header (not an object)")
     base, data_len = 8 + n, size - 8 - n
     refs: dict[str, TensorRef] = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        refs[name] = _tensor_ref(path, name, info, base, data_len)
+        refs[name] = _tensor_ref(path, name, info, base, data_len, where)
     spans = sorted((r.offset, r.offset + r.nbytes, r.name) for r in refs.values() if r.nbytes)
     for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
         if start < end:
-            raise ExpoError(f"{path}: tensors {a} and {b} overlap in the file")
+            raise ExpoError(f"{where}: tensors {a} and {b} overlap in the file")
     return refs
 
 
-def _tensor_ref(path: Path, name: str, info: object, base: int, data_len: int) -> TensorRef:
-    bad = f"{path}: tensor {name!r}"
+def _tensor_ref(
+    path: Path, name: str, info: object, base: int, data_len: int, where: Path | str | None = None
+) -> TensorRef:
+    where = where or path
+    bad = f"{where}: tensor {name!r}"
     if not isinstance(info, dict):
         raise ExpoError(f"{bad} has a corrupt header entry")
     dtype, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
@@ -157,17 +189,28 @@ def _tensor_ref(path: Path, name: str, info: object, base: int, data_len: int) -
         raise ExpoError(f"{bad} has invalid data_offsets {offs!r}")
     if end > data_len:
         raise ExpoError(
-            f"{path}: truncated shard: tensor {name!r} ends at byte {base + end}, file has {base + data_len}"
+            f"{where}: truncated shard: tensor {name!r} ends at byte {base + end}, file has {base + data_len}"
         )
     if end - begin != math.prod(shape) * DTYPES[dtype].itemsize:
         raise ExpoError(f"{bad}: shape {shape} {dtype} does not match its {end - begin} bytes")
     return TensorRef(name, path, base + begin, end - begin, dtype, tuple(shape))
 
 
-def load_checkpoint(spec: str, what: str = "a checkpoint") -> Checkpoint:
+def load_checkpoint(spec: str, what: str = "a checkpoint", remote: bool = False) -> Checkpoint:
     """Resolve, then index every tensor of a checkpoint from its headers alone (``what``: the
-    option it came from, for messages)."""
-    root, repo_id = resolve_source(spec, what)
+    option it came from, for messages).
+
+    ``remote``: ``spec`` is a repo id on the hub; the small files are fetched, the shards stay
+    there and only their headers are read (by range requests).
+    """
+    sources: dict[Path, RemoteSpec] = {}
+    if remote:
+        repo = open_remote(spec)
+        root, repo_id, revision = repo.root, repo.repo_id, repo.revision
+        sources = {root / name: s for name, s in repo.shards.items()}
+    else:
+        root, repo_id = resolve_source(spec, what)
+        revision = root.name if repo_id and root.parent.name == "snapshots" else None
     pickles = [p.name for p in root.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
     config = read_json(root / "config.json", "model config")
     index_path = root / INDEX_NAME
@@ -178,7 +221,7 @@ def load_checkpoint(spec: str, what: str = "a checkpoint") -> Checkpoint:
         shards: dict[Path, list[str]] = {}
         for name, shard in weight_map.items():
             shards.setdefault(_shard_path(root, shard), []).append(name)
-    elif (root / SINGLE_NAME).exists():
+    elif (root / SINGLE_NAME).exists() or root / SINGLE_NAME in sources:
         shards = {root / SINGLE_NAME: []}
     elif pickles:
         raise ExpoError(
@@ -189,9 +232,11 @@ def load_checkpoint(spec: str, what: str = "a checkpoint") -> Checkpoint:
         raise ExpoError(f"{root}: no {INDEX_NAME} or {SINGLE_NAME} found")
     tensors: dict[str, TensorRef] = {}
     for shard, names in shards.items():
-        refs = read_header(shard)
+        refs = read_remote_header(sources[shard], shard) if remote else read_header(shard)
         missing = [n for n in names if n not in refs]
         if missing:
             raise ExpoError(f"{index_path}: names {missing[0]!r} in {shard.name}, which does not hold it")
         tensors.update(refs if not names else {n: refs[n] for n in names})
-    return Checkpoint(root, repo_id, config, tensors)
+    for shard, spec in sources.items():  # what the build reads of each: then its window is freed
+        sources[shard] = replace(spec, needed=sum(t.nbytes for t in tensors.values() if t.file == shard))
+    return Checkpoint(root, repo_id, config, tensors, revision, sources)

@@ -75,6 +75,6 @@ def resolve_source(spec: str, what: str = "a checkpoint") -> tuple[Path, str | N
     if snapshot is None or not snapshot.is_dir():
         raise ExpoError(
             f"{spec} is not in the Hugging Face cache ({cache}); download it first with: "
-            f"hf download {spec} --include '*.json' '*.safetensors' 'tokenizer.model' '*.jinja'"
+            f"expo-gguf download {spec} (or build with --remote to read it from the hub)"
         )
     return snapshot, spec

@@ -1,0 +1,40 @@
+"""``download``: both checkpoints of a pair into the Hugging Face cache, only the files a build reads."""
+
+from __future__ import annotations
+
+import click
+
+from ..source.presets import find_preset, load_presets
+from ..source.remote_repo import BUILD_PATTERNS, download
+from ._output import out as console
+
+
+@click.command(name="download")
+@click.argument("repos", nargs=-1, metavar="[REPO]...")
+@click.option(
+    "--preset",
+    default=None,
+    metavar="NAME",
+    help="A published ExPO model (see `expo-gguf presets`): its SFT and RLHF repos "
+    "[default, without REPO: starling-lm-7b-beta].",
+)
+@click.option("--revision", default="main", show_default=True, help="Branch, tag or commit to download.")
+def download_command(repos: tuple[str, ...], preset: str | None, revision: str) -> None:
+    """Download checkpoints into the Hugging Face cache, so `build` finds them offline.
+
+    Only what a build reads is fetched (safetensors shards, their index, config, tokenizer and
+    chat template files), with huggingface_hub's progress bars, cache and token (HF_TOKEN or
+    `hf auth login`). Every repo is checked first: one that ships only pickle weights is refused
+    before anything is downloaded.
+    """
+    if preset and repos:
+        raise click.UsageError("give either --preset or REPO ids, not both")
+    if not repos:
+        p = find_preset(preset) if preset else load_presets()[0]
+        repos = (p.sft, p.rlhf)
+    for repo, path in zip(repos, download(list(repos), revision)):
+        console.print(f"{repo}  {path.name}  {path}", soft_wrap=True)
+    console.print(f"files: {' '.join(BUILD_PATTERNS)}", soft_wrap=True, style="dim")
+
+
+COMMANDS = (download_command,)
