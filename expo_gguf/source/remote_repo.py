@@ -18,7 +18,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
@@ -246,7 +246,8 @@ class RemoteFiles:
 
     def _file(self, path: Path) -> RemoteFile:
         if path not in self._files:
-            self._files[path] = RemoteFile(session(), self.specs[path], timeout())
+            # the reader says when it is done (close), so no count of the bytes it needs (``needed``)
+            self._files[path] = RemoteFile(session(), replace(self.specs[path], needed=None), timeout())
         return self._files[path]
 
     def open(self, path: Path) -> _Reading:
