@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -237,6 +237,4 @@ def load_checkpoint(spec: str, what: str = "a checkpoint", remote: bool = False)
         if missing:
             raise ExpoError(f"{index_path}: names {missing[0]!r} in {shard.name}, which does not hold it")
         tensors.update(refs if not names else {n: refs[n] for n in names})
-    for shard, spec in sources.items():  # what the build reads of each: then its window is freed
-        sources[shard] = replace(spec, needed=sum(t.nbytes for t in tensors.values() if t.file == shard))
     return Checkpoint(root, repo_id, config, tensors, revision, sources)

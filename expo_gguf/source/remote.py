@@ -7,7 +7,7 @@ streams the file in large blocks (``BLOCK`` bytes) a bounded distance ahead of t
 asked for, keeps a bounded window behind it for readers still on earlier chunks, and feeds every
 byte to sha256 in file order; ``finish()`` drains the rest and compares with the hub's sha256 (the
 LFS etag). Memory is ``AHEAD + BEHIND`` per file being read, whatever the file's size, and
-nothing once the build has read all it needs of it (``RemoteSpec.needed``).
+nothing once the reader says it is done with it (``release``).
 
 A read behind the window (a checkpoint whose tensors lie in another order than the other's) is
 served by a range request of its own and counted in ``refetched``; the stream still hashes every
@@ -53,7 +53,6 @@ class RemoteSpec:
     size: int
     sha256: str | None  # the LFS etag; None when the hub gave none (then only the size is checked)
     headers: tuple[tuple[str, str], ...] = ()  # auth for the hub (httpx drops it on a redirect off the hub)
-    needed: int | None = None  # bytes the build will read from it: once delivered, no window is kept
 
 
 def http_error(label: str, status: int) -> ExpoError:
@@ -169,7 +168,6 @@ class RemoteFile:
         self._blocks: deque[tuple[int, memoryview]] = deque()
         self._head = 0  # bytes streamed (and hashed) so far
         self._wanted = 0  # the furthest byte asked for
-        self._delivered = 0  # bytes handed to readers
         self._released = False  # the reader said it is done: the rest is streamed only to be hashed
         self._error: BaseException | None = None
         self._closed = False
@@ -197,7 +195,7 @@ class RemoteFile:
                 with self._cond:
                     if self._closed:
                         return
-                    if not self._drained:
+                    if not self._released:
                         self._blocks.append((self._head, memoryview(block)))
                     self._head += len(block)
                     self._evict()
@@ -217,11 +215,6 @@ class RemoteFile:
             stream.close()
             with self._cond:
                 self._cond.notify_all()
-
-    @property
-    def _drained(self) -> bool:
-        """Every byte the build needs was handed out: the rest is only streamed to be hashed."""
-        return self._released or (self.spec.needed is not None and self._delivered >= self.spec.needed)
 
     def _evict(self) -> None:
         """Drop blocks more than ``BEHIND`` below both the stream and the furthest byte asked for."""
@@ -248,18 +241,12 @@ class RemoteFile:
                     a, b = max(offset, start), min(end, start + len(block))
                     if a < b:
                         out[a - offset : b - offset] = block[a - start : b - start]
-                self._delivered += n
-                if self._drained:  # nothing more will be asked: free the window, hash the tail
-                    self._blocks.clear()
-                    self._wanted = self.spec.size
-                    self._cond.notify_all()
                 self._evict()  # the stream may have ended: readers keep the window bounded too
                 return n
         data = fetch_range(self.client, self.spec, offset, end, self.timeout)
         out[:n] = data
         with self._cond:
             self.refetched += n
-            self._delivered += n
         return n
 
     def release(self) -> None:

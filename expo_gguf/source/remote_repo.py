@@ -18,7 +18,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
@@ -246,8 +246,7 @@ class RemoteFiles:
 
     def _file(self, path: Path) -> RemoteFile:
         if path not in self._files:
-            # the reader says when it is done (close), so no count of the bytes it needs (``needed``)
-            self._files[path] = RemoteFile(session(), replace(self.specs[path], needed=None), timeout())
+            self._files[path] = RemoteFile(session(), self.specs[path], timeout())
         return self._files[path]
 
     def open(self, path: Path) -> _Reading:
