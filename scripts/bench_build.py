@@ -421,6 +421,8 @@ def summarize(rows: list[dict]) -> None:
     """The ratios the performance page quotes: medians over --repeat, all measured side by side."""
     for shape in dict.fromkeys(r["shape"] for r in rows):
         rs = [r for r in rows if r["shape"] == shape and r.get("kind")]
+        if not rs:  # --remote rows print their own ratios
+            continue
         gb = rs[0]["input_bytes"] / 1e9
         rd, rb = _median(rs, "floor_read_direct"), _median(rs, "floor_read_buffered")
         if rd is None or rb is None:
