@@ -61,9 +61,7 @@ class BuildRequest:
     # issue 15: llama-quantize's per-tensor choices, and an importance matrix file or "auto"
     overrides: TensorOverrides = TensorOverrides()
     imatrix: str | None = None
-
-
-from ..source import remote
+    remote: bool = False  # sft and rlhf are repo ids read from the hub as the build goes
 
 
 @dataclass(frozen=True)
