@@ -119,7 +119,10 @@ class _Worker:
             if job.math == "bf16":  # the last alpha may overwrite the difference in place
                 x = bf16_step(r, s, alpha, s if last else bufs[3][: r.size], scratch)
             else:  # the last alpha may overwrite RLHF in place; earlier ones go to the result buffer
-                x = extrapolate(r, s, alpha, out=r if last else bufs[3][: r.size])
+                # (alpha * SFT goes to SFT's buffer at the last alpha, else to the unused rounding scratch)
+                x = extrapolate(
+                    r, s, alpha, out=r if last else bufs[3][: r.size], scratch=s if last else bufs[2][: r.size]
+                )
             if not np.isfinite(x).all():
                 raise ExpoError(
                     f"{job.rlhf.name}: NaN or Inf in the result (rows {start}-{stop}); are both checkpoints intact?",

@@ -20,18 +20,26 @@ _HIGH = np.uint32(0xFFFF0000)
 _QUIET = np.uint32(0x00400000)  # float32's quiet-NaN bit: bit 6 of the bf16 it becomes
 
 
-def extrapolate(rlhf: np.ndarray, sft: np.ndarray, alpha: float, out: np.ndarray | None = None) -> np.ndarray:
+def extrapolate(
+    rlhf: np.ndarray,
+    sft: np.ndarray,
+    alpha: float,
+    out: np.ndarray | None = None,
+    scratch: np.ndarray | None = None,
+) -> np.ndarray:
     """theta = theta_rlhf + alpha * (theta_rlhf - theta_sft), in float32.
 
     Model extrapolation (ExPO; Zheng et al., "Weak-to-Strong Extrapolation Expedites Alignment",
     arXiv:2404.16792) moves past the aligned model, away from its SFT starting point. Evaluated as
     (1 + alpha) * rlhf - alpha * sft: the same value, but alpha = 0 returns RLHF and alpha = -1
     returns SFT bit for bit, which a naive difference-then-add does not guarantee.
-    ``out`` may be ``rlhf`` itself (the build reuses its buffers).
+    ``out`` may be ``rlhf`` itself (the build reuses its buffers); ``scratch`` (float32, ``sft``'s
+    size; may be ``sft`` itself when it is needed no more) takes ``alpha * sft`` instead of a fresh
+    temporary per call.
     """
     a = np.float32(alpha)
     out = np.multiply(rlhf, np.float32(1) + a, out=out, dtype=np.float32)
-    out -= np.multiply(sft, a, dtype=np.float32)
+    out -= np.multiply(sft, a, out=scratch, dtype=np.float32)
     return out
 
 
