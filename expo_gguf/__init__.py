@@ -38,30 +38,6 @@ except KeyboardInterrupt:  # the CLI's Ctrl+C is one line and exit 130, even thi
     sys.stderr.write("interrupted\n")
     raise SystemExit(130) from None
 
-
-def _import_gguf_py() -> None:
-    """Load gguf-py without mistral-common. Where that is installed, gguf-py's ``vocab`` imports it
-    (with pydantic and requests: 0.15 CPU-s at every start) for ``MistralVocab``, which we never
-    use; it is hidden while gguf-py loads, and anything that imports it later gets it as usual."""
-    if "gguf" in sys.modules or "mistral_common" in sys.modules:
-        return
-    sys.modules["mistral_common"] = None  # type: ignore[assignment]  # an import of it now fails
-    try:
-        import gguf  # noqa: F401
-    except ImportError:
-        pass
-    finally:
-        del sys.modules["mistral_common"]
-
-
-try:
-    _import_gguf_py()
-except KeyboardInterrupt:  # as for llama_cpp above
-    if not _started_as_cli():
-        raise
-    sys.stderr.write("interrupted\n")
-    raise SystemExit(130) from None
-
 _API = {
     "ExpoError": "errors",
     "Progress": "progress",
