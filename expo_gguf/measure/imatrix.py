@@ -27,9 +27,10 @@ import numpy as np
 
 from .._data import calibration_file
 from ..errors import ExpoError
-from ..gguf_file.header import check_header, open_gguf
+from ..gguf_file.header import check_header
 from ..gguf_file.imatrix import Imatrix, ImatrixInput, write_imatrix
 from ..progress import SILENT, Progress
+from ..runtime.loader import load_llama_model
 from ..runtime.log import show_llama_log
 from ..runtime.options import RunOptions
 from .divergence import log_softmax, read_vocab
@@ -196,12 +197,7 @@ def _interrupts_as_flag(collector: Collector) -> Iterator[None]:
 @contextlib.contextmanager
 def _context(path: Path, opts: ImatrixOptions, collector: Collector) -> Iterator[llama_cpp.llama_context_p]:
     run = opts.run.resolved()
-    mparams = llama_cpp.llama_model_default_params()
-    mparams.n_gpu_layers = 0x7FFFFFFF if run.gpu_layers == -1 else run.gpu_layers
-    model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
-    if not model:
-        open_gguf(path)
-        raise ExpoError(f"llama.cpp could not load {path}; --verbose shows its log")
+    model = load_llama_model(path, run.gpu_layers)
     try:
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = cparams.n_batch = run.n_ctx

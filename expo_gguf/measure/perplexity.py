@@ -27,8 +27,9 @@ import numpy as np
 
 from .._fs import read_capped
 from ..errors import ExpoError
-from ..gguf_file.header import check_header, open_gguf
+from ..gguf_file.header import check_header
 from ..progress import SILENT, Progress
+from ..runtime.loader import load_llama_model
 from ..runtime.log import show_llama_log
 from ..runtime.options import RunOptions
 from ..runtime.tokens import tokenize_text
@@ -124,12 +125,7 @@ class _Evaluator:
     def __init__(self, path: Path, opts: EvalOptions) -> None:
         self._stack = contextlib.ExitStack()
         run = opts.run.resolved()
-        mparams = llama_cpp.llama_model_default_params()
-        mparams.n_gpu_layers = 0x7FFFFFFF if run.gpu_layers == -1 else run.gpu_layers
-        model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
-        if not model:
-            open_gguf(path)
-            raise ExpoError(f"llama.cpp could not load {path}; --verbose shows its log")
+        model = load_llama_model(path, run.gpu_layers)
         self._stack.callback(llama_cpp.llama_model_free, model)
         threads = run.threads
         cparams = llama_cpp.llama_context_default_params()

@@ -24,6 +24,18 @@ CHATML_TEMPLATE = chatml_template()  # llama.cpp's own fallback when a GGUF carr
 CPU_ONLY_NOTE = f"CPU-only llama-cpp-python build; for a GPU: {CUDA_HINT}"  # the chat says it once
 
 
+def load_llama_model(path: Path, gpu_layers: int) -> llama_cpp.llama_model_p:
+    """llama.cpp's model alone, for a stage that makes its own context (eval, imatrix); the caller
+    frees it with ``llama_model_free``. A file llama.cpp refuses is one line."""
+    mparams = llama_cpp.llama_model_default_params()
+    mparams.n_gpu_layers = 0x7FFFFFFF if gpu_layers == -1 else gpu_layers
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
+    if not model:
+        open_gguf(path)  # a damaged file is named by our header check first
+        raise ExpoError(f"llama.cpp could not load {path}; --verbose shows its log")
+    return model
+
+
 def _new_llama(run: Resolved, path: Path, n_ctx: int, seed: int) -> llama_cpp.Llama:
     return llama_cpp.Llama(
         str(path),
