@@ -54,16 +54,26 @@ def _q8_0_cases() -> np.ndarray:
     return np.array(rows, dtype=np.float32)
 
 
-def test_vectorised_q8_0_equals_ggml_quantize_chunk():
-    """quant.q8_0 (what the build uses for Q8_0) against ggml_quantize_chunk and gguf-py."""
+def _q8_0_quantizers():
     from expo_gguf.quant.q8_0 import quantize_q8_0
+    from expo_gguf.quant.q8_0_jit import quantize_q8_0_jit
+
+    return {"numpy": quantize_q8_0, "numba": quantize_q8_0_jit}
+
+
+@pytest.mark.parametrize("impl", ["numpy", "numba"])
+def test_vectorised_q8_0_equals_ggml_quantize_chunk(impl):
+    """quant.q8_0 and quant.q8_0_jit (what the build uses for Q8_0) against ggml_quantize_chunk and gguf-py."""
     from expo_gguf.quant.types import quantize_rows
 
-    rows = _q8_0_cases()
+    quantize_q8_0 = _q8_0_quantizers()[impl]
+
+    rows = np.concatenate([_q8_0_cases(), np.random.default_rng(8).normal(0, 0.02, (512, 256)).astype(np.float32)])
     ggml = row_quantizer(T.Q8_0)
     assert ggml is not None, "llama-cpp-python's ggml libraries should be loadable here"
     ours = quantize_q8_0(rows)
     assert np.array_equal(ours, ggml(rows))
-    sane = rows[:-2]  # gguf-py divides by zero and overflows on the last two, as C does; compare the rest
+    sane = rows[:-514]  # gguf-py divides by zero and overflows on the last two, as C does; compare the rest
     assert np.array_equal(quantize_q8_0(sane), gguf.quants.quantize(sane, T.Q8_0).view(np.uint8).reshape(len(sane), -1))
-    assert quantize_rows(rows, T.Q8_0) is not None and np.array_equal(quantize_rows(rows, T.Q8_0), ours)
+    if impl == "numpy":
+        assert np.array_equal(quantize_rows(rows, T.Q8_0), ours)
