@@ -4,14 +4,16 @@ Work items are row chunks of one tensor. One reader thread per checkpoint (``sou
 reads its files front to back in large blocks, ahead of the work; worker threads widen each
 chunk to float32 (permuting Q/K rows on the way), extrapolate (in float32, or with the ExPO
 authors' bf16 roundings: the plan says which per tensor), and quantize it for every output
-(numpy and ggml release the GIL, so this uses every core); the main thread writes results in plan
-order. A bounded window of chunks in flight and a bounded pool of read blocks keep memory flat
-whatever the model size. K-quants follow from the 16-bit output through llama.cpp.
+(numpy, ggml and numba release the GIL, so this uses every core; a large BF16 build does the
+first three in one compiled loop, ``build.fused``, and Q8_0 in another, for the same bytes); the
+main thread writes results in plan order. A bounded window of chunks in flight and a bounded pool
+of read blocks keep memory flat whatever the model size. K-quants follow from the 16-bit output through llama.cpp.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import re
 import threading
 import time
@@ -19,7 +21,9 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
+import gguf
 import numpy as np
 
 from .._fs import BuiltFile, drop_cached_file, part_path, sha256_file
@@ -35,6 +39,8 @@ from ..source.remote_repo import RemoteFiles
 from .extrapolate import bf16_delta, bf16_step, extrapolate, round_bf16, widen
 from .plan import Plan, TensorJob, check_ready
 from .writer import GGUFStream, verify
+
+T = gguf.GGMLQuantizationType
 
 
 def _chunks(plan: Plan) -> Iterator[tuple[int, TensorJob, int, int]]:
@@ -71,8 +77,9 @@ class _Worker:
     kernel at 7B). Only the results handed to the writer are new arrays.
     """
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, jit: SimpleNamespace | None = None) -> None:
         self.plan = plan
+        self.jit = jit  # the compiled kernels (``jit_kernels``), or None for numpy throughout
         self.local = threading.local()
         self.max_elems = max((j.chunk_rows * j.rlhf.row_elems for j in plan.tensors), default=1)
 
@@ -100,6 +107,37 @@ class _Worker:
 
     def __call__(self, i: int, job: TensorJob, start: int, stop: int, pr: Piece, ps: Piece) -> list[np.ndarray]:
         bufs = self._buffers()
+        results: list[np.ndarray] = [np.empty(0)] * len(self.plan.streamed)
+        values = self._fused if self.jit and job.rlhf.dtype == job.sft.dtype == "BF16" else self._numpy
+        for alpha, x in values(job, start, stop, pr, ps, bufs):
+            x = x.reshape(stop - start, -1) if len(job.shape) > 1 else x.reshape(1, -1)
+            for j, out in enumerate(self.plan.streamed):
+                if out.alpha == alpha:
+                    qtype = out.types[i]  # type: ignore[index]
+                    res = self.jit.quantize_q8_0_jit(x) if self.jit and qtype == T.Q8_0 else quantize_rows(x, qtype)
+                    # F32 output is x itself: copy it out of this thread's buffers before they are reused
+                    results[j] = res.copy() if any(np.may_share_memory(res, b) for b in bufs) else res
+        return results
+
+    def _fused(
+        self, job: TensorJob, start: int, stop: int, pr: Piece, ps: Piece, bufs: list[np.ndarray]
+    ) -> Iterator[tuple[float, np.ndarray]]:
+        """A BF16 pair through the compiled loop (``build.fused``): one call per alpha."""
+        try:
+            r, s = np.frombuffer(pr.data, np.uint16), np.frombuffer(ps.data, np.uint16)
+            for alpha in self.plan.request.alphas:
+                x, bad = self.jit.expo_bf16_rows(r, s, stop - start, job.rope_rows, alpha, job.math, bufs[0])
+                if bad:
+                    raise _not_finite(job, start, stop)
+                yield alpha, x
+        finally:
+            pr.release()
+            ps.release()
+
+    def _numpy(
+        self, job: TensorJob, start: int, stop: int, pr: Piece, ps: Piece, bufs: list[np.ndarray]
+    ) -> Iterator[tuple[float, np.ndarray]]:
+        """Any pair through numpy: widen both sides, then each alpha's result."""
         try:
             r = self._widen(pr, job.rlhf, stop - start, job.rope_rows, bufs[0])
             s = self._widen(ps, job.sft, stop - start, job.rope_rows, bufs[1])
@@ -107,7 +145,6 @@ class _Worker:
             pr.release()
             ps.release()
         alphas = self.plan.request.alphas
-        results: list[np.ndarray] = [np.empty(0)] * len(self.plan.streamed)
         scratch = bufs[2].view(np.uint32)
         if job.math == "bf16":
             for x, dtype in ((r, job.rlhf.dtype), (s, job.sft.dtype)):
@@ -124,17 +161,33 @@ class _Worker:
                     r, s, alpha, out=r if last else bufs[3][: r.size], scratch=s if last else bufs[2][: r.size]
                 )
             if not np.isfinite(x).all():
-                raise ExpoError(
-                    f"{job.rlhf.name}: NaN or Inf in the result (rows {start}-{stop}); are both checkpoints intact?",
-                    exit_code=1,
-                )
-            x = x.reshape(stop - start, -1) if len(job.shape) > 1 else x.reshape(1, -1)
-            for j, out in enumerate(self.plan.streamed):
-                if out.alpha == alpha:
-                    res = quantize_rows(x, out.types[i])  # type: ignore[index]
-                    # F32 output is x itself: copy it out of this thread's buffers before they are reused
-                    results[j] = res.copy() if any(np.may_share_memory(res, b) for b in bufs) else res
-        return results
+                raise _not_finite(job, start, stop)
+            yield alpha, x
+
+
+def _not_finite(job: TensorJob, start: int, stop: int) -> ExpoError:
+    return ExpoError(
+        f"{job.rlhf.name}: NaN or Inf in the result (rows {start}-{stop}); are both checkpoints intact?",
+        exit_code=1,
+    )
+
+
+JIT_MIN_BYTES = 1 << 30  # input from which numba's start-up (~1 CPU-s, ~2 s on its first compile) pays
+
+
+def jit_kernels(plan: Plan) -> SimpleNamespace | None:
+    """The compiled kernels (``build.fused``, ``quant.q8_0_jit``) for a build large enough to repay
+    numba's start-up, where numba imports; None means numpy throughout, with the same bytes.
+    ``EXPO_GGUF_JIT=1`` uses them whatever the size, ``=0`` never (tests, benchmarks)."""
+    force = os.environ.get("EXPO_GGUF_JIT")
+    if force == "0" or (force != "1" and plan.input_bytes < JIT_MIN_BYTES):
+        return None
+    try:
+        from ..quant.q8_0_jit import quantize_q8_0_jit
+        from .fused import expo_bf16_rows
+    except ImportError:  # no numba for this platform or numpy: the numpy path is the same bytes
+        return None
+    return SimpleNamespace(expo_bf16_rows=expo_bf16_rows, quantize_q8_0_jit=quantize_q8_0_jit)
 
 
 def _disk_error(plan: Plan, path: Path, e: OSError) -> ExpoError:
@@ -153,9 +206,9 @@ def stream_pass(plan: Plan, progress: Progress) -> list[BuiltFile]:
     t0 = time.perf_counter()
     progress.task("extrapolating", plan.input_bytes)
     streams: list[GGUFStream] = []
-    worker = _Worker(plan)
     remote = RemoteFiles({**plan.rlhf.remote, **plan.sft.remote})
     readers = open_streams(plan, remote)
+    worker = _Worker(plan, jit_kernels(plan))  # numba's import overlaps the readers' first blocks
     try:
         for out in plan.streamed:
             streams.append(GGUFStream(plan, out))

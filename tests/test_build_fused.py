@@ -1,0 +1,114 @@
+"""The compiled pass (build.fused, quant.q8_0_jit) writes the numpy path's bits: every value, every
+rounding, every permuted row, and so the same files through the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from expo_gguf.build import execute
+from expo_gguf.build.extrapolate import bf16_delta, bf16_step, extrapolate, widen
+from expo_gguf.build.fused import expo_bf16_rows
+from expo_gguf.build.mapping import permute_rows
+
+from conftest import Pair, run_cli
+
+ALPHAS = (0.5, 0.3, -1.0, 0.0, 2.75, 1e-3)
+
+
+def _bf16_pair(rows: int, cols: int, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Stored bf16 bits of two close checkpoints over many magnitudes, with zeros, -0.0, subnormals
+    and values near the top of the range (the result overflows there: counted, not hidden)."""
+    rng = np.random.default_rng(seed)
+    scale = 10.0 ** rng.uniform(-30, 30, (rows, 1))
+    r = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
+    s = r + (rng.standard_normal((rows, cols)) * scale * 0.01).astype(np.float32)
+    r[0, :8], s[0, :8] = 0.0, -0.0
+    r[1, :8] = np.float32(1e-39) * np.arange(8)  # subnormal
+    s[1, 8:16] = -np.float32(1e-40) * np.arange(8)
+    r[2, :4], s[2, :4] = 3.3e38, -3.3e38  # 1.5 * rlhf + 0.5 * |sft| overflows
+    return tuple((x.view(np.uint32) >> 16).astype(np.uint16) for x in (r, s))  # type: ignore[return-value]
+
+
+def _numpy(r16: np.ndarray, s16: np.ndarray, alpha: float, math: str) -> np.ndarray:
+    r, s = (widen(x.reshape(-1), "BF16", np.empty(x.size, np.float32)) for x in (r16, s16))
+    with np.errstate(all="ignore"):
+        if math == "bf16":
+            return bf16_step(r, bf16_delta(r, s, s.copy()), alpha, np.empty_like(r)).reshape(r16.shape)
+        return extrapolate(r, s, alpha).reshape(r16.shape)
+
+
+@pytest.mark.parametrize("math", ["bf16", "f32"])
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_fused_pass_equals_numpy_bit_for_bit(math, alpha):
+    r, s = _bf16_pair(64, 96)
+    want = _numpy(r, s, alpha, math)
+    out = np.full(r.size + 7, np.nan, np.float32)  # a larger reused buffer, as the build's
+    got, bad = expo_bf16_rows(r.reshape(-1), s.reshape(-1), 64, None, alpha, math, out)
+    assert got.shape == (r.size,)
+    assert np.array_equal(got.view(np.uint32), want.reshape(-1).view(np.uint32))
+    assert bad == np.count_nonzero(~np.isfinite(want))
+    if math == "bf16" or alpha >= 0.3:  # rlhf - sft overflows in bf16; (1 + alpha) * rlhf in f32
+        assert bad > 0  # the overflow row is counted
+
+
+@pytest.mark.parametrize("rope_rows", [2, 8, 32])
+def test_fused_pass_permutes_q_k_rows_as_llama_cpp(rope_rows):
+    r, s = _bf16_pair(64, 40, seed=5)
+    want = permute_rows(_numpy(r, s, 0.5, "bf16"), rope_rows)
+    got, _ = expo_bf16_rows(r.reshape(-1), s.reshape(-1), 64, rope_rows, 0.5, "bf16", np.empty(r.size, np.float32))
+    assert np.array_equal(got.view(np.uint32), want.reshape(-1).view(np.uint32))
+
+
+def test_fused_pass_counts_nan_inputs():
+    r, s = _bf16_pair(8, 32)
+    r[3, 5] = 0x7FC0  # a quiet NaN
+    s[4, 6] = 0xFF80  # -inf
+    _, bad = expo_bf16_rows(r.reshape(-1), s.reshape(-1), 8, None, 0.5, "bf16", np.empty(r.size, np.float32))
+    assert bad == np.count_nonzero(~np.isfinite(_numpy(r, s, 0.5, "bf16")))
+
+
+def _build(pair: Pair, out: Path, *extra: str) -> dict[str, bytes]:
+    args = ("--sft", pair.sft, "--rlhf", pair.rlhf, "-q", "q8_0,f16,bf16,f32,q4_0", "--outdir", out)
+    res = run_cli("build", *args, *extra)
+    assert res.exit_code == 0, res.output
+    return {p.name: p.read_bytes() for p in sorted(out.glob("*.gguf"))}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [(), ("--math", "f32"), ("--alpha", "0.5,0.3")], ids=["bf16", "f32", "two-alphas"])
+def test_compiled_build_writes_the_numpy_builds_files(pair, tmp_path, monkeypatch, extra):
+    used, calls = [], []
+    real = execute.jit_kernels
+
+    def spy(plan):  # noqa: ANN001, ANN202
+        used.append(real(plan))
+        if used[-1] is not None:  # count the fused loop's calls: the tiny pair is stored in bf16
+            fused = used[-1].expo_bf16_rows
+            used[-1].expo_bf16_rows = lambda *a: calls.append(1) or fused(*a)
+        return used[-1]
+
+    monkeypatch.setattr(execute, "jit_kernels", spy)
+    monkeypatch.setenv("EXPO_GGUF_JIT", "0")
+    numpy_files = _build(pair, tmp_path / "numpy", *extra)
+    monkeypatch.setenv("EXPO_GGUF_JIT", "1")
+    compiled_files = _build(pair, tmp_path / "jit", *extra)
+    assert used[0] is None and used[1] is not None and calls  # each path was taken
+    assert len(numpy_files) == 5 * (2 if "--alpha" in extra else 1)
+    assert compiled_files == numpy_files
+
+
+def test_small_builds_skip_the_compiler_large_ones_take_it(pair, monkeypatch):
+    """numba's start-up pays only from JIT_MIN_BYTES of input; the variable forces either way."""
+    from expo_gguf.build.plan import BuildRequest, make_plan
+    from expo_gguf.quant.types import QUANTS
+
+    monkeypatch.delenv("EXPO_GGUF_JIT", raising=False)
+    plan = make_plan(BuildRequest(str(pair.sft), str(pair.rlhf), (0.5,), (QUANTS["q8_0"],), Path("/nonexistent")))
+    assert plan.input_bytes < execute.JIT_MIN_BYTES and execute.jit_kernels(plan) is None
+    monkeypatch.setattr(execute, "JIT_MIN_BYTES", plan.input_bytes)
+    assert execute.jit_kernels(plan) is not None
+    monkeypatch.setenv("EXPO_GGUF_JIT", "0")
+    assert execute.jit_kernels(plan) is None
