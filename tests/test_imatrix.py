@@ -233,7 +233,8 @@ def test_build_refuses_iq_types_without_imatrix_or_with_a_foreign_one_before_wri
 
 @pytest.mark.slow
 def test_our_imatrix_lowers_kld_on_smollm2(smollm2_quants, tmp_path):
-    """SmolLM2 (F32): Q4_K_M and IQ4_NL made with our importance matrix are closer to F32 than without.
+    """SmolLM2 (F32): Q4_K_M and Q4_0 (a block type, then made by llama.cpp's quantizer) made with our
+    importance matrix are closer to F32 than without.
 
     The matrix comes from the shipped calibration text; the scored text is scripts/data/sample.txt,
     which is not part of it."""
@@ -244,19 +245,19 @@ def test_our_imatrix_lowers_kld_on_smollm2(smollm2_quants, tmp_path):
     res = run_cli("imatrix", f32, "--text", calibration_file(), "--ctx", 256, "--chunks", 16, "-o", im)
     assert res.exit_code == 0, res.output
     files = []
-    for q in ("q4_k_m", "iq4_nl"):
+    for q in ("q4_k_m", "q4_0"):
         for with_im in (False, True):
             out = tmp_path / f"{q}-{'im' if with_im else 'plain'}.gguf"
             res = run_cli("quantize", f32, "-q", q, "-o", out, *(["--imatrix", im] if with_im else []))
             assert res.exit_code == 0, res.output
             files.append(out)
     report = tmp_path / "r.json"
-    res = run_cli("eval", f32, *files, "--text", TEXT, "--ctx", 256, "--chunks", 6, "--json", report)
+    res = run_cli("eval", f32, *files, "--text", TEXT, "--ctx", 256, "--chunks", 4, "--json", report)
     assert res.exit_code == 0, res.output
     import json
 
     kld = {Path(f["file"]).stem: f["kld"]["mean"] for f in json.loads(report.read_text())["files"] if f["kld"]}
-    assert kld["q4_k_m-im"] < kld["q4_k_m-plain"] and kld["iq4_nl-im"] < kld["iq4_nl-plain"], kld
+    assert kld["q4_k_m-im"] < kld["q4_k_m-plain"] and kld["q4_0-im"] < kld["q4_0-plain"], kld
 
 
 def test_ctrl_c_during_collection_leaves_no_file(built, tmp_path, monkeypatch):
