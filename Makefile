@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WHEEL_CACHE ?= $(HOME)/.cache/expo-gguf/wheels
+PYTEST_WORKERS ?= auto
 export EXPO_WHEEL_CACHE := $(WHEEL_CACHE)
 
 # Dependencies live in pyproject.toml (`.[test]`). Packages we use only for a file they ship
@@ -26,11 +27,11 @@ $(STAMP): pyproject.toml Makefile scripts/build_llama_cpp_wheel.sh
 	$(PY) scripts/_models.py llama-cpp-src  # llama.cpp's vocab files, templates, converter: once per machine
 	touch $(STAMP)
 
-test: lint
-	$(PY) -m pytest -q
+test: lint  # one pytest worker per core (pytest-xdist); PYTEST_WORKERS=0 runs them in this process
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS)
 
 quick: venv  # the fast loop: everything but the slow tests
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow"
 
 lint: venv
 	$(BIN)/ruff check $(CODE)

@@ -42,7 +42,10 @@ class Terminal:
     """A child process on a pseudo-terminal, with just enough of pexpect's ``expect``."""
 
     def __init__(self, args: list[str]) -> None:
-        env = {**os.environ, "TERM": "xterm", "PYTHONUNBUFFERED": "1"}
+        # the child reads its size from the pty, as under a real terminal: not from COLUMNS/LINES
+        # that a parent exported (pytest-xdist's workers carry COLUMNS=80)
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+        env |= {"TERM": "xterm", "PYTHONUNBUFFERED": "1"}
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # child: the pty is its controlling terminal
             os.chdir(ROOT)
