@@ -7,7 +7,8 @@ authors' bf16 roundings: the plan says which per tensor), and quantize it for ev
 (numpy, ggml and numba release the GIL, so this uses every core; a large BF16 build does the
 first three in one compiled loop, ``build.fused``, and Q8_0 in another, for the same bytes); the
 main thread writes results in plan order. A bounded window of chunks in flight and a bounded pool
-of read blocks keep memory flat whatever the model size. K-quants follow from the 16-bit output through llama.cpp.
+of read blocks keep memory flat whatever the model size. K-quants follow from the 16-bit output
+through llama.cpp.
 """
 
 from __future__ import annotations

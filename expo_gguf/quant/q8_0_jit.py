@@ -13,9 +13,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .q8_0 import BLOCK, BLOCK_BYTES, QK
-
-_HALF_BELOW = np.float32(np.uint32(0x3EFFFFFF).view(np.float32))  # 0.49999997f, as in quant.q8_0
+from .q8_0 import _HALF_BELOW, BLOCK, BLOCK_BYTES, QK
 
 
 @numba.njit(nogil=True, cache=True)
