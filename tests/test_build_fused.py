@@ -1,8 +1,9 @@
-"""The compiled pass (build.fused, quant.q8_0_jit) writes the numpy path's bits: every value, every
+"""The compiled pass (build.fused, quant.q8_0_c) writes the numpy path's bits: every value, every
 rounding, every permuted row, and so the same files through the CLI."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from expo_gguf.build import execute
 from expo_gguf.build.extrapolate import bf16_delta, bf16_step, extrapolate, widen
 from expo_gguf.build.fused import expo_bf16_rows
 from expo_gguf.build.mapping import permute_rows
+from expo_gguf.errors import ExpoError
 
 from conftest import Pair, run_cli
 
@@ -85,34 +87,64 @@ def _build(pair: Pair, out: Path, *extra: str) -> dict[str, bytes]:
 )
 def test_compiled_build_writes_the_numpy_builds_files(pair, tmp_path, monkeypatch, extra):
     used, calls = [], []
-    real = execute.jit_kernels
+    real = execute.compiled_kernels
 
-    def spy(plan):  # noqa: ANN001, ANN202
-        used.append(real(plan))
+    def spy():  # noqa: ANN202
+        used.append(real())
         if used[-1] is not None:  # count the fused loop's calls: the tiny pair is stored in bf16
             fused = used[-1].expo_bf16_rows
             used[-1].expo_bf16_rows = lambda *a: calls.append(1) or fused(*a)
         return used[-1]
 
-    monkeypatch.setattr(execute, "jit_kernels", spy)
-    monkeypatch.setenv("EXPO_GGUF_JIT", "0")
+    monkeypatch.setattr(execute, "compiled_kernels", spy)
+    monkeypatch.setenv("EXPO_GGUF_KERNELS", "numpy")
     numpy_files = _build(pair, tmp_path / "numpy", *extra)
-    monkeypatch.setenv("EXPO_GGUF_JIT", "1")
-    compiled_files = _build(pair, tmp_path / "jit", *extra)
-    assert used[0] is None and used[1] is not None and calls  # each path was taken
+    assert used and all(u is None for u in used)
+    used.clear()
+    monkeypatch.setenv("EXPO_GGUF_KERNELS", "c")
+    compiled_files = _build(pair, tmp_path / "c", *extra)
+    assert used and all(u is not None for u in used) and calls  # each path was taken
     assert len(numpy_files) == (6 if "--alpha" in extra else 2)
     assert compiled_files == numpy_files
 
 
-def test_small_builds_skip_the_compiler_large_ones_take_it(pair, monkeypatch):
-    """numba's start-up pays only from JIT_MIN_BYTES of input; the variable forces either way."""
-    from expo_gguf.build.plan import BuildRequest, make_plan
-    from expo_gguf.quant.types import QUANTS
+def test_kernels_variable_chooses_the_path(monkeypatch):
+    """Unset, the compiled kernels (they are built here: setup.py); numpy or c ask for one."""
+    monkeypatch.delenv("EXPO_GGUF_KERNELS", raising=False)
+    assert execute.compiled_kernels() is not None
+    monkeypatch.setenv("EXPO_GGUF_KERNELS", "numpy")
+    assert execute.compiled_kernels() is None
+    monkeypatch.setenv("EXPO_GGUF_KERNELS", "numba")
+    with pytest.raises(ExpoError, match="EXPO_GGUF_KERNELS=numba: expected c or numpy"):
+        execute.compiled_kernels()
 
-    monkeypatch.delenv("EXPO_GGUF_JIT", raising=False)
-    plan = make_plan(BuildRequest(str(pair.sft), str(pair.rlhf), (0.5,), (QUANTS["q8_0"],), Path("/nonexistent")))
-    assert plan.input_bytes < execute.JIT_MIN_BYTES and execute.jit_kernels(plan) is None
-    monkeypatch.setattr(execute, "JIT_MIN_BYTES", plan.input_bytes)
-    assert execute.jit_kernels(plan) is not None
-    monkeypatch.setenv("EXPO_GGUF_JIT", "0")
-    assert execute.jit_kernels(plan) is None
+
+def test_an_install_without_the_kernels_takes_numpys_path(pair, tmp_path, monkeypatch):
+    """No C compiler at install time: the build runs, on numpy; asking for c is one line."""
+    for name in ("expo_gguf.quant.q8_0_c", "expo_gguf.build.fused"):
+        monkeypatch.setitem(sys.modules, name, None)  # their import raises ImportError, as without the .so
+    monkeypatch.delenv("EXPO_GGUF_KERNELS", raising=False)
+    assert execute.compiled_kernels() is None
+    assert _build(pair, tmp_path / "numpy", "-q", "q8_0")
+    monkeypatch.setenv("EXPO_GGUF_KERNELS", "c")
+    res = run_cli("build", "--sft", pair.sft, "--rlhf", pair.rlhf, "--outdir", tmp_path / "c")
+    assert res.exit_code != 0
+    assert res.output.count("\n") == 1 and "the compiled kernels are not installed" in res.output
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+
+
+def test_kernels_refuse_buffers_of_the_wrong_size():
+    from expo_gguf.build import _fused
+    from expo_gguf.quant import _q8_0
+
+    r = np.zeros(64, np.uint16)
+    with pytest.raises(ValueError, match="rows x cols"):
+        _fused.expo_bf16(r, r[:32], np.arange(8), 8, 0.5, True, np.empty(64, np.float32))
+    with pytest.raises(ValueError, match="rows x cols"):  # out too small
+        _fused.expo_bf16(r, r, np.arange(8), 8, 0.5, True, np.empty(63, np.float32))
+    with pytest.raises(ValueError, match="out of range"):
+        _fused.expo_bf16(r, r, np.arange(8) + 1, 8, 0.5, True, np.empty(64, np.float32))
+    with pytest.raises(ValueError, match="whole number of blocks"):
+        _q8_0.q8_0(np.zeros(48, np.float32), np.empty(34, np.uint8), np.empty(1, np.float32))
+    with pytest.raises(ValueError, match="whole number of blocks"):
+        _q8_0.q8_0(np.zeros(64, np.float32), np.empty(34, np.uint8), np.empty(2, np.float32))

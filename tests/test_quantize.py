@@ -56,14 +56,14 @@ def _q8_0_cases() -> np.ndarray:
 
 def _q8_0_quantizers():
     from expo_gguf.quant.q8_0 import quantize_q8_0
-    from expo_gguf.quant.q8_0_jit import quantize_q8_0_jit
+    from expo_gguf.quant.q8_0_c import quantize_q8_0_c
 
-    return {"numpy": quantize_q8_0, "numba": quantize_q8_0_jit}
+    return {"numpy": quantize_q8_0, "c": quantize_q8_0_c}
 
 
-@pytest.mark.parametrize("impl", ["numpy", "numba"])
+@pytest.mark.parametrize("impl", ["numpy", "c"])
 def test_vectorised_q8_0_equals_ggml_quantize_chunk(impl):
-    """quant.q8_0 and quant.q8_0_jit (what the build uses for Q8_0) against ggml_quantize_chunk and gguf-py."""
+    """quant.q8_0 and quant.q8_0_c (what the build uses for Q8_0) against ggml_quantize_chunk and gguf-py."""
     from expo_gguf.quant.types import quantize_rows
 
     quantize_q8_0 = _q8_0_quantizers()[impl]

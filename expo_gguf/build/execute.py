@@ -4,8 +4,8 @@ Work items are row chunks of one tensor. One reader thread per checkpoint (``sou
 reads its files front to back in large blocks, ahead of the work; worker threads widen each
 chunk to float32 (permuting Q/K rows on the way), extrapolate (in float32, or with the ExPO
 authors' bf16 roundings: the plan says which per tensor), and quantize it for every output
-(numpy, ggml and numba release the GIL, so this uses every core; a large BF16 build does the
-first three in one compiled loop, ``build.fused``, and Q8_0 in another, for the same bytes); the
+(numpy, ggml and the C kernels release the GIL, so this uses every core; a BF16 pair takes the
+first three in one compiled loop, ``build.fused``, and Q8_0 another, for the same bytes); the
 main thread writes results in plan order. A bounded window of chunks in flight and a bounded pool
 of read blocks keep memory flat whatever the model size. K-quants follow from the 16-bit output
 through llama.cpp.
@@ -78,9 +78,9 @@ class _Worker:
     kernel at 7B). Only the results handed to the writer are new arrays.
     """
 
-    def __init__(self, plan: Plan, jit: SimpleNamespace | None = None) -> None:
+    def __init__(self, plan: Plan, kernels: SimpleNamespace | None = None) -> None:
         self.plan = plan
-        self.jit = jit  # the compiled kernels (``jit_kernels``), or None for numpy throughout
+        self.kernels = kernels  # the compiled kernels (``compiled_kernels``), or None for numpy throughout
         self.local = threading.local()
         self.max_elems = max((j.chunk_rows * j.rlhf.row_elems for j in plan.tensors), default=1)
 
@@ -109,13 +109,14 @@ class _Worker:
     def __call__(self, i: int, job: TensorJob, start: int, stop: int, pr: Piece, ps: Piece) -> list[np.ndarray]:
         bufs = self._buffers()
         results: list[np.ndarray] = [np.empty(0)] * len(self.plan.streamed)
-        values = self._fused if self.jit and job.rlhf.dtype == job.sft.dtype == "BF16" else self._numpy
+        values = self._fused if self.kernels and job.rlhf.dtype == job.sft.dtype == "BF16" else self._numpy
         for alpha, x in values(job, start, stop, pr, ps, bufs):
             x = x.reshape(stop - start, -1) if len(job.shape) > 1 else x.reshape(1, -1)
             for j, out in enumerate(self.plan.streamed):
                 if out.alpha == alpha:
                     qtype = out.types[i]  # type: ignore[index]
-                    res = self.jit.quantize_q8_0_jit(x) if self.jit and qtype == T.Q8_0 else quantize_rows(x, qtype)
+                    c = self.kernels is not None and qtype == T.Q8_0
+                    res = self.kernels.quantize_q8_0_c(x) if c else quantize_rows(x, qtype)  # type: ignore[union-attr]
                     # F32 output is x itself: copy it out of this thread's buffers before they are reused
                     results[j] = res.copy() if any(np.may_share_memory(res, b) for b in bufs) else res
         return results
@@ -127,7 +128,7 @@ class _Worker:
         try:
             r, s = np.frombuffer(pr.data, np.uint16), np.frombuffer(ps.data, np.uint16)
             for alpha in self.plan.request.alphas:
-                x, bad = self.jit.expo_bf16_rows(r, s, stop - start, job.rope_rows, alpha, job.math, bufs[0])
+                x, bad = self.kernels.expo_bf16_rows(r, s, stop - start, job.rope_rows, alpha, job.math, bufs[0])
                 if bad:
                     raise _not_finite(job, start, stop)
                 yield alpha, x
@@ -173,22 +174,29 @@ def _not_finite(job: TensorJob, start: int, stop: int) -> ExpoError:
     )
 
 
-JIT_MIN_BYTES = 1 << 30  # input from which numba's start-up (~1 CPU-s, ~2 s on its first compile) pays
+KERNELS_ENV = "EXPO_GGUF_KERNELS"
 
 
-def jit_kernels(plan: Plan) -> SimpleNamespace | None:
-    """The compiled kernels (``build.fused``, ``quant.q8_0_jit``) for a build large enough to repay
-    numba's start-up, where numba imports; None means numpy throughout, with the same bytes.
-    ``EXPO_GGUF_JIT=1`` uses them whatever the size, ``=0`` never (tests, benchmarks)."""
-    force = os.environ.get("EXPO_GGUF_JIT")
-    if force == "0" or (force != "1" and plan.input_bytes < JIT_MIN_BYTES):
+def compiled_kernels() -> SimpleNamespace | None:
+    """The compiled kernels (``build.fused``, ``quant.q8_0_c``) where the install built them; None
+    means numpy throughout, with the same bytes. ``EXPO_GGUF_KERNELS=numpy`` asks for numpy's path,
+    ``=c`` for the kernels or an error (tests, benchmarks); unset, the kernels if they are there."""
+    want = os.environ.get(KERNELS_ENV, "")
+    if want not in ("", "c", "numpy"):
+        raise ExpoError(f"{KERNELS_ENV}={want}: expected c or numpy (or unset)")
+    if want == "numpy":
         return None
     try:
-        from ..quant.q8_0_jit import quantize_q8_0_jit
+        from ..quant.q8_0_c import quantize_q8_0_c
         from .fused import expo_bf16_rows
-    except ImportError:  # no numba for this platform or numpy: the numpy path is the same bytes
+    except ImportError as e:  # installed without a C compiler: the numpy path is the same bytes
+        if want == "c":
+            raise ExpoError(
+                f"{KERNELS_ENV}=c, but the compiled kernels are not installed ({e}); "
+                "reinstall expo-gguf where a C compiler is found, or unset it"
+            ) from None
         return None
-    return SimpleNamespace(expo_bf16_rows=expo_bf16_rows, quantize_q8_0_jit=quantize_q8_0_jit)
+    return SimpleNamespace(expo_bf16_rows=expo_bf16_rows, quantize_q8_0_c=quantize_q8_0_c)
 
 
 def _disk_error(plan: Plan, path: Path, e: OSError) -> ExpoError:
@@ -209,7 +217,7 @@ def stream_pass(plan: Plan, progress: Progress) -> list[BuiltFile]:
     streams: list[GGUFStream] = []
     remote = RemoteFiles({**plan.rlhf.remote, **plan.sft.remote})
     readers = open_streams(plan, remote)
-    worker = _Worker(plan, jit_kernels(plan))  # numba's import overlaps the readers' first blocks
+    worker = _Worker(plan, compiled_kernels())
     try:
         for out in plan.streamed:
             streams.append(GGUFStream(plan, out))

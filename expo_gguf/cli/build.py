@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .._units import human_bytes
-from ..build.execute import run_build
+from ..build.execute import compiled_kernels, run_build
 from ..build.plan import MATHS, BuildRequest, Plan, check_ready, make_plan
 from ..errors import ExpoError
 from ..gguf_file.imatrix import ImatrixInput, load_imatrix
@@ -239,6 +239,7 @@ def build(
         imatrix=imatrix,
         remote=remote,
     )
+    compiled_kernels()  # an EXPO_GGUF_KERNELS that cannot be met is refused before any work
     plan = make_plan(req)
     if not dry_run:
         check_ready(plan)
