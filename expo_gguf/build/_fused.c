@@ -11,16 +11,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#pragma STDC FP_CONTRACT OFF
-
-/* On x86-64 with glibc (ifunc) the loop is compiled twice, for AVX2 and for the baseline (SSE2),
-   and the loader picks one for the CPU it runs on: AVX2 takes about 0.6 of the time. Neither uses
-   FMA (a separate feature), so both give the same bits. */
-#if defined(__x86_64__) && defined(__GLIBC__) && defined(__GNUC__) && (!defined(__clang__) || __clang_major__ >= 14)
-#define CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define CLONES
-#endif
+#include "../_kernels.h"
 
 static inline float widen(uint16_t b) {
     uint32_t u = (uint32_t)b << 16;

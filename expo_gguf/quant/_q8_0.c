@@ -3,7 +3,7 @@
    ggml's quantize_row_q8_0_ref per block of 32: d = amax / 127, id = d ? 1/d : 0, q = roundf(x * id),
    ties away from zero. Here roundf is trunc(|x| * id + 0.49999997f) with the sign put back, exactly
    as the numpy quantizer does; a subnormal block's inf or NaN product gives 0, as C's conversion
-   does on x86 and ARM. float32 throughout, built without fast-math or contraction (setup.py), so
+   does on x86 and ARM. float32 throughout, built without fast-math or contraction (_kernels.h), so
    the bytes are ggml's on every CPU: tests/test_quantize.py checks them against ggml_quantize_chunk.
    The scales are returned as float32; the caller stores them as f16 (numpy, round to nearest even). */
 #define PY_SSIZE_T_CLEAN
@@ -12,16 +12,7 @@
 #include <math.h>
 #include <string.h>
 
-#pragma STDC FP_CONTRACT OFF
-
-/* On x86-64 with glibc (ifunc) the loop is compiled twice, for AVX2 and for the baseline (SSE2),
-   and the loader picks one for the CPU it runs on: AVX2 takes about 0.6 of the time. Neither uses
-   FMA (a separate feature), so both give the same bits. */
-#if defined(__x86_64__) && defined(__GLIBC__) && defined(__GNUC__) && (!defined(__clang__) || __clang_major__ >= 14)
-#define CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define CLONES
-#endif
+#include "../_kernels.h"
 
 #define QK 32
 #define BLOCK_BYTES (2 + QK)
