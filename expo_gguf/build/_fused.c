@@ -72,8 +72,8 @@ static PyObject *expo_bf16(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*y*y*ndpw*", &r, &s, &src, &cols, &alpha, &bf16, &out)) return NULL;
     PyObject *result = NULL;
     Py_ssize_t rows = src.len / (Py_ssize_t)sizeof(int64_t);
-    if (cols <= 0 || r.len != s.len || r.len % (2 * cols) || src.len % sizeof(int64_t) ||
-        rows * cols * 2 != r.len || out.len < rows * cols * (Py_ssize_t)sizeof(float)) {
+    if (cols <= 0 || r.len != s.len || src.len % sizeof(int64_t) || rows * cols * 2 != r.len ||
+        out.len < rows * cols * (Py_ssize_t)sizeof(float)) {
         PyErr_SetString(PyExc_ValueError, "expo_bf16: buffer sizes do not match rows x cols");
         goto done;
     }

@@ -13,13 +13,13 @@ from __future__ import annotations
 import numpy as np
 
 from ._q8_0 import q8_0
-from .q8_0 import BLOCK
+from .q8_0 import BLOCK, QK
 
 
 def quantize_q8_0_c(rows: np.ndarray) -> np.ndarray:
     """float32 rows (each a whole number of blocks) -> their Q8_0 bytes, as ``quantize_q8_0``."""
     rows = np.ascontiguousarray(rows, dtype=np.float32)
-    nb = rows.size // 32
+    nb = rows.size // QK
     out = np.empty(nb, BLOCK)
     scales = np.empty(nb, np.float32)
     q8_0(rows.reshape(-1), out.view(np.uint8), scales)
