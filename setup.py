@@ -1,4 +1,4 @@
-"""The two compiled kernels (build/_fused.c, quant/_q8_0.c); everything else is in pyproject.toml.
+"""The two compiled kernels (convert/_fused.c, quant/_q8_0.c); everything else is in pyproject.toml.
 
 Both are optional: where no C compiler is found the install goes on without them, and the build
 takes its numpy path, which writes the same bytes more slowly. Compiled without fast-math and
@@ -22,7 +22,7 @@ class BuildExt(build_ext):
 
 setup(
     ext_modules=[
-        Extension("expo_gguf.build._fused", ["expo_gguf/build/_fused.c"], depends=[HEADER], optional=True),
+        Extension("expo_gguf.convert._fused", ["expo_gguf/convert/_fused.c"], depends=[HEADER], optional=True),
         Extension("expo_gguf.quant._q8_0", ["expo_gguf/quant/_q8_0.c"], depends=[HEADER], optional=True),
     ],
     cmdclass={"build_ext": BuildExt},

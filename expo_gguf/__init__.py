@@ -42,12 +42,12 @@ _API = {
     "ExpoError": "errors",
     "Progress": "progress",
     "BuiltFile": "_fs",
-    "BuildRequest": "build.plan",
-    "Plan": "build.plan",
-    "make_plan": "build.plan",
-    "run_build": "build.execute",
-    "extrapolate": "build.extrapolate",
-    "extrapolate_bf16": "build.extrapolate",
+    "BuildRequest": "convert.plan",
+    "Plan": "convert.plan",
+    "make_plan": "convert.plan",
+    "run_build": "convert.execute",
+    "extrapolate": "convert.extrapolate",
+    "extrapolate_bf16": "convert.extrapolate",
     "QUANTS": "quant.types",
     "Quant": "quant.types",
     "parse_quants": "quant.types",
@@ -78,9 +78,9 @@ _API = {
     "save_conversation": "chat.conversation",
     "EvalOptions": "measure.perplexity",
     "evaluate": "measure.perplexity",
-    "CompareOptions": "measure.compare_checks",
-    "Comparison": "measure.compare",
-    "compare": "measure.compare",
+    "CompareOptions": "measure.compare.checks",
+    "Comparison": "measure.compare.run",
+    "compare": "measure.compare.run",
 }
 __all__ = [
     "Backend",
@@ -142,9 +142,9 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from ._fs import BuiltFile
-    from .build.execute import run_build
-    from .build.extrapolate import extrapolate, extrapolate_bf16
-    from .build.plan import BuildRequest, Plan, make_plan
+    from .convert.execute import run_build
+    from .convert.extrapolate import extrapolate, extrapolate_bf16
+    from .convert.plan import BuildRequest, Plan, make_plan
     from .chat.conversation import load_conversation, save_conversation
     from .chat.messages import Message, Sampling
     from .chat.repl import Backend, run_repl
@@ -152,8 +152,8 @@ if TYPE_CHECKING:
     from .gguf_file.imatrix import Imatrix, load_imatrix, read_imatrix, write_imatrix
     from .gguf_file.info import GGUFInfo, describe
     from .gguf_file.modelfile import write_modelfile
-    from .measure.compare import Comparison, compare
-    from .measure.compare_checks import CompareOptions
+    from .measure.compare.run import Comparison, compare
+    from .measure.compare.checks import CompareOptions
     from .measure.imatrix import ImatrixOptions, collect_imatrix
     from .measure.perplexity import EvalOptions, evaluate
     from .progress import Progress

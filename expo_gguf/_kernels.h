@@ -1,4 +1,4 @@
-/* What both compiled kernels (build/_fused.c, quant/_q8_0.c) need to give the same bits on every CPU.
+/* What both compiled kernels (convert/_fused.c, quant/_q8_0.c) need to give the same bits on every CPU.
 
    No floating-point contraction: a fused multiply-add would change result bits on CPUs that have
    one. setup.py also passes -ffp-contract=off, which GCC needs (it ignores this pragma).

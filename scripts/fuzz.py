@@ -176,7 +176,7 @@ class CheckpointTarget(Target):
             sparse_copy(self.rlhf, self.base / "rlhf")
 
     def case(self, rng: random.Random) -> Callable[[], object]:
-        from expo_gguf.build.plan import BuildRequest, make_plan
+        from expo_gguf.convert.plan import BuildRequest, make_plan
         from expo_gguf.quant.types import QUANTS
 
         case = self.work / "case"

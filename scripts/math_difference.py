@@ -28,7 +28,7 @@ from quant_quality import ROOT, expo, smollm2  # scripts/, beside this file
 def make_results(f32: Path, out_f32: Path, out_bf16: Path, alpha: float, delta: float, seed: int) -> dict:
     import gguf
 
-    from expo_gguf.build.extrapolate import extrapolate, extrapolate_bf16, round_bf16
+    from expo_gguf.convert.extrapolate import extrapolate, extrapolate_bf16, round_bf16
 
     for out in (out_f32, out_bf16):
         shutil.copyfile(f32, out)

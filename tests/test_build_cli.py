@@ -9,7 +9,7 @@ import gguf
 import numpy as np
 import pytest
 
-from expo_gguf.build.mapping import permute_rows
+from expo_gguf.convert.mapping import permute_rows
 from expo_gguf.measure.divergence import kld_rows, log_softmax  # checked by hand in test_eval
 
 from conftest import run_cli, smollm2_path, use_hf_cache
@@ -132,7 +132,7 @@ def test_alpha_endpoints_reproduce_the_inputs(pair, tmp_path, alpha, source, mat
 def test_chunking_does_not_change_a_byte(pair, tmp_path, monkeypatch, built):
     """Q/K permutation and quantization per row chunk: tiny chunks (part of a head's rows never
     straddles a chunk) give the very same file as whole tensors."""
-    from expo_gguf.build import plan
+    from expo_gguf.convert import plan
 
     monkeypatch.setattr(plan, "CHUNK_ELEMS", 4096)
     res = run_cli("build", "--sft", pair.sft, "--rlhf", pair.rlhf, "-q", "f32,q8_0", "--outdir", tmp_path)

@@ -236,7 +236,7 @@ def test_existing_output_needs_force(pair, tmp_path):
 
 
 def test_disk_full_mid_write(pair, tmp_path, monkeypatch):
-    from expo_gguf.build import writer
+    from expo_gguf.convert import writer
 
     real = writer.GGUFStream._emit
     written = {"n": 0}
@@ -252,7 +252,7 @@ def test_disk_full_mid_write(pair, tmp_path, monkeypatch):
 
 
 def test_ctrl_c_during_build_leaves_nothing(pair, tmp_path, monkeypatch):
-    from expo_gguf.build import writer
+    from expo_gguf.convert import writer
 
     real = writer.GGUFStream.write
     calls = {"n": 0}
@@ -272,7 +272,7 @@ def test_ctrl_c_during_build_leaves_nothing(pair, tmp_path, monkeypatch):
 @pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError(errno.ENOSPC, "No space left on device")])
 def test_failure_in_the_kquant_step_leaves_nothing(pair, tmp_path, monkeypatch, failure):
     """All or nothing: the Q8_0 written in the pass is not kept when the K-quant after it fails."""
-    from expo_gguf.build import execute as build
+    from expo_gguf.convert import execute as build
 
     def quantize(*args):  # noqa: ANN002, ANN202
         raise failure

@@ -1,4 +1,4 @@
-"""The compiled pass (build.fused, quant.q8_0_c) writes the numpy path's bits: every value, every
+"""The compiled pass (convert.fused, quant.q8_0_c) writes the numpy path's bits: every value, every
 rounding, every permuted row, and so the same files through the CLI."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from expo_gguf.build import execute
-from expo_gguf.build.extrapolate import bf16_delta, bf16_step, extrapolate, widen
-from expo_gguf.build.fused import expo_bf16_rows
-from expo_gguf.build.mapping import permute_rows
+from expo_gguf.convert import execute
+from expo_gguf.convert.extrapolate import bf16_delta, bf16_step, extrapolate, widen
+from expo_gguf.convert.fused import expo_bf16_rows
+from expo_gguf.convert.mapping import permute_rows
 from expo_gguf.errors import ExpoError
 
 from conftest import Pair, run_cli
@@ -121,7 +121,7 @@ def test_kernels_variable_chooses_the_path(monkeypatch):
 
 def test_an_install_without_the_kernels_takes_numpys_path(pair, tmp_path, monkeypatch):
     """No C compiler at install time: the build runs, on numpy; asking for c is one line."""
-    for name in ("expo_gguf.quant.q8_0_c", "expo_gguf.build.fused"):
+    for name in ("expo_gguf.quant.q8_0_c", "expo_gguf.convert.fused"):
         monkeypatch.setitem(sys.modules, name, None)  # their import raises ImportError, as without the .so
     monkeypatch.delenv("EXPO_GGUF_KERNELS", raising=False)
     assert execute.compiled_kernels() is None
@@ -134,7 +134,7 @@ def test_an_install_without_the_kernels_takes_numpys_path(pair, tmp_path, monkey
 
 
 def test_kernels_refuse_buffers_of_the_wrong_size():
-    from expo_gguf.build import _fused
+    from expo_gguf.convert import _fused
     from expo_gguf.quant import _q8_0
 
     r = np.zeros(64, np.uint16)

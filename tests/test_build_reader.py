@@ -12,7 +12,7 @@ import gguf
 import numpy as np
 import pytest
 
-from expo_gguf.build.mapping import permute_rows
+from expo_gguf.convert.mapping import permute_rows
 from expo_gguf.source import reader
 from expo_gguf.source.reader import LocalFile, Span, SpanStream
 
@@ -57,7 +57,7 @@ class _Recording(LocalFile):
 @pytest.fixture(scope="module")
 def direct_build(pair: Pair, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     """Small blocks, O_DIRECT where the filesystem takes it (and checked that it was taken)."""
-    from expo_gguf.build import execute
+    from expo_gguf.convert import execute
 
     out = tmp_path_factory.mktemp("direct")
     with pytest.MonkeyPatch.context() as mp:

@@ -258,7 +258,7 @@ def test_rope_freqs_equal_llama_cpp_converter():
 
     import numpy as np
 
-    from expo_gguf.build.mapping import hparams_from_config, rope_freqs
+    from expo_gguf.convert.mapping import hparams_from_config, rope_freqs
 
     src = llama_cpp_src()
     sys.path[:0] = [str(src), str(src / "gguf-py")]

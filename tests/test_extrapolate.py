@@ -5,7 +5,7 @@ import gguf
 import numpy as np
 import pytest
 
-from expo_gguf.build.extrapolate import extrapolate, extrapolate_bf16, round_bf16, to_bf16, widen
+from expo_gguf.convert.extrapolate import extrapolate, extrapolate_bf16, round_bf16, to_bf16, widen
 
 
 @pytest.fixture

@@ -16,10 +16,10 @@ ALLOWED = {
     "gguf_file": set(),
     "runtime": {"gguf_file"},
     "quant": {"gguf_file", "runtime"},
-    "build": {"source", "quant", "gguf_file", "runtime"},
+    "convert": {"source", "quant", "gguf_file", "runtime"},
     "chat": {"runtime", "gguf_file"},
     "measure": {"runtime", "gguf_file", "chat"},
-    "cli": {"source", "build", "quant", "gguf_file", "runtime", "chat", "measure"},
+    "cli": {"source", "convert", "quant", "gguf_file", "runtime", "chat", "measure"},
 }
 TOP = {"errors", "progress", "_fs", "_units", "_data"}
 LLAMA_FREE = [

@@ -9,8 +9,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from .._units import human_bytes
-from ..build.execute import compiled_kernels, run_build
-from ..build.plan import MATHS, BuildRequest, Plan, check_ready, make_plan
+from ..convert.execute import compiled_kernels, run_build
+from ..convert.plan import MATHS, BuildRequest, Plan, check_ready, make_plan
 from ..errors import ExpoError
 from ..gguf_file.imatrix import ImatrixInput, load_imatrix
 from ..gguf_file.modelfile import write_modelfile

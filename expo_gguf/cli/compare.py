@@ -9,10 +9,9 @@ import click
 from rich.table import Table
 
 from .._fs import write_text_atomic
-from ..measure.compare import CompareOptions, Comparison, run_checked
-from ..measure.compare_checks import Checked, check_inputs
-from ..measure.compare_metrics import thresholds_text
-from ..measure.compare_report import check_outputs, columns, markdown, table_rows, to_json, verdict_lines
+from ..measure.compare import Checked, CompareOptions, Comparison, check_inputs, run_checked
+from ..measure.compare.metrics import thresholds_text
+from ..measure.compare.report import check_outputs, columns, markdown, table_rows, to_json, verdict_lines
 from ..runtime.options import RunOptions
 from ._options import run_options
 from ._output import err, note, progress, table_console, warn

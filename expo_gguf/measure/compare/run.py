@@ -24,16 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..chat.messages import Sampling
-from ..errors import ExpoError
-from ..progress import SILENT, Progress
-from ..runtime.loader import load_model
-from ..runtime.log import show_llama_log
-from ..runtime.model import ChatModel
-from .compare_checks import Checked, CompareOptions, ModelCheck, check_inputs
-from .compare_metrics import Figures, figures
-from .compare_prompts import Prompt
-from .divergence import KldStats, against, forced_logits, kld_stats, logprob_blocks, reference_cache
+from ...chat.messages import Sampling
+from ...errors import ExpoError
+from ...progress import SILENT, Progress
+from ...runtime.loader import load_model
+from ...runtime.log import show_llama_log
+from ...runtime.model import ChatModel
+from .checks import Checked, CompareOptions, ModelCheck, check_inputs
+from .metrics import Figures, figures
+from .prompts import Prompt
+from ..divergence import KldStats, against, forced_logits, kld_stats, logprob_blocks, reference_cache
 
 __all__ = ["CompareOptions", "Comparison", "ModelRun", "Reply", "compare", "run_checked"]
 

@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .divergence import KldStats
+from ..divergence import KldStats
 
 WORD = re.compile(r"\w+")
 

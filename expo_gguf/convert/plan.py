@@ -39,7 +39,7 @@ from .mapping import (
 )
 
 CHUNK_ELEMS = 1 << 18  # float32 values per work item: 1 MiB, sized for a core's L2 cache
-MATHS = ("bf16", "f32")  # build.extrapolate: the ExPO authors' bf16 arithmetic, or float32 rounded once
+MATHS = ("bf16", "f32")  # convert.extrapolate: the ExPO authors' bf16 arithmetic, or float32 rounded once
 
 
 @dataclass(frozen=True)

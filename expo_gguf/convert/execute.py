@@ -5,7 +5,7 @@ reads its files front to back in large blocks, ahead of the work; worker threads
 chunk to float32 (permuting Q/K rows on the way), extrapolate (in float32, or with the ExPO
 authors' bf16 roundings: the plan says which per tensor), and quantize it for every output
 (numpy, ggml and the C kernels release the GIL, so this uses every core; a BF16 pair takes the
-first three in one compiled loop, ``build.fused``, and Q8_0 another, for the same bytes); the
+first three in one compiled loop, ``convert.fused``, and Q8_0 another, for the same bytes); the
 main thread writes results in plan order. A bounded window of chunks in flight and a bounded pool
 of read blocks keep memory flat whatever the model size. K-quants follow from the 16-bit output
 through llama.cpp.
@@ -124,7 +124,7 @@ class _Worker:
     def _fused(
         self, job: TensorJob, start: int, stop: int, pr: Piece, ps: Piece, bufs: list[np.ndarray]
     ) -> Iterator[tuple[float, np.ndarray]]:
-        """A BF16 pair through the compiled loop (``build.fused``): one call per alpha."""
+        """A BF16 pair through the compiled loop (``convert.fused``): one call per alpha."""
         try:
             r, s = np.frombuffer(pr.data, np.uint16), np.frombuffer(ps.data, np.uint16)
             for alpha in self.plan.request.alphas:
@@ -178,7 +178,7 @@ KERNELS_ENV = "EXPO_GGUF_KERNELS"
 
 
 def compiled_kernels() -> SimpleNamespace | None:
-    """The compiled kernels (``build.fused``, ``quant.q8_0_c``) where the install built them; None
+    """The compiled kernels (``convert.fused``, ``quant.q8_0_c``) where the install built them; None
     means numpy throughout, with the same bytes. ``EXPO_GGUF_KERNELS=numpy`` asks for numpy's path,
     ``=c`` for the kernels or an error (tests, benchmarks); unset, the kernels if they are there."""
     want = os.environ.get(KERNELS_ENV, "")

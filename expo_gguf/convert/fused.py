@@ -1,6 +1,6 @@
 """The build's pass per value compiled (``_fused.c``): widen, permute, extrapolate, check, in one loop.
 
-``build.execute``'s numpy path makes about twenty passes over every value of a BF16 pair: widen
+``convert.execute``'s numpy path makes about twenty passes over every value of a BF16 pair: widen
 both sides, the difference, and each of the authors' three bf16 roundings in five integer passes,
 then the finiteness check (4 ns a value). The C loop reads each stored pair of bf16 values once and
 writes the float32 result (0.6 ns a value; 0.35 in float32 maths), the same operations in the same

@@ -12,10 +12,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from .._units import human_bytes
-from ..errors import ExpoError
-from .compare import Comparison, ModelRun
-from .compare_metrics import THRESHOLDS, pct, thresholds_text, verdict
+from ..._units import human_bytes
+from ...errors import ExpoError
+from .run import Comparison, ModelRun
+from .metrics import THRESHOLDS, pct, thresholds_text, verdict
 
 
 def check_outputs(outputs: dict[str, Path | None], inputs: Sequence[Path | None]) -> None:

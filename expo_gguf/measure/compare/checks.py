@@ -14,16 +14,16 @@ from pathlib import Path
 
 import llama_cpp
 
-from .._data import chatml_template
-from .._units import file_labels
-from ..errors import ExpoError
-from ..gguf_file.header import check_header, trained_context_length
-from ..gguf_file.info import describe
-from ..runtime.log import show_llama_log
-from ..runtime.options import RunOptions, cap_context
-from ..runtime.tokens import PromptFormat
-from .compare_prompts import Prompt, load_prompts
-from .divergence import check_same_vocab, read_vocab, vocab_model
+from ..._data import chatml_template
+from ..._units import file_labels
+from ...errors import ExpoError
+from ...gguf_file.header import check_header, trained_context_length
+from ...gguf_file.info import describe
+from ...runtime.log import show_llama_log
+from ...runtime.options import RunOptions, cap_context
+from ...runtime.tokens import PromptFormat
+from .prompts import Prompt, load_prompts
+from ..divergence import check_same_vocab, read_vocab, vocab_model
 
 NO_TEMPLATE = "the GGUF has no chat template; using ChatML"
 

@@ -19,10 +19,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._data import data_text
-from .._fs import read_capped
-from ..chat.messages import Message, message_problem
-from ..errors import ExpoError
+from ..._data import data_text
+from ..._fs import read_capped
+from ...chat.messages import Message, message_problem
+from ...errors import ExpoError
 
 SHIPPED = "compare_prompts.json"
 SHIPPED_NAME = "built-in prompts"

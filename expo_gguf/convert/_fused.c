@@ -1,7 +1,7 @@
 /* The build's pass per value for a BF16 pair: widen, permute, extrapolate, check, in one loop.
 
-   Called by build/fused.py. Each stored pair of bf16 values is read once and the float32 result
-   written once, with the numpy path's operations in the same order (build/extrapolate.py): the
+   Called by convert/fused.py. Each stored pair of bf16 values is read once and the float32 result
+   written once, with the numpy path's operations in the same order (convert/extrapolate.py): the
    bf16 rounding is the same integer arithmetic as ``_round_bits``, the float32 formula the same
    two products and one difference as ``extrapolate``. Built without fast-math and without
    contraction (setup.py passes -ffp-contract=off), so no multiply-add is fused and nothing is
