@@ -142,18 +142,18 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from ._fs import BuiltFile
-    from .convert.execute import run_build
-    from .convert.extrapolate import extrapolate, extrapolate_bf16
-    from .convert.plan import BuildRequest, Plan, make_plan
     from .chat.conversation import load_conversation, save_conversation
     from .chat.messages import Message, Sampling
     from .chat.repl import Backend, run_repl
+    from .convert.execute import run_build
+    from .convert.extrapolate import extrapolate, extrapolate_bf16
+    from .convert.plan import BuildRequest, Plan, make_plan
     from .errors import ExpoError
     from .gguf_file.imatrix import Imatrix, load_imatrix, read_imatrix, write_imatrix
     from .gguf_file.info import GGUFInfo, describe
     from .gguf_file.modelfile import write_modelfile
-    from .measure.compare.run import Comparison, compare
     from .measure.compare.checks import CompareOptions
+    from .measure.compare.run import Comparison, compare
     from .measure.imatrix import ImatrixOptions, collect_imatrix
     from .measure.perplexity import EvalOptions, evaluate
     from .progress import Progress

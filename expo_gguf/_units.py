@@ -11,6 +11,11 @@ def human_bytes(n: int) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 token``, ``2 tokens``: a count and its noun, singular for exactly one."""
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
 def distinct_names(names: list[str]) -> list[str]:
     """``names`` with repeats numbered (``x``, ``x #2``), so columns and labels tell models apart."""
     return [n if names[:i].count(n) == 0 else f"{n} #{names[:i].count(n) + 1}" for i, n in enumerate(names)]

@@ -23,9 +23,9 @@ import expo_gguf.measure.divergence as divergence
 from expo_gguf import RunOptions, load_model
 from expo_gguf._fs import write_text_atomic
 from expo_gguf.errors import ExpoError
-from expo_gguf.measure.compare.run import CompareOptions, Comparison, ModelRun, Reply, compare
 from expo_gguf.measure.compare.metrics import Figures, crossings, distinct_n, repeated_ngram_rate, verdict
 from expo_gguf.measure.compare.prompts import load_prompts, shipped_prompts
+from expo_gguf.measure.compare.run import CompareOptions, Comparison, ModelRun, Reply, compare
 from expo_gguf.measure.divergence import VocabInfo, check_same_vocab
 
 from conftest import ROOT, make_family_pair, one_error_line, run_cli

@@ -15,7 +15,7 @@ import click
 from rich.markup import escape
 
 from ..errors import ExpoError
-from . import build, chat, compare, download, eval, gguf, imatrix
+from . import build, chat, compare, download, eval, gguf, imatrix, quantize
 from ._output import err
 
 
@@ -49,7 +49,7 @@ def cli() -> None:
     """
 
 
-for module in (build, download, imatrix, chat, gguf, eval, compare):
+for module in (build, quantize, download, imatrix, chat, gguf, eval, compare):
     for command in module.COMMANDS:
         cli.add_command(command)
 

@@ -1,4 +1,5 @@
-"""``download``: both checkpoints of a pair into the Hugging Face cache, only the files a build reads."""
+"""``download``: both checkpoints of a pair into the Hugging Face cache, only the files a build reads;
+``presets``: the published pairs it and ``build --preset`` know."""
 
 from __future__ import annotations
 
@@ -37,4 +38,16 @@ def download_command(repos: tuple[str, ...], preset: str | None, revision: str) 
     console.print(f"files: {' '.join(BUILD_PATTERNS)}", soft_wrap=True, style="dim")
 
 
-COMMANDS = (download_command,)
+@click.command()
+def presets() -> None:
+    """The published ExPO models `build --preset NAME` reproduces, with the alpha of each model card."""
+    for i, p in enumerate(load_presets()):
+        console.print(
+            f"[bold]{p.name}[/]{' (default)' if i == 0 else ''}  alpha {p.alpha:g}  -> {p.output_name}-QUANT.gguf"
+        )
+        console.print(f"  SFT   {p.sft}\n  RLHF  {p.rlhf}\n  card  {p.source}", soft_wrap=True)
+        if p.chat_template:
+            console.print("  template  its model card's, if the RLHF checkpoint ships none", soft_wrap=True)
+
+
+COMMANDS = (download_command, presets)

@@ -22,8 +22,8 @@ from ...gguf_file.info import describe
 from ...runtime.log import show_llama_log
 from ...runtime.options import RunOptions, cap_context
 from ...runtime.tokens import PromptFormat
-from .prompts import Prompt, load_prompts
 from ..divergence import check_same_vocab, read_vocab, vocab_model
+from .prompts import Prompt, load_prompts
 
 NO_TEMPLATE = "the GGUF has no chat template; using ChatML"
 

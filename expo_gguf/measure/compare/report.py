@@ -14,8 +14,8 @@ from pathlib import Path
 
 from ..._units import human_bytes
 from ...errors import ExpoError
-from .run import Comparison, ModelRun
 from .metrics import THRESHOLDS, pct, thresholds_text, verdict
+from .run import Comparison, ModelRun
 
 
 def check_outputs(outputs: dict[str, Path | None], inputs: Sequence[Path | None]) -> None:

@@ -30,10 +30,10 @@ from ...progress import SILENT, Progress
 from ...runtime.loader import load_model
 from ...runtime.log import show_llama_log
 from ...runtime.model import ChatModel
+from ..divergence import KldStats, against, forced_logits, kld_stats, logprob_blocks, reference_cache
 from .checks import Checked, CompareOptions, ModelCheck, check_inputs
 from .metrics import Figures, figures
 from .prompts import Prompt
-from ..divergence import KldStats, against, forced_logits, kld_stats, logprob_blocks, reference_cache
 
 __all__ = ["CompareOptions", "Comparison", "ModelRun", "Reply", "compare", "run_checked"]
 

@@ -1,0 +1,120 @@
+"""``quantize``: GGUF to GGUF through llama.cpp's quantizer, with build's options and Modelfile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.markup import escape
+
+from .._units import human_bytes
+from ..gguf_file.imatrix import ImatrixInput, load_imatrix
+from ..gguf_file.modelfile import write_modelfile
+from ..quant.llama import check_imatrix, parse_overrides
+from ..quant.requantize import dry_run_job, imatrix_beside, model_tensors, plan_requantize, run_requantize, size_of
+from ..quant.types import parse_quants, quant_help
+from ..runtime.options import usable_cores
+from ._options import imatrix_options, override_options, threads_option
+from ._output import note, progress, warn
+from ._output import out as console
+from .build import print_quant_choices
+from .imatrix import auto_maker, check_auto_options
+
+
+@click.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option(
+    "-q", "--quant", "quant_text", required=True, help=f"Target type, by llama-quantize's names. {quant_help()}."
+)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(),  # a str: Path() would drop the slash of DIR/
+    default=None,
+    help="Output file, or a folder (DIR/) for the default name [default: SRC's name with its type "
+    "replaced (X-F16.gguf -> X-Q4_K_M.gguf, X.Q4_1.gguf -> X.Q8_0.gguf), beside SRC, or in the current "
+    "directory when SRC's folder is not writable or belongs to an installed package].",
+)
+@click.option("--force", is_flag=True, help="Overwrite the output file.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the type and size llama.cpp's quantizer would give each tensor; write nothing.",
+)
+@imatrix_options
+@override_options
+@threads_option
+def quantize(
+    src: Path,
+    quant_text: str,
+    out: str | None,
+    force: bool,
+    dry_run: bool,
+    imatrix: str | None,
+    calibration: Path | None,
+    imatrix_chunks: int | None,
+    output_tensor_type: str | None,
+    token_embedding_type: str | None,
+    tensor_types: tuple[str, ...],
+    pure: bool,
+    threads: int | None,
+) -> None:
+    """GGUF to GGUF with llama.cpp's quantizer (e.g. F16 -> Q4_K_M, or any type -> F32).
+
+    Warns when SRC has fewer bits than the target (its losses stay). Beside the GGUF goes an
+    Ollama Modelfile, as build writes one.
+
+    \b
+      expo-gguf quantize X-F16.gguf -q iq4_xs --imatrix X.imatrix.gguf
+      expo-gguf quantize X-F16.gguf -q q4_k_m --output-tensor-type q8_0 --tensor-type attn_v=q6_k
+    """
+    quants = parse_quants(quant_text)
+    if len(quants) != 1:
+        raise click.UsageError("quantize takes one --quant")
+    check_auto_options(imatrix, calibration, imatrix_chunks)
+    overrides = parse_overrides(output_tensor_type, token_embedding_type, tensor_types, pure)
+    threads = threads or usable_cores()
+    given: ImatrixInput | None = None
+    if imatrix is not None and imatrix != "auto":
+        given = load_imatrix(Path(imatrix))  # a damaged file is refused before any work
+    job = plan_requantize(src, quants[0], out, force, overrides=overrides, have_imatrix=imatrix is not None)
+    keep = imatrix_beside(job.dst) if imatrix == "auto" else None  # beside the output: SRC's folder may not be ours
+    if keep is not None and keep.exists():
+        given = load_imatrix(keep)
+    for text in job.warnings:
+        warn(text)
+    for text in job.notes:
+        note(text)
+    if given is not None and job.uses_imatrix:
+        check_imatrix(given.data, model_tensors(src), src.name, job.quant.needs_imatrix)
+        if keep is not None:
+            note(f"reusing {keep} (an earlier --imatrix auto of this model); delete it to recompute")
+    elif imatrix is not None and not job.uses_imatrix:
+        warn(f"{job.quant.name} does not use an importance matrix; --imatrix ignored")
+    print_quant_choices(overrides, job.changed)
+    if dry_run:
+        plan = dry_run_job(job, threads, given if job.uses_imatrix else None)
+        counts: dict[str, int] = {}
+        for t in plan.types.values():
+            counts[t.name] = counts.get(t.name, 0) + 1
+        mix = ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        console.print(f"{job.dst}  {job.quant.label}  {human_bytes(size_of(src, plan.types))} of tensors ({mix})")
+        console.print("  [dim]types and size from llama.cpp's own dry run; nothing written[/]")
+        if keep is not None and given is None and job.uses_imatrix:
+            console.print(f"  importance matrix: would be computed over the calibration text -> {keep}")
+        return
+    with progress() as bar:
+        get = (lambda: given) if given is not None else None
+        if keep is not None and given is None:
+            make = auto_maker(calibration, imatrix_chunks, threads, bar)
+            get = lambda: make(src, keep)  # noqa: E731
+        result = run_requantize(job, threads, get)
+    modelfile = write_modelfile(result.path, force=True)  # derived from the file just written, as build's
+    console.print(
+        f"{result.path}  {result.quant}  {human_bytes(result.nbytes)}  {result.seconds:.1f}s  sha256 {result.sha256}",
+        soft_wrap=True,
+    )
+    console.print(f"  ollama create NAME -f {escape(str(modelfile))}", soft_wrap=True)
+
+
+COMMANDS = (quantize,)
