@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -18,6 +19,8 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.table import Table
+from rich.text import Text
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -29,6 +32,30 @@ def warn(text: str) -> None:
 
 def note(text: str) -> None:
     err.print(f"note: {text}", style="dim", markup=False, soft_wrap=True)
+
+
+def print_table(table: Table, console: Console | None = None) -> None:
+    """A table on stdout that never splits a cell: on a terminal, drawn at least as wide as its
+    widest row (the terminal wraps a too-long row; no name or hash is cut over two lines); piped
+    or redirected, one tab-separated line per row, no header, no padding, for ``cut -f`` and
+    scripts. Give names and hashes ``no_wrap=True`` columns."""
+    console = console or out
+    if not console.is_terminal:
+        for row in zip(*(c.cells for c in table.columns)):
+            console.file.write("\t".join(_plain(cell) for cell in row) + "\n")
+        console.file.flush()
+        return
+    for column in table.columns:
+        column.no_wrap = True
+    widest = Measurement.get(console, console.options, table).maximum
+    console.print(table, width=max(console.width, widest), crop=False)
+
+
+def _plain(cell: object) -> str:
+    """A cell's text without its markup or style."""
+    if isinstance(cell, str):
+        return Text.from_markup(cell).plain
+    return cell.plain if isinstance(cell, Text) else str(cell)
 
 
 def table_console() -> Console:
