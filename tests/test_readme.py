@@ -9,6 +9,18 @@ def test_readme_help_blocks_are_current():
     assert readme_help.main(["--check"]) == 0, "run: python scripts/readme_help.py"
 
 
+def test_cli_md_has_every_command():
+    """docs/cli.md promises every command's --help: a command added without its block fails here."""
+    import re
+
+    from expo_gguf.cli import cli
+
+    from conftest import ROOT
+
+    blocks = set(re.findall(r"<!-- help:([\w-]+) -->", (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")))
+    assert set(cli.commands) | {"expo-gguf"} == blocks
+
+
 def test_readme_has_no_unfilled_placeholders():
     from conftest import ROOT
 

@@ -18,15 +18,42 @@ from ..errors import ExpoError
 from . import build, chat, compare, download, eval, gguf, imatrix, quantize
 from ._output import err
 
+_HELP_ONLY = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
+def _usage_error(e: click.UsageError, ctx: click.Context) -> None:
+    """click's own usage errors as every other error: one ``error:`` line, then where help is."""
+    err.print(f"[bold red]error:[/] {escape(e.format_message())}", soft_wrap=True)
+    command = ctx.meta.get("expo.command")  # the parser's errors carry no context of their own
+    where = e.ctx.command_path if e.ctx is not None else " ".join(filter(None, [ctx.command_path, command]))
+    err.print(f"try: {escape(where)} --help", style="dim", soft_wrap=True)
+
 
 class ExpoGroup(click.Group):
-    """A group that turns ``ExpoError`` and Ctrl+C into one line and an exit code."""
+    """A group that turns ``ExpoError``, click's usage errors and Ctrl+C into one line and an exit code."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:  # the group's own options (`expo-gguf --bogus`)
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            if isinstance(e, _HELP_ONLY):  # bare `expo-gguf`: the help, as click shows it
+                raise
+            _usage_error(e, ctx)
+            ctx.exit(e.exit_code)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):  # type: ignore[override]
+        name, command, rest = super().resolve_command(ctx, args)
+        ctx.meta["expo.command"] = command.name if command else name
+        return name, command, rest
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)
         except ExpoError as e:
             err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+            ctx.exit(e.exit_code)
+        except click.UsageError as e:  # a command's options and arguments, an unknown command
+            _usage_error(e, ctx)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
             err.print("[bold red]interrupted[/]")
