@@ -30,6 +30,8 @@ LLAMA_FREE = [
     "chat/render.py",
     "chat/line_editor.py",
     "chat/userdata.py",
+    "chat/store.py",
+    "chat/logs.py",
 ]
 
 

@@ -15,7 +15,7 @@ import click
 from rich.markup import escape
 
 from ..errors import ExpoError
-from . import build, chat, compare, download, eval, gguf, imatrix, quantize
+from . import build, chat, compare, download, eval, gguf, imatrix, logs, quantize
 from ._output import err
 
 _HELP_ONLY = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
@@ -76,7 +76,7 @@ def cli() -> None:
     """
 
 
-for module in (build, quantize, download, imatrix, chat, gguf, eval, compare):
+for module in (build, quantize, download, imatrix, chat, logs, gguf, eval, compare):
     for command in module.COMMANDS:
         cli.add_command(command)
 
