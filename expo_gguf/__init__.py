@@ -17,9 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-# Load llama.cpp's shared libraries before anything imports numpy. With a CUDA build of
-# llama-cpp-python and a numpy wheel loaded first, model loading segfaulted in llama.cpp's
-# print_info (seen on an H200 machine with numpy 2.5.2); loading llama.cpp first avoids it.
+# llama.cpp's shared libraries are loaded before anything imports numpy (runtime/preload.py says why).
 
 
 def _started_as_cli() -> bool:
@@ -28,15 +26,10 @@ def _started_as_cli() -> bool:
     return sys.argv[:1] == ["-m"] or Path(sys.argv[0] if sys.argv else "").name == "expo-gguf"
 
 
-try:
-    import llama_cpp  # noqa: F401
-except ImportError:  # only `chat`, `quantize` and K-quants need it; they say so when used
-    pass
-except KeyboardInterrupt:  # the CLI's Ctrl+C is one line and exit 130, even this early
-    if not _started_as_cli():
-        raise
-    sys.stderr.write("interrupted\n")
-    raise SystemExit(130) from None
+if not _started_as_cli():  # a library user: llama.cpp first, whatever they import next
+    from .runtime.preload import preload_llama
+
+    preload_llama()
 
 _API = {
     "ExpoError": "errors",

@@ -34,3 +34,37 @@ def test_usage_error_is_one_line_and_a_hint(args, expected, command):
 def test_bare_command_still_shows_the_help():
     res = run_cli()
     assert "Usage: " in res.output and "Commands:" in res.output and "error:" not in res.output
+
+
+def test_every_command_is_where_the_group_says() -> None:
+    """The group imports a command's module only when it runs: its map must name every command
+    each module defines, and nothing else."""
+    import importlib
+    import pkgutil
+
+    import expo_gguf.cli as package
+    from expo_gguf.cli import COMMANDS
+
+    defined = {}
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"expo_gguf.cli.{info.name}")
+        defined.update({c.name: info.name for c in getattr(module, "COMMANDS", ())})
+    assert defined == COMMANDS
+
+
+def test_logs_starts_without_llama_cpp_or_numpy(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nsys.argv = ['expo-gguf', 'logs', '-n', '1']\nfrom expo_gguf.__main__ import main\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print(sorted(m for m in ('llama_cpp', 'numpy') if m in sys.modules))"
+    )
+    env = {"EXPO_GGUF_LOGS_DB": str(tmp_path / "logs.db"), "PATH": "/usr/bin:/bin"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr
+    info = subprocess.run(  # a command that runs llama.cpp loads it first, as the package does for library users
+        [sys.executable, "-c", code.replace("'logs', '-n', '1'", "'info', '--help'")], capture_output=True, text=True
+    )
+    assert "llama_cpp" in info.stdout, info.stdout + info.stderr

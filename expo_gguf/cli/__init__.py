@@ -4,19 +4,39 @@ Owns: the ``expo-gguf`` group, its one error handler (every ``ExpoError`` is cau
 and printed as one line with its exit code; Ctrl+C and SIGTERM as ``interrupted``, exit 130), the
 options several commands share (``_options``) and what they print besides results (``_output``).
 May import every other subpackage; nothing imports it. Each module below defines its commands,
-and this module adds them to the group (they never import the group back).
+and this module adds them to the group (they never import the group back), lazily: a command's
+module is imported when that command runs, so ``logs`` or ``--version`` do not pay for numpy and
+llama.cpp (half a second on a laptop).
 """
 
 from __future__ import annotations
 
+import importlib
 import signal
 
 import click
 from rich.markup import escape
 
 from ..errors import ExpoError
-from . import build, chat, compare, download, eval, gguf, imatrix, logs, quantize
+from ..runtime.preload import preload_llama
 from ._output import err
+
+# Every command, and the module of this package that defines it (in its COMMANDS).
+COMMANDS = {
+    "build": "build",
+    "quantize": "quantize",
+    "download": "download",
+    "presets": "download",
+    "imatrix": "imatrix",
+    "chat": "chat",
+    "serve": "chat",
+    "logs": "logs",
+    "info": "gguf",
+    "modelfile": "gguf",
+    "eval": "eval",
+    "compare": "compare",
+}
+NO_LLAMA = {"logs", "presets"}  # commands that never load llama.cpp or numpy
 
 _HELP_ONLY = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
 
@@ -32,6 +52,17 @@ def _usage_error(e: click.UsageError, ctx: click.Context) -> None:
 class ExpoGroup(click.Group):
     """A group that turns ``ExpoError``, click's usage errors and Ctrl+C into one line and an exit code."""
 
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        if cmd_name not in NO_LLAMA:
+            preload_llama()
+        module = importlib.import_module(f"{__name__}.{COMMANDS[cmd_name]}")
+        return next(c for c in module.COMMANDS if c.name == cmd_name)
+
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         try:  # the group's own options (`expo-gguf --bogus`)
             return super().parse_args(ctx, args)
@@ -42,7 +73,10 @@ class ExpoGroup(click.Group):
             ctx.exit(e.exit_code)
 
     def resolve_command(self, ctx: click.Context, args: list[str]):  # type: ignore[override]
-        name, command, rest = super().resolve_command(ctx, args)
+        try:
+            name, command, rest = super().resolve_command(ctx, args)
+        except click.exceptions.NoSuchCommand as e:  # click looks for suggestions in self.commands
+            raise click.exceptions.NoSuchCommand(args[0], possibilities=list(COMMANDS), ctx=ctx) from e
         ctx.meta["expo.command"] = command.name if command else name
         return name, command, rest
 
@@ -74,11 +108,6 @@ def cli() -> None:
       expo-gguf chat                      talk to the newest model in ./models
       expo-gguf compare A.gguf B.gguf     same prompts through each: which to keep
     """
-
-
-for module in (build, quantize, download, imatrix, chat, logs, gguf, eval, compare):
-    for command in module.COMMANDS:
-        cli.add_command(command)
 
 
 def _terminate(signum: int, frame: object) -> None:
