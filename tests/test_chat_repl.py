@@ -14,7 +14,9 @@ import pytest
 from rich.console import Console
 
 from expo_gguf import Sampling
-from expo_gguf.chat.repl import Backend, command_table, read_message, run_repl, unfinished
+from expo_gguf.chat.commands import command_table
+from expo_gguf.chat.conversation import load_conversation, save_conversation
+from expo_gguf.chat.repl import Backend, read_message, run_repl, unfinished
 from expo_gguf.errors import ExpoError
 
 Message = dict[str, str]
@@ -379,3 +381,80 @@ def test_plain_replies_wrap_between_words_on_a_terminal() -> None:
         "the direction alignment",
         "took them, cheaply.",
     ]
+
+
+def test_system_quoted_empty_clears_it_and_quotes_are_taken_off() -> None:
+    """Bug: `/system ""` set the two quote characters as the system message."""
+    fake = Fake()
+    history, out = chat(Backend(reply=fake.reply), '/system "Be terse."', "hi", '/system ""', "again", "/system")
+    assert fake.seen[0][0] == {"role": "system", "content": "Be terse."}  # one quoted word, as a shell takes it
+    assert "system message cleared" in out and fake.seen[1][0]["role"] == "user"
+    assert [m["role"] for m in history] == ["user", "assistant"] * 2
+    assert out.rstrip().endswith("(no system message)")  # /system alone still shows it
+    for empty in ("''", '"  "'):
+        history, out = chat(Backend(reply=Fake().reply), "/system x", f"/system {empty}")
+        assert history == [] and "system message cleared" in out
+    _, out = chat(Backend(reply=Fake().reply), '/system ""')
+    assert "(no system message to clear)" in out
+    history, _ = chat(Backend(reply=Fake().reply), '/system say "hi" to "them"')  # not one quoted word: as typed
+    assert history == [{"role": "system", "content": 'say "hi" to "them"'}]
+
+
+def conversation(n: int) -> list[Message]:
+    return [{"role": ("user", "assistant")[i % 2], "content": f"turn {i}"} for i in range(n)]
+
+
+def test_save_never_overwrites_another_conversation_without_save_bang(tmp_path: Path) -> None:
+    """Bug: `/save conv.json` replaced a 7-message file with 3 messages without a word. /save writes
+    over a file only when it holds an earlier state of this conversation; /save! over anything."""
+    other = tmp_path / "conv.json"
+    save_conversation(other, conversation(7), {})
+    before = other.read_bytes()
+    history, out = chat(Backend(reply=Fake().reply), "hi", f"/save {other}")
+    said = f"error: {other} holds another conversation (7 messages); /save! {other} replaces it"
+    assert said in " ".join(out.split())
+    assert other.read_bytes() == before
+    _, out = chat(Backend(reply=Fake().reply), "hi", f"/save! {other}")
+    assert "saved 2 messages" in out and load_conversation(other) == history
+
+    notes = tmp_path / "notes.txt"  # not a conversation at all
+    notes.write_text("my notes\n")
+    _, out = chat(Backend(reply=Fake().reply), "hi", f"/save {notes}")
+    assert "exists and is not a conversation" in out and notes.read_text() == "my notes\n"
+
+
+def test_save_replaces_an_earlier_save_of_the_same_conversation(tmp_path: Path) -> None:
+    own, loaded = tmp_path / "own.json", tmp_path / "loaded.json"
+    # its own earlier save, even when a new system message makes it no prefix of the conversation
+    history, out = chat(Backend(reply=Fake().reply), "one", f"/save {own}", "/system new", "two", f"/save {own}")
+    assert "error" not in out and out.count("saved") == 2 and load_conversation(own) == history
+    # the file it was loaded from (here by /load), carried on
+    save_conversation(loaded, conversation(2), {})
+    history, out = chat(Backend(reply=Fake().reply), f"/load {loaded}", "three", f"/save {loaded}")
+    assert "error" not in out and load_conversation(loaded) == history and len(history) == 4
+    # ... and the same through run_repl's messages (chat --load FILE)
+    history, out = chat(Backend(reply=Fake().reply), "four", f"/save {loaded}", messages=load_conversation(loaded))
+    assert "error" not in out and len(load_conversation(loaded)) == 6
+    # after /clear it is another conversation: the earlier save is kept
+    fresh = tmp_path / "fresh.json"
+    _, out = chat(Backend(reply=Fake().reply), "one", f"/save {fresh}", "/clear", "two", f"/save {fresh}")
+    assert "holds another conversation (2 messages)" in " ".join(out.split())
+    assert load_conversation(fresh)[0]["content"] == "one"
+    # a file someone else changed since this conversation saved it is no longer its own
+    stranger = tmp_path / "shared.json"
+
+    def someone_else(_: list[Message]) -> Iterator[str]:
+        save_conversation(stranger, conversation(5), {})
+        yield "ok"
+
+    _, out = chat(Backend(reply=someone_else), f"/save {stranger}", "hi", f"/save {stranger}")
+    assert "holds another conversation (5 messages)" in " ".join(out.split())
+    assert len(load_conversation(stranger)) == 5
+
+
+def test_counts_of_one_are_singular() -> None:
+    _, out = chat(Backend(reply=Fake().reply, cut=lambda: 1), "hello")
+    assert "(cut at 1 token)" in out
+    dropping = Backend(reply=Fake().reply, fit=lambda m: (m[1:], 1) if len(m) > 1 else (m, 0))
+    _, out = chat(dropping, "one", "two")
+    assert "context full: dropped the oldest message " in out

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from rich.console import Console
 from test_chat_repl import small_context
 
@@ -20,6 +21,7 @@ from expo_gguf._units import human_bytes
 from expo_gguf.chat.conversation import load_conversation, save_conversation
 from expo_gguf.chat.repl import Backend
 from expo_gguf.chat.vs import estimate_memory, run_vs
+from expo_gguf.cli import cli
 
 from conftest import run_cli, smollm2
 from pty_terminal import Terminal
@@ -222,3 +224,35 @@ def test_vs_in_a_terminal(chat: Callable[..., Terminal], smollm2_quants: dict[st
         assert [m["role"] for m in t["messages"]] == ["user", "assistant"] * 2
         assert all(m["content"] for m in t["messages"])
     assert threads[0]["messages"][0] == threads[1]["messages"][0]
+
+
+def test_a_message_that_is_not_utf8_is_one_line_under_vs_too() -> None:
+    """Bug: `printf 'hi \\xff there\\n' | expo-gguf chat M --vs M2 -i` ended in UnicodeEncodeError
+    and both threads were lost: --vs skipped the REPL's input check. Both now take one path."""
+    threads, out, a, b = vs("one", "hi \udcff there", "two")
+    assert "error: cannot read your message: not UTF-8 text (byte 3)" in out
+    assert [m["content"] for m in threads[1]] == ["one", "beta #1: one", "two", "beta #2: two"]
+    assert [s[-1]["content"] for s in a.seen] == [s[-1]["content"] for s in b.seen] == ["one", "two"]
+
+
+def test_not_utf8_under_vs_on_the_command_line() -> None:
+    """The bug's own command, on two SmolLM2s: one error line, then the chat goes on."""
+    model = str(smollm2())
+    args = ["chat", model, "--vs", model, "-i", "--plain", "--temp", "0", "--max-tokens", "4", "--ctx", "256"]
+    result = CliRunner().invoke(cli, [*args, "--threads", "1"], input=b"hi \xff there\nSay yes.\n/show\n/exit\n")
+    assert result.exit_code == 0, result.output
+    assert "error: cannot read your message: not UTF-8 text (byte 3)" in result.output
+    assert "Traceback" not in result.output and len(re.findall(r"messages\s+2\b", result.output)) == 2
+
+
+def test_system_clear_and_save_guard_apply_to_both(tmp_path: Path) -> None:
+    threads, out, _, _ = vs("/system Be brief.", "hi", '/system ""')
+    assert "system message cleared for both models" in out
+    assert [m["role"] for m in threads[0]] == [m["role"] for m in threads[1]] == ["user", "assistant"]
+    plain = tmp_path / "plain.json"
+    save_conversation(plain, [{"role": "user", "content": "x"}], {})
+    threads, out, _, _ = vs("hi", f"/save {plain}", f"/load {plain}", "y", f"/save {plain}")
+    out = " ".join(out.split())
+    assert "holds another conversation (1 message)" in out
+    assert "loaded 2 threads (1, 1 messages)" in out and "saved 2 threads (3, 3 messages)" in out
+    assert [m["content"] for m in load_conversation(plain)] == ["x", "y", "alpha #2: y"]

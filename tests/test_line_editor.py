@@ -12,8 +12,9 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
 from expo_gguf import Sampling
+from expo_gguf.chat.commands import command_table
 from expo_gguf.chat.line_editor import LineEditor, open_history
-from expo_gguf.chat.repl import command_table, read_message
+from expo_gguf.chat.repl import read_message
 
 ENTER, CTRL_C, CTRL_D, CTRL_R, TAB, UP = "\r", "\x03", "\x04", "\x12", "\t", "\x1b[A"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .._fs import read_capped
+from .._fs import read_capped, write_text_atomic
 from ..errors import ExpoError
 from .messages import Message, message_problem
 
@@ -71,12 +71,10 @@ def save_conversation(
     """The JSON ``load_conversation`` reads back: the messages, and the sampling settings as a record.
 
     ``chat --vs`` adds ``threads``, one ``{"model", "file", "messages"}`` per model; ``messages``
-    is then the first model's thread, so a plain ``chat`` can load the file too.
+    is then the first model's thread, so a plain ``chat`` can load the file too. Whether ``path``
+    may be replaced is the caller's question (``commands.Commands.check_replace``).
     """
     data: dict[str, object] = {"messages": messages, "settings": settings}
     if threads is not None:
         data["threads"] = threads
-    try:
-        path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", "utf-8")
-    except OSError as e:
-        raise ExpoError(f"cannot write {path}: {e.strerror or e}") from None
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")  # never half a file

@@ -1,12 +1,12 @@
 """The interactive chat loop, independent of any model.
 
 ``run_repl`` talks to a model only through ``Backend``'s callables (``reply(messages)`` yields
-text), so tests drive every command, multi-line input and Ctrl+C with a scripted fake.
+text), so tests drive every command, multi-line input and Ctrl+C with a scripted fake. The slash
+commands are ``commands.Commands``, which ``Repl`` inherits.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import sys
@@ -14,40 +14,23 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
+from .._fs import utf8_text
+from .._units import plural
 from ..errors import ExpoError
+from .commands import Commands, Exit
+from .messages import Message
+from .render import MarkdownStream, PlainStream
 
 try:
     import termios
 except ImportError:  # Windows: no echo to turn off
     termios = None  # type: ignore[assignment]
-from .._fs import utf8_text
-from .conversation import load_conversation, save_conversation
-from .messages import RANDOM_SEED, Message
-from .render import MarkdownStream, PlainStream
 
 PROMPT, CONTINUE = ">>> ", "... "
-HELP = """\
-/help                 this list
-/clear                forget the conversation (keeps the system message)
-/system [TEXT]        show or set the system message
-/set [NAME VALUE]     show settings, or set temp|top_p|top_k|min_p|repeat_penalty|max_tokens|seed
-/show [template]      model, settings, system message and context use; or the chat template
-/stats                figures for the last reply
-/regen                answer the last message again
-/save FILE            write the conversation as JSON
-/load FILE            read a conversation written by /save
-/exit, /quit, Ctrl+D  leave
-Multi-line: start and end with \"\"\" , or end a line with \\ to continue it; a paste stays one message.
-On a terminal: Up/Down and Ctrl+R search the history, Tab completes commands and their arguments.
-Ctrl+C stops a reply (the partial reply is kept); twice at the prompt leaves."""
-COMMANDS = ("help", "clear", "system", "set", "show", "stats", "regen", "save", "load", "exit", "quit")
 
 
 def _keep_all(messages: list[Message]) -> tuple[list[Message], int]:
@@ -65,10 +48,6 @@ class Backend:
     show: Callable[[], dict[str, str]] = dict
     cut: Callable[[], int | None] = lambda: None  # tokens, when the last reply hit max_tokens or the context
     template: Callable[[], str | None] = lambda: None  # the chat template, for /show template
-
-
-class Exit(Exception):
-    """Raised by a command to leave the loop."""
 
 
 @contextmanager
@@ -164,157 +143,16 @@ def read_message(read_line: Callable[[str], str]) -> str:
     return "\n".join(parts)
 
 
-def command_table(settings: Any) -> dict[str, tuple[str, ...] | None]:
-    """Each slash command and what its argument completes to (None: a file path), for Tab."""
-    names = tuple(f.name for f in dataclasses.fields(settings))
-    table: dict[str, tuple[str, ...] | None] = {name: () for name in COMMANDS}
-    table.update(set=names, show=("template",), save=None, load=None)
-    return table
-
-
-class Repl:
+class Repl(Commands):
     """State of one interactive session; ``run_repl`` is the entry point."""
 
     def __init__(
         self, backend: Backend, settings: Any, messages: list[Message], console: Console, markdown: bool
     ) -> None:
+        super().__init__()
         self.backend, self.settings, self.messages = backend, settings, messages
         self.console, self.markdown = console, markdown
         self.told_trim = False
-        self.commands: dict[str, Callable[[str], None]] = {
-            "help": lambda _: self.console.print(HELP, markup=False, highlight=False),
-            "clear": self.clear,
-            "system": self.system,
-            "set": self.set,
-            "show": self.show,
-            "stats": self.stats,
-            "regen": self.regen,
-            "save": self.save,
-            "load": self.load,
-            "exit": self.exit,
-            "quit": self.exit,
-        }
-
-    def note(self, text: str) -> None:
-        self.console.print(text, style="dim", markup=False, highlight=False)
-
-    def error(self, text: str) -> None:
-        self.console.print(f"[bold red]error:[/] {escape(text)}", highlight=False)
-
-    # -- commands ---------------------------------------------------------------------------
-    def command(self, line: str) -> None:
-        name, _, arg = line[1:].partition(" ")
-        handler = self.commands.get(name.lower())
-        if handler is None:
-            self.note(f"unknown command /{name}; /help lists them (start with // to send a '/')")
-            return
-        try:
-            handler(arg.strip())
-        except ExpoError as e:
-            self.error(str(e))
-
-    def exit(self, _: str) -> None:
-        raise Exit
-
-    def clear(self, _: str) -> None:
-        self.messages[:] = [m for m in self.messages[:1] if m["role"] == "system"]
-        self.note("conversation cleared")
-
-    def system(self, text: str) -> None:
-        has = bool(self.messages) and self.messages[0]["role"] == "system"
-        if not text:
-            self.note(self.messages[0]["content"] if has else "(no system message)")
-            return
-        if has:
-            self.messages[0]["content"] = text
-        else:
-            self.messages.insert(0, {"role": "system", "content": text})
-        self.note("system message set")
-
-    def set(self, arg: str) -> None:
-        name, _, value = arg.partition(" ")
-        fields = {f.name: f for f in dataclasses.fields(self.settings)}
-        if not name:
-            self.note("  ".join(f"{k}={v}" for k, v in self.settings_shown().items()))
-            return
-        if name not in fields or not value.strip():
-            raise ExpoError(f"usage: /set {'|'.join(fields)} VALUE")
-        kind = type(getattr(self.settings, name))
-        value = value.strip()
-        if name == "seed" and value.lower() == "random":
-            value = "-1"
-        try:
-            parsed = kind(value)
-        except ValueError:
-            raise ExpoError(f"{name} takes a {kind.__name__}, not {value!r}") from None
-        parsed = getattr(dataclasses.replace(self.settings, **{name: parsed}), name)  # validated (ExpoError)
-        setattr(self.settings, name, parsed)
-        self.note(f"{name} = {self.settings_shown()[name]}")
-
-    def settings_shown(self) -> dict[str, str]:
-        """The settings as /set and /show print them: a random seed is "random", not llama.cpp's 2**32-1."""
-        shown = {k: str(v) for k, v in dataclasses.asdict(self.settings).items()}
-        if getattr(self.settings, "seed", None) == RANDOM_SEED:
-            shown["seed"] = "random"
-        return shown
-
-    def _table(self, rows: dict[str, str]) -> None:
-        table = Table(show_header=False, box=None, pad_edge=False)
-        for key, value in rows.items():
-            table.add_row(escape(key), escape(value))
-        self.console.print(table)
-
-    def system_shown(self) -> str:
-        return self.messages[0]["content"] if self.messages and self.messages[0]["role"] == "system" else "(none)"
-
-    def show_template(self) -> None:
-        template = self.backend.template()
-        if template:
-            self.console.print(template, markup=False, highlight=False, soft_wrap=True)
-        else:
-            self.note("(no chat template)")
-
-    def show(self, arg: str) -> None:
-        if arg == "template":
-            return self.show_template()
-        if arg:
-            raise ExpoError("usage: /show [template]")
-        rows = {**self.backend.show(), **self.settings_shown(), "system": self.system_shown()}
-        self._table({**rows, "messages": str(len(self.messages))})
-
-    def stats(self, _: str) -> None:
-        rows = self.backend.stats()
-        self._table(rows) if rows else self.note("no reply yet")
-
-    def regen(self, _: str) -> None:
-        before = list(self.messages)
-        self.drop_reply()
-        self.respond()
-        self.restore_if_unanswered(before)
-
-    def restore_if_unanswered(self, before: list[Message]) -> None:
-        """A /regen that could not answer (the question no longer fits) keeps the old answer."""
-        if not self.messages or self.messages[-1]["role"] != "assistant":
-            self.messages[:] = before
-
-    def drop_reply(self) -> None:
-        """Take back the last reply, before ``/regen`` asks again."""
-        if self.messages and self.messages[-1]["role"] == "assistant":
-            self.messages.pop()
-        if not self.messages or self.messages[-1]["role"] != "user":
-            raise ExpoError("nothing to regenerate")
-
-    def save(self, arg: str) -> None:
-        if not arg:
-            raise ExpoError("usage: /save FILE")
-        save_conversation(Path(arg), self.messages, dataclasses.asdict(self.settings))
-        self.note(f"saved {len(self.messages)} messages to {arg}")
-
-    def load(self, arg: str) -> None:
-        if not arg:
-            raise ExpoError("usage: /load FILE")
-        self.messages[:] = load_conversation(Path(arg))
-        self.note(f"loaded {len(self.messages)} messages from {arg}")
 
     # -- replies ----------------------------------------------------------------------------
     def respond(self, stop: threading.Event | None = None) -> None:
@@ -334,7 +172,7 @@ class Repl:
             if not self.told_trim:
                 self.told_trim = True
                 self.note(
-                    f"context full: dropped the {dropped} oldest messages"
+                    f"context full: dropped the {'oldest message' if dropped == 1 else f'{dropped} oldest messages'}"
                     " (older turns will keep being dropped as needed)"
                 )
         chunks: list[str] = []
@@ -358,7 +196,7 @@ class Repl:
         if interrupted:
             self.note("(interrupted)")
         elif cut := self.backend.cut():
-            self.note(f"(cut at {cut} tokens)")
+            self.note(f"(cut at {plural(cut, 'token')})")
         status = self.backend.status()
         if status:
             self.note(status)
@@ -399,12 +237,12 @@ class Repl:
             self.messages.pop()
 
     def handle(self, text: str) -> bool:
-        """Act on one input; False to leave."""
+        """Act on one input, as typed or piped, for this REPL and ``--vs`` alike; False to leave."""
         if not text.strip():
             return True
         try:
             utf8_text(text, "your message")
-        except ExpoError as e:  # bytes a terminal or a pipe could not decode
+        except ExpoError as e:  # bytes a terminal or a pipe could not decode: never sent to a model
             self.error(str(e))
             return True
         if text.startswith("/") and not text.startswith("//"):
@@ -413,9 +251,13 @@ class Repl:
             except Exit:
                 return False
             return True
-        self.messages.append({"role": "user", "content": text.removeprefix("/")})
-        self.respond()
+        self.ask(text.removeprefix("/"))
         return True
+
+    def ask(self, text: str) -> None:
+        """Send a message (checked by ``handle``) and answer it."""
+        self.messages.append({"role": "user", "content": text})
+        self.respond()
 
 
 def run_repl(

@@ -17,8 +17,9 @@ from .._units import human_bytes
 from ..runtime.loader import CPU_ONLY_NOTE
 from ..runtime.model import ChatModel
 from . import userdata, vs
+from .commands import command_table
 from .messages import Message, Sampling
-from .repl import Backend, command_table, run_repl
+from .repl import Backend, run_repl
 
 
 def backend(session: ChatModel, sampling: Sampling) -> Backend:

@@ -112,39 +112,24 @@ class VsRepl(Repl):
                     side.messages.append({"role": "assistant", "content": ""})
                 self.note("(skipped)")
 
-    def handle(self, text: str) -> bool:
-        if not text.strip() or (text.startswith("/") and not text.startswith("//")):
-            return super().handle(text)
-        question = {"role": "user", "content": text.removeprefix("/")}
+    def threads(self) -> list[list[Message]]:
+        return [side.messages for side in self.sides]
+
+    def ask(self, text: str) -> None:
+        question = {"role": "user", "content": text}
         for name, side in zip(self.names, self.sides):  # one that cannot take it: none is asked
             try:
                 side.backend.fit([*side.messages, question])
             except ExpoError as e:
                 self.error(f"{name}: {e}")
-                return True
+                return
         for side in self.sides:
             side.messages.append(dict(question))
         self._turn(lambda side, stop: side.respond(stop))
-        return True
 
     def drop_dangling(self) -> None:
         for side in self.sides:
             side.drop_dangling()
-
-    def clear(self, _: str) -> None:
-        for side in self.sides:
-            side.messages[:] = [m for m in side.messages[:1] if m["role"] == "system"]
-        self.note("both conversations cleared")
-
-    def system(self, text: str) -> None:
-        if not text:
-            return super().system(text)
-        for side in self.sides:
-            if side.messages and side.messages[0]["role"] == "system":
-                side.messages[0]["content"] = text
-            else:
-                side.messages.insert(0, {"role": "system", "content": text})
-        self.note("system message set for both models")
 
     def regen(self, _: str) -> None:
         before = [list(side.messages) for side in self.sides]
@@ -169,27 +154,21 @@ class VsRepl(Repl):
     def stats(self, _: str) -> None:
         self._each(lambda side: side.stats(""))
 
-    def save(self, arg: str) -> None:
-        if not arg:
-            raise ExpoError("usage: /save FILE")
-        threads = [
-            {"model": name, "file": str(path), "messages": side.messages}
-            for name, path, side in zip(self.names, self.files, self.sides)
-        ]
-        save_conversation(Path(arg), self.messages, dataclasses.asdict(self.settings), threads)
-        self.note(
-            f"saved {len(self.sides)} threads ({', '.join(str(len(s.messages)) for s in self.sides)} messages) to {arg}"
-        )
+    def _counts(self) -> str:
+        return f"{len(self.sides)} threads ({', '.join(str(len(s.messages)) for s in self.sides)} messages)"
 
-    def load(self, arg: str) -> None:
-        if not arg:
-            raise ExpoError("usage: /load FILE")
-        for side, thread in zip(self.sides, load_threads(Path(arg), len(self.sides))):
+    def write(self, path: Path) -> str:
+        threads = [
+            {"model": name, "file": str(file), "messages": side.messages}
+            for name, file, side in zip(self.names, self.files, self.sides)
+        ]
+        save_conversation(path, self.messages, dataclasses.asdict(self.settings), threads)
+        return self._counts()
+
+    def read(self, path: Path) -> str:
+        for side, thread in zip(self.sides, load_threads(path, len(self.sides))):
             side.messages[:] = thread
-        self.note(
-            f"loaded {len(self.sides)} threads ({', '.join(str(len(s.messages)) for s in self.sides)}"
-            f" messages) from {arg}"
-        )
+        return self._counts()
 
 
 def run_vs(
