@@ -333,6 +333,8 @@ def test_a_cut_one_shot_reply_says_so_on_stderr() -> None:
     assert result.stdout.strip() and "cut at" not in result.stdout  # stdout is the reply alone
     whole = run("chat", str(smollm2()), "-p", "Say yes.", "--max-tokens", "200", *FAST)
     assert whole.exit_code == 0 and "cut at" not in whole.stderr
+    one = run("chat", str(smollm2()), "-p", "Count to ten.", "--max-tokens", "1", *FAST)
+    assert one.exit_code == 0 and one.stderr.strip() == "(cut at 1 token)"  # not "1 tokens"
 
 
 def test_a_one_shot_reply_stops_at_a_default_length_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,6 +16,7 @@ from rich.console import Console
 from expo_gguf import Sampling
 from expo_gguf.chat.commands import command_table
 from expo_gguf.chat.conversation import load_conversation, save_conversation
+from expo_gguf.chat.logs import markdown
 from expo_gguf.chat.repl import Backend, read_message, run_repl, unfinished
 from expo_gguf.errors import ExpoError
 
@@ -452,9 +453,14 @@ def test_save_replaces_an_earlier_save_of_the_same_conversation(tmp_path: Path) 
     assert len(load_conversation(stranger)) == 5
 
 
-def test_counts_of_one_are_singular() -> None:
+def test_counts_of_one_are_singular(tmp_path: Path) -> None:
+    """Bug: "(cut at 1 tokens)"."""
     _, out = chat(Backend(reply=Fake().reply, cut=lambda: 1), "hello")
     assert "(cut at 1 token)" in out
+    _, out = chat(Backend(reply=Fake().reply), "/system x", f"/save {tmp_path / 'one.json'}")
+    assert "saved 1 message to" in out
+    conv = {"model": "m", "created": "now", "id": 1, "messages": [{"role": "assistant", "content": "a", "tokens": 1}]}
+    assert "*1 token*" in markdown(conv)
     dropping = Backend(reply=Fake().reply, fit=lambda m: (m[1:], 1) if len(m) > 1 else (m, 0))
     _, out = chat(dropping, "one", "two")
     assert "context full: dropped the oldest message " in out

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from .._fs import read_capped, write_text_atomic
+from .._units import plural
 from ..errors import ExpoError
 from .messages import Message, message_problem
 
@@ -57,8 +58,8 @@ def load_threads(path: Path, n: int) -> list[list[Message]]:
         one = _checked(data.get("messages") if isinstance(data, dict) else data, path)
         return [[dict(m) for m in one] for _ in range(n)]
     if not isinstance(threads, list) or len(threads) != n:
-        count = len(threads) if isinstance(threads, list) else "no list of"
-        raise ExpoError(f"{path} holds {count} threads; this chat has {n} models")
+        held = plural(len(threads), "thread") if isinstance(threads, list) else "no list of threads"
+        raise ExpoError(f"{path} holds {held}; this chat has {plural(n, 'model')}")
     return [
         _checked(t.get("messages") if isinstance(t, dict) else None, path, f" (thread {i + 1})")
         for i, t in enumerate(threads)

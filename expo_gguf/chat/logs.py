@@ -10,6 +10,7 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from .._units import plural
 from ..errors import ExpoError
 from .store import Store, StoreError
 
@@ -159,7 +160,7 @@ def markdown(conv: dict[str, object]) -> str:
         title = m["role"] + (" (replaced by /regen)" if m.get("replaced") else "")
         lines += [f"## {title}", "", m["content"], ""]
         if m["role"] == "assistant":
-            figures = [f"{m['tokens']} tokens" if m.get("tokens") is not None else None]
+            figures = [plural(m["tokens"], "token") if m.get("tokens") is not None else None]
             figures.append(f"{m['tokens_per_s']:.1f} tokens/s" if m.get("tokens_per_s") else None)
             figures.append(f"cut: {m['cut']}" if m.get("cut") else None)
             shown = ", ".join(f for f in figures if f)

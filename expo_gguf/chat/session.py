@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from rich.console import Console
 from rich.markup import escape
 
-from .._units import human_bytes
+from .._units import human_bytes, plural
 from ..runtime.loader import CPU_ONLY_NOTE
 from ..runtime.model import ChatModel
 from . import userdata, vs
@@ -32,11 +32,11 @@ def backend(session: ChatModel, sampling: Sampling) -> Backend:
             return {}
         return {
             "prompt tokens": f"{s.prompt_tokens} ({s.prompt_evaluated} evaluated, rest from cache)",
-            "generated": f"{s.generated} tokens (stopped: {s.stop})",
+            "generated": f"{plural(s.generated, 'token')} (stopped: {s.stop})",
             "time to first token": f"{s.ttft_s:.3f} s",
             "prompt speed": f"{s.prompt_tps:.1f} tok/s",
             "generation speed": f"{s.gen_tps:.1f} tok/s",
-            "context": f"{s.ctx_used}/{s.n_ctx} tokens",
+            "context": f"{s.ctx_used}/{plural(s.n_ctx, 'token')}",
         }
 
     def show() -> dict[str, str]:
@@ -84,7 +84,7 @@ def _say_cut(session: ChatModel, err: Console, capped: bool) -> None:
         why = ", the one-shot default; --max-tokens N for longer, -1 for no limit"
     else:
         why = ""
-    err.print(f"(cut at {cut} tokens{why})", style="dim", markup=False, highlight=False, soft_wrap=True)
+    err.print(f"(cut at {plural(cut, 'token')}{why})", style="dim", markup=False, highlight=False, soft_wrap=True)
 
 
 def answer_once(
@@ -158,7 +158,7 @@ def chat_interactive(session: ChatModel, sampling: Sampling, messages: list[Mess
     )
     _print_notes(console, info.notes)
     if messages:
-        console.print(f"{len(messages)} messages loaded", style="dim")
+        console.print(f"{plural(len(messages), 'message')} loaded", style="dim")
     console.print("/help for commands, Ctrl+D or /exit to leave", style="dim")
     run_repl(
         backend(session, sampling),
