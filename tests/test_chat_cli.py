@@ -366,3 +366,24 @@ def test_the_cpu_only_note_is_given_once() -> None:
     assert first.exit_code == second.exit_code == 0
     assert "note: CPU-only llama-cpp-python build" in first.output
     assert "CPU-only" not in second.output and "CPU only" in second.output  # the banner still says where it runs
+
+
+def test_a_default_ctx_above_the_trained_length_is_capped_without_a_word(built: dict[str, Path]) -> None:
+    """Bug: every chat with a 2048-token model (make demo's) warned "--ctx 4096 is above the trained
+    length" though no --ctx was given. A --ctx the user gives is still warned about; under --vs the
+    warning names the model it is about."""
+    tiny, label = built["Q8_0"], built["Q8_0"].stem
+    assert trained_context_length(tiny) == 2048 < 4096 < trained_context_length(smollm2())
+    one_shot = ["-p", "hi", "--max-tokens", "2", "--temp", "0", "--threads", "1"]
+    quiet = run("chat", str(tiny), *one_shot)
+    assert quiet.exit_code == 0 and "warning" not in quiet.stderr, quiet.output
+    banner = run("chat", str(tiny), "-i", "--plain", "--threads", "1", input="/exit\n")
+    assert "ctx 2048" in banner.output and "warning" not in banner.output  # the banner says what is used
+    asked = run("chat", str(tiny), "--ctx", "4096", *one_shot)
+    assert asked.exit_code == 0 and asked.stderr.count("warning: --ctx 4096 is above the trained length") == 1
+    both = run("chat", str(tiny), "--vs", str(smollm2()), *one_shot)
+    assert both.exit_code == 0 and "warning" not in both.stderr, both.output
+    both = run("chat", str(smollm2()), "--vs", str(tiny), "--ctx", "4096", *one_shot)
+    assert both.exit_code == 0, both.output
+    said = [line for line in both.stderr.splitlines() if line.startswith("warning")]
+    assert said == [f"warning: --ctx 4096 is above {label}'s trained length; using 2048"]

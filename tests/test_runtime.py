@@ -171,3 +171,19 @@ def test_bench_chat_runs_and_writes_json(tmp_path: Path) -> None:
     turns = result["turns"]
     assert [t["turn"] for t in turns] == [1, 2, 3, 4, 5]
     assert turns[4]["kv_evaluated"] < turns[4]["fresh_evaluated"] == turns[4]["prompt_tokens"]
+
+
+def test_only_a_ctx_the_user_gave_is_warned_about() -> None:
+    """Bug: "--ctx 4096 is above the trained length; using 2048" on every chat with a 2048-token
+    model, though no --ctx was given. A default is capped without a word; a --ctx is warned about,
+    naming the model when asked to (chat --vs)."""
+    warnings: list[str] = []
+    assert RunOptions(n_ctx=4096, ctx_asked=False).for_model(2048, warnings).n_ctx == 2048 and warnings == []
+    assert RunOptions(n_ctx=4096).for_model(2048, warnings).n_ctx == 2048
+    assert warnings == ["--ctx 4096 is above the trained length; using 2048"]
+    warnings.clear()
+    assert RunOptions(n_ctx=4096).for_model(2048, warnings, "demo-Q8_0").n_ctx == 2048
+    assert warnings == ["--ctx 4096 is above demo-Q8_0's trained length; using 2048"]
+    warnings.clear()
+    for n_ctx_train in (8192, 4096, None):  # within the trained length, or none known: as asked
+        assert RunOptions(n_ctx=4096).for_model(n_ctx_train, warnings).n_ctx == 4096 and warnings == []

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import ExpoError
 from ..gguf_file.header import check_header, trained_context_length
-from ..runtime.options import RunOptions, cap_context
+from ..runtime.options import RunOptions
 
 SERVER_HINT = "pip install 'llama-cpp-python[server]'"
 
@@ -62,9 +62,9 @@ def serve(
         from llama_cpp.server.settings import ModelSettings, ServerSettings
     except ImportError as e:
         raise ExpoError(f"serve needs llama-cpp-python's server extra ({e.name} is missing): {SERVER_HINT}") from None
-    run = options.resolved()
-    warnings = [run.warning] if run.warning else []
-    n_ctx = cap_context(run.n_ctx, trained_context_length(path), warnings)  # as chat does
+    warnings: list[str] = []
+    run = options.for_model(trained_context_length(path), warnings).resolved()  # as chat does
+    warnings[:0] = [run.warning] if run.warning else []
     exposed = exposure_warning(host, api_key)
     warnings += [exposed] if exposed else []
     for text in warnings:
@@ -72,7 +72,7 @@ def serve(
     model_settings = ModelSettings(
         model=str(path),
         n_gpu_layers=run.gpu_layers,
-        n_ctx=n_ctx,
+        n_ctx=run.n_ctx,
         n_threads=run.threads,
         n_threads_batch=run.threads,
         verbose=run.verbose,

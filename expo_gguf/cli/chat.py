@@ -16,7 +16,7 @@ from ..chat.conversation import load_conversation, load_threads
 from ..chat.messages import Message, Sampling
 from ..chat.serve import serve as serve_model
 from ..errors import ExpoError
-from ..gguf_file.header import check_header
+from ..gguf_file.header import check_header, trained_context_length
 from ..runtime.loader import load_model
 from ..runtime.model import ChatModel
 from ..runtime.options import RunOptions
@@ -28,6 +28,12 @@ ONE_SHOT_MAX_TOKENS = 1024  # a one-shot or piped reply stops here unless --max-
 MODEL_CTX = dict(
     default_ctx=4096, minimum_ctx=64, ctx_help="Context length in tokens, capped at the model's trained length."
 )
+
+
+def _run_options(ctx: int, n_gpu_layers: str, threads: int | None, verbose: bool) -> RunOptions:
+    """The run options, knowing whether --ctx was given: only what the user asked for is warned about."""
+    given = click.get_current_context().get_parameter_source("ctx") is not click.core.ParameterSource.DEFAULT
+    return RunOptions(n_ctx=ctx, n_gpu_layers=n_gpu_layers, threads=threads, verbose=verbose, ctx_asked=given)
 
 
 def find_default_model(models_dir: Path = Path("models")) -> Path:
@@ -122,9 +128,10 @@ def chat(
         max_tokens=max_tokens,
         seed=seed,
     )
-    options = RunOptions(n_ctx=ctx, n_gpu_layers=n_gpu_layers, threads=threads, verbose=verbose)
+    options = _run_options(ctx, n_gpu_layers, threads, verbose)
     path = check_header(model if model is not None else find_default_model())
     paths = [path] + ([check_header(vs_model)] if vs_model is not None else [])
+    names = file_labels(paths)
     question = ""
     if one_shot:
         piped = "" if sys.stdin.isatty() else read_stdin_capped("chat reads")
@@ -144,14 +151,18 @@ def chat(
     if len(paths) > 1 and not one_shot:  # before loading: the user may not have the memory for both
         Console(highlight=False).print(vs.estimate_memory(paths, ctx).line(), markup=False, soft_wrap=True)
     sessions: list[ChatModel] = []
+    said: set[str] = set()  # a warning both models give (-ngl on a CPU-only build) is said once
     try:
-        for p in paths:  # one after the other: a second model that fails to load closes the first
-            sessions.append(load_model(p, options, seed=sampling.seed))
-            for warning in sessions[-1].info.warnings:
-                warn(warning)
+        for p, name in zip(paths, names):  # one at a time: a second model that fails to load closes the first
+            warnings: list[str] = []
+            run = options.for_model(trained_context_length(p), warnings, name if len(paths) > 1 else None)
+            sessions.append(load_model(p, run, seed=sampling.seed))
+            for warning in [*warnings, *sessions[-1].info.warnings]:
+                if warning not in said:
+                    said.add(warning)
+                    warn(warning)
         asked: list[Message] = messages + [{"role": "user", "content": question}]
         if len(sessions) > 1:
-            names = file_labels(paths)
             if one_shot:
                 asked_each = [h + asked[-1:] for h in histories]
                 chat_session.answer_once_each(sessions, names, sampling, asked_each, err, capped)
@@ -200,7 +211,7 @@ def serve(
     \b
       pip install 'llama-cpp-python[server]'
     """
-    options = RunOptions(n_ctx=ctx, n_gpu_layers=n_gpu_layers, threads=threads, verbose=verbose)
+    options = _run_options(ctx, n_gpu_layers, threads, verbose)
     serve_model(
         model if model is not None else find_default_model(),
         options,

@@ -3,11 +3,13 @@
 ``RunOptions`` is what the CLI parses; ``resolved`` turns it into what llama.cpp is given, in one
 place for chat, serve, eval, compare and imatrix: the layer count (a CPU-only build ignores
 offload requests silently, so we say so) and the thread count (the cores this process may use,
-as the build counts them); and the context, never above the trained length.
+as the build counts them); and the context, never above the trained length (``for_model``: a
+default above it is capped silently, a --ctx the user gave is warned about).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -51,10 +53,13 @@ def resolve_gpu_layers(value: str | int, supports_gpu: bool | None = None) -> tu
     return n, None
 
 
-def cap_context(n_ctx: int, n_ctx_train: int | None, warnings: list[str]) -> int:
-    """Never above the trained length: past it a model's positions are out of distribution."""
+def cap_context(n_ctx: int, n_ctx_train: int | None, warnings: list[str], model: str | None = None) -> int:
+    """Never above the trained length: past it a model's positions are out of distribution.
+
+    The warning names ``model`` when given (``chat --vs``: which of the two was capped)."""
     if n_ctx_train and n_ctx > n_ctx_train:
-        warnings.append(f"--ctx {n_ctx} is above the trained length; using {n_ctx_train}")
+        whose = f"{model}'s" if model else "the"
+        warnings.append(f"--ctx {n_ctx} is above {whose} trained length; using {n_ctx_train}")
         return n_ctx_train
     return n_ctx
 
@@ -78,6 +83,16 @@ class RunOptions:
     n_gpu_layers: str = "auto"  # N, -1 for all, or auto
     threads: int | None = None  # None: every core this process may use
     verbose: bool = False
+    ctx_asked: bool = True  # False: n_ctx is the command's default, not the user's --ctx
+
+    def for_model(self, n_ctx_train: int | None, warnings: list[str], model: str | None = None) -> RunOptions:
+        """These options with the context capped at a model's trained length, before loading it.
+
+        Only what the user asked for is warned about: a --ctx above the trained length is (naming
+        ``model`` when given), a default above it is capped without a word (the banner shows the
+        context in use), so a 2048-token model does not warn on every chat."""
+        n_ctx = cap_context(self.n_ctx, n_ctx_train, warnings if self.ctx_asked else [], model)
+        return dataclasses.replace(self, n_ctx=n_ctx)
 
     def resolved(self) -> Resolved:
         layers, warning = resolve_gpu_layers(self.n_gpu_layers)
