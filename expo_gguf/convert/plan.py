@@ -13,18 +13,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import gguf
-import numpy as np
-
 from .._fs import unwritable_reason
 from ..errors import ExpoError
 from ..gguf_file.imatrix import ImatrixInput, load_imatrix
-from ..quant.llama import TensorOverrides, check_imatrix
-from ..quant.types import INTERMEDIATE, QUANTS, Quant, nbytes, refuse_without_imatrix, tensor_type
+from ..quant.llama import check_imatrix
+from ..quant.types import INTERMEDIATE, QUANTS, refuse_without_imatrix
 from ..source import remote
-from ..source.checkpoint import Checkpoint, TensorRef, load_checkpoint
-from ..source.hub import display_name
-from ..source.presets import expo_name, published_preset
+from ..source.checkpoint import Checkpoint, load_checkpoint
 from ..source.reader import BLOCK_BYTES, DEPTH
 from ..source.vocab import Vocab, load_vocab
 from .mapping import (
@@ -37,66 +32,37 @@ from .mapping import (
     rope_heads,
     tensor_names,
 )
+from .metadata import file_sizer, llama_cpp_types
+from .outputs import (
+    Output,
+    by_llama_cpp,
+    default_name,
+    imatrix_path,
+    mix_estimate,
+    model_names,
+    output_path,
+    streamed_types,
+)
+from .request import MATHS, BuildRequest, ExtraTensor, TensorJob, check_request
+
+# the names a build's callers import from here; they live beside the plan, in request and outputs
+__all__ = [
+    "MATHS",
+    "BuildRequest",
+    "ExtraTensor",
+    "Output",
+    "Plan",
+    "TensorJob",
+    "by_llama_cpp",
+    "check_ready",
+    "default_name",
+    "imatrix_path",
+    "make_plan",
+    "model_names",
+    "output_path",
+]
 
 CHUNK_ELEMS = 1 << 18  # float32 values per work item: 1 MiB, sized for a core's L2 cache
-MATHS = ("bf16", "f32")  # convert.extrapolate: the ExPO authors' bf16 arithmetic, or float32 rounded once
-
-
-@dataclass(frozen=True)
-class BuildRequest:
-    """What the user asked for, as the CLI parsed it."""
-
-    sft: str
-    rlhf: str
-    alphas: tuple[float, ...]
-    quants: tuple[Quant, ...]
-    outdir: Path
-    name: str | None = None
-    force: bool = False
-    threads: int = 1
-    chat_template: Path | None = None  # overrides the RLHF checkpoint's own
-    fallback_template: str | None = None  # the preset's, for a checkpoint that ships none
-    keep_cache: bool = False  # read and write through the page cache and leave it filled
-    math: str | None = None  # "bf16" or "f32" for every tensor; None: bf16 where both store it in bf16
-    # issue 15: llama-quantize's per-tensor choices, and an importance matrix file or "auto"
-    overrides: TensorOverrides = TensorOverrides()
-    imatrix: str | None = None
-    remote: bool = False  # sft and rlhf are repo ids read from the hub as the build goes
-
-
-@dataclass(frozen=True)
-class TensorJob:
-    """One output tensor: where its two inputs are, its GGUF name, and how to cut it in chunks."""
-
-    gguf_name: str
-    shape: tuple[int, ...]  # rows first, as stored by Hugging Face
-    rlhf: TensorRef
-    sft: TensorRef
-    rope_rows: int | None  # rows per head when Q/K rows must be permuted, else None
-    chunk_rows: int
-    math: str  # "bf16": the authors' arithmetic on bf16 tensors; "f32": float32, rounded once
-
-
-@dataclass(frozen=True, eq=False)
-class ExtraTensor:
-    """A tensor llama.cpp needs that no checkpoint holds (Llama 3.1's ``rope_freqs``): always F32."""
-
-    gguf_name: str
-    data: np.ndarray
-
-
-@dataclass(frozen=True)
-class Output:
-    """One GGUF file the build writes; ``types`` is per tensor for files we stream ourselves."""
-
-    quant: Quant
-    alpha: float
-    path: Path
-    nbytes: int
-    types: tuple[gguf.GGMLQuantizationType, ...] | None  # None: written by llama.cpp from `source`
-    source: Path | None = None
-    temporary: bool = False  # the 16-bit intermediate of K-quants nobody asked to keep
-    name: str = ""  # general.name: the model at this alpha
 
 
 @dataclass(frozen=True)
@@ -210,43 +176,10 @@ def _chunk_rows(shape: tuple[int, ...], rope_rows: int | None) -> int:
     return rows
 
 
-def default_name(rlhf: Checkpoint) -> str:
-    return expo_name(rlhf.label)
-
-
-def _identity(ckpt: Checkpoint) -> str:
-    return ckpt.repo_id or display_name(ckpt.path)
-
-
-def model_names(req: BuildRequest, sft: Checkpoint, rlhf: Checkpoint) -> tuple[str, dict[float, str]]:
-    """The base name, and the model's name at each alpha (``general.name``, and its files' names
-    before ``-QUANT``).
-
-    Only the published model gets the published name (``<RLHF name>-ExPO``): a preset's pair,
-    whether named by repo id or as local folders of those names, at that preset's own alpha. Any
-    other alpha or pair carries its alpha (``NAME-a0.3``), so builds of several alphas one at a time
-    never overwrite the published file or each other; several alphas in one build all carry theirs.
-    A ``--name`` is the user's own: kept as given for a single alpha, and as ``general.name`` of
-    every file (so each file of a several-alpha build equals its own single-alpha build).
-    """
-    if req.name:
-        base, plain = req.name, len(req.alphas) == 1
-    else:
-        base = default_name(rlhf)
-        preset = published_preset(_identity(sft), _identity(rlhf))
-        plain = preset is not None and req.alphas == (preset.alpha,)
-    return base, {a: base if plain else f"{base}-a{a:g}" for a in req.alphas}
-
-
 def _free_space(path: Path) -> int:
     while not path.exists() and path != path.parent:
         path = path.parent
     return shutil.disk_usage(path).free
-
-
-def output_path(req: BuildRequest, model_name: str, label: str) -> Path:
-    """OUTDIR/MODEL-QUANT.gguf, MODEL being the model's name at that alpha (``model_names``)."""
-    return req.outdir / f"{model_name}-{label}.gguf"
 
 
 def check_ready(plan: Plan) -> None:
@@ -266,23 +199,8 @@ def check_ready(plan: Plan) -> None:
         )
 
 
-def _check_request(req: BuildRequest) -> None:
-    if not req.alphas:
-        raise ExpoError("no alpha given")
-    bad = [a for a in req.alphas if not math.isfinite(a)]
-    if bad:
-        raise ExpoError(f"alpha must be a finite number, got {bad[0]}")
-    if req.math is not None and req.math not in MATHS:
-        raise ExpoError(f"--math {req.math!r}: choose from {', '.join(MATHS)}")
-    if len({f"{a:g}" for a in req.alphas}) != len(req.alphas):
-        raise ExpoError(f"alpha {', '.join(f'{a:g}' for a in req.alphas)}: each alpha once")
-    name = req.name
-    if name is not None and (not name or "/" in name or "\\" in name or name.startswith(".")):
-        raise ExpoError(f"--name {name!r}: a file name, not a path")
-
-
 def make_plan(req: BuildRequest) -> Plan:
-    _check_request(req)
+    check_request(req)
     rlhf = load_checkpoint(req.rlhf, "--rlhf", req.remote)
     sft = load_checkpoint(req.sft, "--sft", req.remote)
     if sft.same_files(rlhf):
@@ -312,7 +230,6 @@ def make_plan(req: BuildRequest) -> Plan:
     warnings = list(vocab.warnings)
     streamed: list[Output] = []
     derived: list[Output] = []
-    extra_bytes = sum(t.data.nbytes for t in extra)
     # K-quants start from a float file holding the values exactly: under bf16 maths, BF16 (the values
     # llama.cpp would quantize from the converter's output), which F16 may round
     bf16_values = all(j.math == "bf16" for j in jobs)
@@ -323,7 +240,7 @@ def make_plan(req: BuildRequest) -> Plan:
         floats: dict[str, Output] = {}
         for quant in [q for q in req.quants if not by_llama_cpp(q, req)]:
             path = output_path(req, names[alpha], quant.label)
-            out = _streamed_output(quant, alpha, path, jobs, extra_bytes, warnings, general)
+            out = Output(quant, alpha, path, 0, streamed_types(quant, jobs, warnings), name=general)
             streamed.append(out)
             floats[quant.name] = out
         kquants = [q for q in req.quants if by_llama_cpp(q, req)]
@@ -333,16 +250,15 @@ def make_plan(req: BuildRequest) -> Plan:
         source = next((floats[n] for n in float_order if n in floats), None)
         if source is None:
             tmp = output_path(req, f".{names[alpha]}", f"{intermediate.label}.intermediate")
-            source = _streamed_output(intermediate, alpha, tmp, jobs, extra_bytes, [], general, temporary=True)
+            types = streamed_types(intermediate, jobs, [])
+            source = Output(intermediate, alpha, tmp, 0, types, temporary=True, name=general)
             streamed.append(source)
         for quant in kquants:
-            # an estimate: llama.cpp's mixes keep some tensors at Q6_K/Q8_0 (+7% at 7B for Q4_K_M, +29% tiny)
-            size = int(1.3 * sum(nbytes(tensor_type(quant, j.gguf_name, j.shape)[0], j.shape) for j in jobs))
             path = output_path(req, names[alpha], quant.label)
-            derived.append(Output(quant, alpha, path, size, None, source.path, name=general))
+            derived.append(Output(quant, alpha, path, 0, None, source.path, name=general, estimate=True))
     existing = tuple(o.path for o in streamed + derived if o.path.exists() and not o.temporary)
     imatrix, keep, overridden = _imatrix_and_overrides(req, names, jobs, derived, warnings)
-    return Plan(
+    plan = Plan(
         req,
         name,
         sft,
@@ -361,25 +277,31 @@ def make_plan(req: BuildRequest) -> Plan:
         keep,
         overridden,
     )
+    return _sized(plan)
+
+
+def _sized(plan: Plan) -> Plan:
+    """Every output with its size: exact for the files the pass writes (their header measured as
+    the writer will write it), and for llama.cpp's where its own dry run tells each tensor's type
+    and no importance matrix adds its keys; else an estimate (``Output.estimate``)."""
+    size = file_sizer(plan)
+    streamed = tuple(dataclasses.replace(o, nbytes=size(o, o.types)) for o in plan.streamed)  # type: ignore[arg-type]
+    sources = {o.path: o for o in streamed}
+    mixes: dict[tuple[str, str], tuple] = {}
+    derived = []
+    for o in plan.derived:
+        source = sources[o.source]  # type: ignore[index]
+        key = (o.quant.name, source.quant.name)
+        if key not in mixes:
+            mixes[key] = llama_cpp_types(plan, source, o.quant) or ()
+        types = mixes[key] or mix_estimate(o.quant, plan.tensors, plan.request.overrides)
+        imatrix = plan.request.imatrix is not None and (o.quant.imatrix_helps or o.quant.needs_imatrix)
+        estimate = not mixes[key] or imatrix
+        derived.append(dataclasses.replace(o, nbytes=size(o, types), estimate=estimate))
+    return dataclasses.replace(plan, streamed=streamed, derived=tuple(derived))
 
 
 # --- issue 15: importance matrix and per-tensor overrides -------------------------------------
-
-
-def by_llama_cpp(quant: Quant, req: BuildRequest) -> bool:
-    """K- and IQ-quants always; a block type too when it gets an importance matrix or overrides
-    (only llama.cpp's quantizer takes them), which also gives it llama.cpp's mix (output at Q6_K)."""
-    if quant.by_llama_cpp:
-        return True
-    if not quant.imatrix_helps and quant.ggml_type != gguf.GGMLQuantizationType.Q8_0:
-        return False  # F32, F16, BF16: nothing to choose
-    return (req.imatrix is not None and quant.imatrix_helps) or req.overrides.any
-
-
-def imatrix_path(req: BuildRequest, name: str) -> Path:
-    """Where --imatrix auto keeps a build's importance matrix: NAME.imatrix.gguf, NAME as the
-    model's files are named at that alpha."""
-    return req.outdir / f"{name}.imatrix.gguf"
 
 
 def _imatrix_and_overrides(
@@ -406,23 +328,3 @@ def _imatrix_and_overrides(
         else:
             keep[alpha] = path
     return given, keep, overridden
-
-
-def _streamed_output(
-    quant: Quant,
-    alpha: float,
-    path: Path,
-    jobs: list[TensorJob],
-    extra_bytes: int,
-    warnings: list[str],
-    name: str,
-    temporary: bool = False,
-) -> Output:
-    types = []
-    for job in jobs:
-        qtype, warning = tensor_type(quant, job.gguf_name, job.shape)
-        if warning:
-            warnings.append(f"{quant.label}: {warning}")
-        types.append(qtype)
-    size = extra_bytes + sum(nbytes(t, j.shape) for t, j in zip(types, jobs))
-    return Output(quant, alpha, path, size, tuple(types), temporary=temporary, name=name)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import gguf
@@ -20,50 +19,8 @@ from .._fs import WRITEBACK_STEP, WritebackDropper, drop_cached_file, part_path
 from ..errors import ExpoError
 from ..gguf_file.header import read_gguf_header
 from ..quant.types import nbytes
-from ..source.checkpoint import Checkpoint
-from .mapping import ARCH_NAME, add_hparams
+from .metadata import start_writer
 from .plan import Output, Plan
-
-
-def tool_version() -> str:
-    try:
-        return version("expo-gguf")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def _source_id(ckpt: Checkpoint) -> str:
-    """A repo id where we know one (HF cache, or config.json's _name_or_path), else the folder name."""
-    guess = ckpt.config.get("_name_or_path")
-    if ckpt.repo_id:
-        return ckpt.repo_id
-    if isinstance(guess, str) and guess.count("/") == 1 and not guess.startswith((".", "/")):
-        return guess
-    return ckpt.path.name
-
-
-def add_metadata(w: gguf.GGUFWriter, plan: Plan, out: Output) -> None:
-    w.add_type(gguf.GGUFType.MODEL)
-    w.add_name(out.name or plan.name)
-    w.add_file_type(int(out.quant.file_type))
-    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    w.add_base_model_count(2)
-    for i, ckpt in enumerate((plan.rlhf, plan.sft)):
-        repo = _source_id(ckpt)
-        w.add_base_model_name(i, repo.split("/")[-1])
-        if "/" in repo:
-            w.add_base_model_organization(i, repo.split("/")[0])
-            w.add_base_model_repo_url(i, f"https://huggingface.co/{repo}")
-    w.add_float32("expo.alpha", out.alpha)
-    w.add_string("expo.math", plan.math)
-    w.add_string("expo.sft", _source_id(plan.sft))
-    w.add_string("expo.rlhf", _source_id(plan.rlhf))
-    for key, ckpt in (("expo.sft_revision", plan.sft), ("expo.rlhf_revision", plan.rlhf)):
-        if ckpt.revision:  # the commit both were read at (the hub's, or the HF cache snapshot's)
-            w.add_string(key, ckpt.revision)
-    w.add_string("expo.version", tool_version())
-    add_hparams(w, plan.hparams)
-    plan.vocab.add_to(w)
 
 
 class GGUFStream:
@@ -74,12 +31,7 @@ class GGUFStream:
         self.out, self.plan = out, plan
         self.tmp = part_path(out.path)
         self.tmp.parent.mkdir(parents=True, exist_ok=True)
-        w = gguf.GGUFWriter(self.tmp, ARCH_NAME)
-        add_metadata(w, plan, out)
-        for extra in plan.extra:
-            w.add_tensor_info(extra.gguf_name, extra.data.shape, extra.data.dtype, extra.data.nbytes)
-        for job, qtype in zip(plan.tensors, out.types):
-            w.add_tensor_info(job.gguf_name, job.shape, np.dtype(np.float32), nbytes(qtype, job.shape), raw_dtype=qtype)
+        w = start_writer(plan, out, out.types, self.tmp)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
