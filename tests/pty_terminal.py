@@ -28,10 +28,11 @@ WAIT_SYSCALLS = {"x86_64": {7, 23, 232, 270, 271, 281, 441}, "aarch64": {22, 72,
 
 
 class _Screen(pyte.HistoryScreen):
-    """A 120x40 screen keeping 100,000 lines of scrollback, replying to the child's queries."""
+    """A screen (120x40 unless told) keeping 100,000 lines of scrollback, replying to the child's
+    queries. Like xterm, it does not reflow: a narrower screen cuts the lines it shows."""
 
-    def __init__(self, fd: int) -> None:
-        super().__init__(120, 40, history=100_000, ratio=0.001)
+    def __init__(self, fd: int, rows: int = 40, columns: int = 120) -> None:
+        super().__init__(columns, rows, history=100_000, ratio=0.001)
         self.fd = fd
 
     def write_process_input(self, data: str) -> None:
@@ -41,7 +42,7 @@ class _Screen(pyte.HistoryScreen):
 class Terminal:
     """A child process on a pseudo-terminal, with just enough of pexpect's ``expect``."""
 
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], rows: int = 40, columns: int = 120) -> None:
         # the child reads its size from the pty, as under a real terminal: not from COLUMNS/LINES
         # that a parent exported (pytest-xdist's workers carry COLUMNS=80)
         env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
@@ -50,11 +51,11 @@ class Terminal:
         if self.pid == 0:  # child: the pty is its controlling terminal
             os.chdir(ROOT)
             os.execvpe(args[0], args, env)
-        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
         self.text, self.pos, self.closed = "", 0, False
         self.raw = b""  # every byte the child wrote, escapes included
         self.raw_mark = 0
-        self.screen = _Screen(self.fd)  # the terminal the child draws on, as an xterm shows it
+        self.screen = _Screen(self.fd, rows, columns)  # the terminal the child draws on, as an xterm shows it
         self.stream = pyte.ByteStream(self.screen)
 
     def _read(self, timeout: float) -> bool:
@@ -161,10 +162,31 @@ class Terminal:
         self.raw_mark = len(self.raw)  # where what follows this prompt starts (``reply_started``)
         return self.text[start:last]
 
+    def resize(self, rows: int, columns: int) -> None:
+        """Resize the terminal as a window manager does: the new size on the pty, which sends the
+        child SIGWINCH; the screen resized at the same point of the output (read everything the
+        child wrote before calling this)."""
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+        self.screen.resize(rows, columns)
+        self.screen.ensure_hbounds()
+
+    def wait_for(self, done: Callable[[], bool], what: str, timeout: float = 60) -> None:
+        """Read what the child writes until ``done()``."""
+        self._until(done, timeout, what)
+
+    def drain(self, quiet: float = 0.3) -> None:
+        """Read until the child has written nothing for ``quiet`` seconds."""
+        while self._read(quiet):
+            pass
+
     def transcript(self) -> list[str]:
-        """What a user would see scrolling back: every line that left the screen, then the screen."""
+        """What a user would see scrolling back: every line that left the screen (as wide as it was
+        written), then the screen."""
         screen = self.screen
-        gone = ["".join(line[x].data for x in range(screen.columns)) for line in screen.history.top]
+        gone = [
+            "".join(line[x].data for x in range(max(screen.columns, max(line, default=-1) + 1)))
+            for line in screen.history.top
+        ]
         return [line.rstrip() for line in [*gone, *screen.display]]
 
     def send(self, text: str) -> None:

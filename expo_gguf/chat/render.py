@@ -6,7 +6,9 @@ so a reply taller than the terminal left copies of its first lines in the scroll
 ``MarkdownStream`` instead prints every finished markdown block (a paragraph, a heading, a code
 block, one item of a top-level list) once, above a live view that holds only the unfinished
 block; a block taller than the screen gives its top lines to the scrollback as they stop
-changing. Neither imports llama.cpp nor click.
+changing. A resize lays the unfinished block out anew at the new width: what of it was printed is
+then found by its text, not by a count of lines of the old width (which repeated or skipped part
+of it). Neither imports llama.cpp nor click.
 """
 
 from __future__ import annotations
@@ -70,6 +72,54 @@ def _strip_blank(lines: list[list[Segment]]) -> list[list[Segment]]:
     return lines[start:end]
 
 
+def _is_text(ch: str) -> bool:
+    """A character of the reply's text: not a space, nor a box-drawing or block character (rules,
+    quote bars, table borders), which are repeated as often as the width asks."""
+    return not ch.isspace() and not "\u2500" <= ch <= "\u259f"
+
+
+def _text_len(line: list[Segment]) -> int:
+    return sum(_is_text(ch) for segment in line for ch in segment.text)
+
+
+def _rest_of(line: list[Segment], n: int) -> list[Segment]:
+    """``line`` without its first ``n`` text characters and the spaces after them; its indentation
+    (and a quote's bar) kept."""
+    out: list[Segment] = []
+    lead, gap = True, True
+    for segment in line:
+        kept = []
+        for ch in segment.text:
+            if lead and not _is_text(ch):
+                kept.append(ch)
+                continue
+            lead = False
+            if n:
+                n -= _is_text(ch)
+            elif not (gap and ch.isspace()):
+                gap = False
+                kept.append(ch)
+        if kept:
+            out.append(Segment("".join(kept), segment.style, segment.control))
+    return out
+
+
+def printed_part(lines: list[list[Segment]], text: int, blanks: int) -> tuple[int, list[Segment] | None]:
+    """How much of a block laid out as ``lines`` was printed, given the ``text`` characters printed
+    (at another width) and the ``blanks`` lines without text that ended them: the count of lines
+    printed, and the rest of the last one when only its start was."""
+    i = 0
+    while i < len(lines) and text > 0:
+        n = _text_len(lines[i])
+        if n > text:
+            return i + 1, _rest_of(lines[i], text)
+        text -= n
+        i += 1
+    while blanks and i < len(lines) and not _text_len(lines[i]):
+        i, blanks = i + 1, blanks - 1
+    return i, None
+
+
 _parser = MarkdownIt().enable("strikethrough").enable("table")  # as rich's Markdown parses
 
 
@@ -101,7 +151,11 @@ class MarkdownStream:
         self.console = console
         self.text = ""
         self.done = 0  # characters of ``text`` printed as finished blocks
-        self.lines_out = 0  # lines of the unfinished block already printed (it outgrew the screen)
+        self.lines_out = 0  # lines of the unfinished block already printed (it outgrew the screen)...
+        self.width_out = 0  # ... laid out at this width
+        self.text_out = 0  # text characters in them, and how many lines without text end them:
+        self.blanks_out = 0  # where the printed part ends when a resize lays the block out anew
+        self.width = console.width  # of the last layout
         self.gap = False  # a blank line goes before the next block printed
         self.printed = False
         self.last_draw = 0.0
@@ -115,7 +169,25 @@ class MarkdownStream:
         self.close()
 
     def _render(self, text: str) -> list[list[Segment]]:
-        return _strip_blank(self.console.render_lines(ReplyMarkdown(text), self.console.options))
+        options = self.console.options  # the terminal's width now
+        self.width = options.max_width
+        return _strip_blank(self.console.render_lines(ReplyMarkdown(text), options))
+
+    def _printed(self, block: list[list[Segment]], n: int) -> None:
+        """The first ``n`` lines of ``block`` (the unfinished block, laid out now) are printed."""
+        self.lines_out, self.width_out = n, self.width
+        self.text_out = sum(map(_text_len, block[:n]))
+        self.blanks_out = next((i for i, line in enumerate(reversed(block[:n])) if _text_len(line)), n)
+
+    def _unprinted(self, block: list[list[Segment]]) -> list[list[Segment]]:
+        """The lines of ``block`` not printed yet. After a resize they are found by the text
+        already printed; a line printed only in part has its rest printed now."""
+        if self.lines_out and self.width != self.width_out:
+            n, rest = printed_part(block, self.text_out, self.blanks_out)
+            if rest:
+                self._print([rest], new_block=False)
+            self._printed(block, n)
+        return block[self.lines_out :]
 
     def _print(self, lines: list[list[Segment]], new_block: bool) -> None:
         if not lines:
@@ -135,19 +207,20 @@ class MarkdownStream:
         cut = 0
         for _ in range(last_line):
             cut = pending.index("\n", cut) + 1
-        finished = self._render(pending[:cut])
-        self._print(finished[self.lines_out :], new_block=self.lines_out == 0)
+        new_block = self.lines_out == 0
+        self._print(self._unprinted(self._render(pending[:cut])), new_block=new_block)
         self.done += cut
         self.lines_out = 0
         self.gap = not continues
 
     def _draw_live(self) -> None:
-        lines = self._render(self.text[self.done :])[self.lines_out :]
+        block = self._render(self.text[self.done :])
+        lines = self._unprinted(block)
         room = max(self.console.height - 3, 3)  # a line for the gap, one for the cursor below
         if len(lines) > room:  # the top of a block taller than the screen no longer changes
             spill = len(lines) - room
             self._print(lines[:spill], new_block=self.lines_out == 0)
-            self.lines_out += spill
+            self._printed(block, self.lines_out + spill)
             lines = lines[spill:]
         gap = [[]] if lines and self.gap and self.printed and self.lines_out == 0 else []
         self.live.update(_Lines([*gap, *lines]), refresh=True)
@@ -166,7 +239,8 @@ class MarkdownStream:
             return
         self.live.update(_Lines([]), refresh=True)
         self.live.stop()
-        self._print(self._render(self.text[self.done :])[self.lines_out :], new_block=self.lines_out == 0)
+        new_block = self.lines_out == 0
+        self._print(self._unprinted(self._render(self.text[self.done :])), new_block=new_block)
         self.done = len(self.text)
 
 
