@@ -22,7 +22,7 @@ ALPHAS = (0.5, 0.3, -1.0, 0.0, 2.75, 1e-3)
 
 def _bf16_pair(rows: int, cols: int, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """Stored bf16 bits of two close checkpoints over many magnitudes, with zeros, -0.0, subnormals
-    and values near the top of the range (the result overflows there: counted, not hidden)."""
+    and values near the top of the range (the result overflows there: reported, not hidden)."""
     rng = np.random.default_rng(seed)
     scale = 10.0 ** rng.uniform(-30, 30, (rows, 1))
     r = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
@@ -48,12 +48,15 @@ def test_fused_pass_equals_numpy_bit_for_bit(math, alpha):
     r, s = _bf16_pair(64, 96)
     want = _numpy(r, s, alpha, math)
     out = np.full(r.size + 7, np.nan, np.float32)  # a larger reused buffer, as the build's
-    got, bad = expo_bf16_rows(r.reshape(-1), s.reshape(-1), 64, None, alpha, math, out)
+    got, amax = expo_bf16_rows(r.reshape(-1), s.reshape(-1), 64, None, alpha, math, out)
     assert got.shape == (r.size,)
     assert np.array_equal(got.view(np.uint32), want.reshape(-1).view(np.uint32))
-    assert bad == np.count_nonzero(~np.isfinite(want))
+    assert np.isfinite(amax) == np.isfinite(want).all()
     if math == "bf16" or alpha >= 0.3:  # rlhf - sft overflows in bf16; (1 + alpha) * rlhf in f32
-        assert bad > 0  # the overflow row is counted
+        assert not np.isfinite(amax)  # the overflow row is reported
+    rows = np.isfinite(want).all(axis=1)  # the largest magnitude of the finite rows alone
+    _, finite = expo_bf16_rows(r[rows].reshape(-1), s[rows].reshape(-1), int(rows.sum()), None, alpha, math, out)
+    assert finite == np.abs(want[rows]).max()
 
 
 @pytest.mark.parametrize("rope_rows", [2, 8, 32])
@@ -64,12 +67,13 @@ def test_fused_pass_permutes_q_k_rows_as_llama_cpp(rope_rows):
     assert np.array_equal(got.view(np.uint32), want.reshape(-1).view(np.uint32))
 
 
-def test_fused_pass_counts_nan_inputs():
+@pytest.mark.parametrize("bits", [0x7FC0, 0xFF80, 0x7F80])  # a quiet NaN, -inf, +inf
+def test_fused_pass_reports_nan_and_inf_inputs(bits):
     r, s = _bf16_pair(8, 32)
-    r[3, 5] = 0x7FC0  # a quiet NaN
-    s[4, 6] = 0xFF80  # -inf
-    _, bad = expo_bf16_rows(r.reshape(-1), s.reshape(-1), 8, None, 0.5, "bf16", np.empty(r.size, np.float32))
-    assert bad == np.count_nonzero(~np.isfinite(_numpy(r, s, 0.5, "bf16")))
+    r[2] = s[2] = 0x3F80  # no overflow of its own: only the poisoned value is not finite
+    (r if bits != 0xFF80 else s)[3, 5] = bits
+    _, amax = expo_bf16_rows(r.reshape(-1), s.reshape(-1), 8, None, 0.5, "bf16", np.empty(r.size, np.float32))
+    assert not np.isfinite(amax) and not np.isfinite(_numpy(r, s, 0.5, "bf16")).all()
 
 
 def _build(pair: Pair, out: Path, *extra: str) -> dict[str, bytes]:

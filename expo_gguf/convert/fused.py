@@ -1,8 +1,8 @@
-"""The build's pass per value compiled (``_fused.c``): widen, permute, extrapolate, check, in one loop.
+"""The build's pass per value compiled (``_fused.c``): widen, permute, extrapolate, measure, in one loop.
 
 ``convert.execute``'s numpy path makes about twenty passes over every value of a BF16 pair: widen
 both sides, the difference, and each of the authors' three bf16 roundings in five integer passes,
-then the finiteness check (4 ns a value). The C loop reads each stored pair of bf16 values once and
+then the range check (4 ns a value). The C loop reads each stored pair of bf16 values once and
 writes the float32 result (0.6 ns a value; 0.35 in float32 maths), the same operations in the same
 order: the bf16 rounding is the same integer arithmetic as ``extrapolate._round_bits``, the
 float32 formula the same two products and one difference as ``extrapolate.extrapolate``
@@ -30,9 +30,10 @@ def source_rows(rows: int, rope_rows: int | None) -> np.ndarray:
 
 def expo_bf16_rows(
     rlhf: np.ndarray, sft: np.ndarray, rows: int, rope_rows: int | None, alpha: float, math: str, out: np.ndarray
-) -> tuple[np.ndarray, int]:
+) -> tuple[np.ndarray, float]:
     """Two checkpoints' stored bf16 rows (uint16) -> the extrapolated float32 rows in ``out``
-    (flat, at least ``rlhf.size`` values), Q/K permuted; and how many results are not finite."""
+    (flat, at least ``rlhf.size`` values), Q/K permuted; and their largest magnitude (NaN or Inf
+    where a result is not finite), what the build checks against each output type's range."""
     n = rlhf.size
-    bad = _fused.expo_bf16(rlhf, sft, source_rows(rows, rope_rows), n // rows, alpha, math == "bf16", out[:n])
-    return out[:n], int(bad)
+    top = _fused.expo_bf16(rlhf, sft, source_rows(rows, rope_rows), n // rows, alpha, math == "bf16", out[:n])
+    return out[:n], float(np.uint32(top).view(np.float32))

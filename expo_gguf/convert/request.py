@@ -14,6 +14,7 @@ from ..quant.llama import TensorOverrides
 from ..quant.types import Quant
 from ..source.checkpoint import TensorRef
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # the pass computes in float32, alpha too
 MATHS = ("bf16", "f32")  # convert.extrapolate: the ExPO authors' bf16 arithmetic, or float32 rounded once
 
 
@@ -64,9 +65,9 @@ def check_request(req: BuildRequest) -> None:
     """What is wrong with the request itself, before any checkpoint is opened."""
     if not req.alphas:
         raise ExpoError("no alpha given")
-    bad = [a for a in req.alphas if not math.isfinite(a)]
+    bad = [a for a in req.alphas if not math.isfinite(a) or abs(a) > FLOAT32_MAX]
     if bad:
-        raise ExpoError(f"alpha must be a finite number, got {bad[0]}")
+        raise ExpoError(f"alpha must be a finite float32 number, got {bad[0]}")
     if req.math is not None and req.math not in MATHS:
         raise ExpoError(f"--math {req.math!r}: choose from {', '.join(MATHS)}")
     if len({f"{a:g}" for a in req.alphas}) != len(req.alphas):

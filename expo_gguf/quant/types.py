@@ -185,6 +185,54 @@ def quantize_rows(rows: np.ndarray, qtype: T) -> np.ndarray:
     return gguf.quants.quantize(rows, qtype)
 
 
+F16_MAX = 65504.0  # the largest finite f16; K-quant inputs are held to it (see ``overflows``)
+_BF16_INF = np.uint32(0x7F7F8000)  # float32 bits from which bf16 rounding gives infinity
+_SCALES = {T.Q4_0: 1, T.Q4_1: 2, T.Q5_0: 1, T.Q5_1: 2}  # f16 fields (d, or d and m) that open each block
+
+
+def overflows(qtype: T, amax: float) -> bool:
+    """Whether values up to ``amax`` in magnitude (NaN or Inf: always) would not be finite once
+    stored as ``qtype``: exact for F32, F16 and BF16 (rounding is monotone) and for Q8_0, whose
+    largest scale is ``amax / 127`` as f16. For Q4_0 .. Q5_1, whose scales depend on each block,
+    ``scales_overflow`` checks the written bytes; for a K- or IQ-quant (llama.cpp's, from a float
+    file) the input must fit F16's range: its scales are f16 and a fraction of the block's range,
+    so nothing up to 65504 overflows any of them."""
+    a = np.float32(amax)
+    if not np.isfinite(a):
+        return True
+    with np.errstate(over="ignore"):
+        if qtype == T.F16:
+            return not np.isfinite(np.float16(a))
+        if qtype == T.BF16:
+            return bool(abs(a).view(np.uint32) >= _BF16_INF)
+        if qtype == T.Q8_0:
+            return not np.isfinite(np.float16(a / np.float32(127)))
+    if qtype in _SCALES or qtype == T.F32:
+        return False
+    return bool(abs(a) > F16_MAX)  # K- and IQ-quants
+
+
+def scales_overflow(qtype: T, data: np.ndarray) -> bool:
+    """Whether any block of ``data`` (bytes as ``quantize_rows`` returns them) has an infinite or
+    NaN f16 scale: the check for Q4_0, Q4_1, Q5_0 and Q5_1, whose scales ``overflows`` cannot tell."""
+    fields = _SCALES.get(qtype)
+    if not fields:
+        return False
+    heads = data.reshape(-1, gguf.GGML_QUANT_SIZES[qtype][1])[:, : 2 * fields]
+    return not np.isfinite(np.ascontiguousarray(heads).view(np.float16)).all()
+
+
+def limit_text(qtype: T) -> str:
+    """What ``overflows`` holds a type to, for a message."""
+    if qtype in (T.F32, T.BF16, T.F16):
+        return f"{qtype.name} holds |x| up to {dict(F32=3.40e38, BF16=3.39e38, F16=65504)[qtype.name]:.6g}"
+    if qtype == T.Q8_0:
+        return "Q8_0 holds |x| up to 8.32e+06: its f16 scale is a block's largest |x| / 127"
+    if qtype in _SCALES:
+        return f"{qtype.name}'s f16 block scales would overflow"
+    return "llama.cpp quantizes it from F16's range, |x| up to 65504"
+
+
 def nbytes(qtype: T, shape: tuple[int, ...]) -> int:
     """Bytes a tensor of ``shape`` (HF order, rows first) takes in ``qtype``."""
     block, size = gguf.GGML_QUANT_SIZES[qtype]
