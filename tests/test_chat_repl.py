@@ -365,7 +365,7 @@ def test_a_paste_stays_one_message_verbatim() -> None:
 def test_tab_completion_table() -> None:
     table = command_table(Sampling())
     assert table["set"] == ("temp", "top_p", "top_k", "min_p", "repeat_penalty", "max_tokens", "seed")
-    assert table["save"] is None and table["load"] is None and table["show"] == ("template",)
+    assert table["save"] is table["save!"] is table["load"] is None and table["show"] == ("template",)
     assert set(table) >= {"help", "regen", "exit", "system"}
 
 
