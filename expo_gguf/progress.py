@@ -1,9 +1,11 @@
 """The one way long work reports progress: ``build``, ``eval``, ``compare`` and ``imatrix`` alike.
 
 The library calls these methods; the CLI draws them (one rich bar on stderr), tests and Python
-users pass nothing and get ``SILENT``. One bar per run: ``task`` says what runs now and, once
-known, how many units (bytes, chunks, prompts) the whole run takes; ``advance`` counts them;
-``note`` is a line worth keeping above the bar (a file scored, a stage begun).
+users pass nothing and get ``SILENT``. One bar at a time: ``task`` says what runs now and, once
+known, how many units (bytes, chunks, prompts) the whole stage takes; ``task`` with a ``unit``
+starts a new stage (a build's pass in bytes, then its importance matrix in chunks): a fresh bar
+counting from zero in that unit, the finished one gone. ``advance`` counts units; ``note`` is a
+line worth keeping above the bar (a file scored, a stage begun).
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from typing import Protocol
 
 
 class Progress(Protocol):
-    def task(self, description: str, total: float | None = None) -> None:
-        """What runs now; ``total``, when given, is how many units the whole run takes."""
+    def task(self, description: str, total: float | None = None, unit: str | None = None) -> None:
+        """What runs now; ``total``, when given, is how many units the whole stage takes; a ``unit``
+        ("bytes", "chunks") starts a new stage counted in it, else the current one is relabelled."""
 
     def advance(self, n: float = 1) -> None:
         """``n`` more units are done."""
@@ -23,7 +26,7 @@ class Progress(Protocol):
 
 
 class _Silent:
-    def task(self, description: str, total: float | None = None) -> None:
+    def task(self, description: str, total: float | None = None, unit: str | None = None) -> None:
         pass
 
     def advance(self, n: float = 1) -> None:

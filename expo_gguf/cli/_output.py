@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.measure import Measurement
 from rich.progress import (
@@ -14,6 +14,8 @@ from rich.progress import (
     DownloadColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskProgressColumn,
     TextColumn,
     TimeRemainingColumn,
@@ -64,16 +66,55 @@ def table_console() -> Console:
     return console if console.is_terminal else Console(highlight=False, width=200)
 
 
+class _ByUnit(ProgressColumn):
+    """One column that draws a task by its unit: ``bytes`` with one column, anything else with another."""
+
+    def __init__(self, in_bytes: ProgressColumn | None, counted: ProgressColumn | None) -> None:
+        super().__init__()
+        self.in_bytes, self.counted = in_bytes, counted
+
+    def render(self, task: Task) -> RenderableType:
+        column = self.in_bytes if task.fields.get("unit") == "bytes" else self.counted
+        return column.render(task) if column is not None else Text()
+
+
+def _columns() -> tuple[ProgressColumn, ...]:
+    """Bytes: percent, size done of total, speed and ETA (a build's pass); a count: done of total
+    and ETA (chunks, prompts)."""
+    return (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        _ByUnit(TaskProgressColumn(), None),
+        _ByUnit(DownloadColumn(), MofNCompleteColumn()),
+        _ByUnit(TransferSpeedColumn(), None),
+        TimeRemainingColumn(),
+    )
+
+
 class RichProgress:
-    """One bar on stderr, drawn only when it is a terminal; implements ``expo_gguf.progress.Progress``."""
+    """One bar on stderr, drawn only when it is a terminal; implements ``expo_gguf.progress.Progress``.
 
-    def __init__(self, bar: Progress) -> None:
-        self.bar = bar
-        self.id = bar.add_task("starting", total=None)
+    A ``task`` with a unit replaces the bar with a fresh one counting from zero in that unit, so a
+    stage never inherits the count, total or columns of the one before; with ``keep`` the finished
+    stage's last state stays above as a line of its own."""
 
-    def task(self, description: str, total: float | None = None) -> None:
+    def __init__(self, bar: Progress, unit: str = "items", keep: bool = False) -> None:
+        self.bar, self.keep = bar, keep
+        self.id = bar.add_task("starting", total=None, unit=unit)
+
+    def task(self, description: str, total: float | None = None, unit: str | None = None) -> None:
+        if unit is not None:
+            self._new(description, total, unit)
+            return
         fields = {"total": total} if total is not None else {}
         self.bar.update(self.id, description=escape(description), **fields)
+
+    def _new(self, description: str, total: float | None, unit: str) -> None:
+        old = self.bar.tasks[[t.id for t in self.bar.tasks].index(self.id)]
+        if self.keep and not self.bar.disable and old.total is not None and old.completed:
+            self.bar.console.print(self.bar.make_tasks_table([old]))
+        self.bar.remove_task(self.id)
+        self.id = self.bar.add_task(escape(description), total=total, unit=unit)
 
     def advance(self, n: float = 1) -> None:
         self.bar.advance(self.id, n)
@@ -84,18 +125,7 @@ class RichProgress:
 
 @contextmanager
 def progress(unit: str = "items", keep: bool = False) -> Iterator[RichProgress]:
-    """``unit`` "bytes" shows sizes and speed (build), anything else a count and an ETA;
-    ``keep`` leaves the finished bar on screen."""
-    if unit == "bytes":
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TaskProgressColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-        )
-    else:
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=not keep, disable=not err.is_terminal) as bar:
-        yield RichProgress(bar)
+    """The bar's first stage counts ``unit`` ("bytes" shows sizes and speed, anything else a count
+    and an ETA); ``keep`` leaves the finished bars on screen."""
+    with Progress(*_columns(), console=err, transient=not keep, disable=not err.is_terminal) as bar:
+        yield RichProgress(bar, unit, keep)

@@ -8,10 +8,11 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from .._fs import write_text_atomic
+from .._fs import check_outputs, write_text_atomic
+from .._units import plural
 from ..measure.compare import Checked, CompareOptions, Comparison, check_inputs, run_checked
 from ..measure.compare.metrics import thresholds_text
-from ..measure.compare.report import check_outputs, columns, markdown, table_rows, to_json, verdict_lines
+from ..measure.compare.report import columns, markdown, table_rows, to_json, verdict_lines
 from ..runtime.options import RunOptions
 from ._options import run_options
 from ._output import err, note, progress, table_console, warn
@@ -41,7 +42,10 @@ optional "id" and "category"), or plain text with one prompt per line (# comment
 
 def render_table(c: Comparison) -> Table:
     kld = f", KL divergence from {c.reference.name}" if c.reference else ""
-    t = Table(title=f"{len(c.prompts)} prompts ({c.prompts_name}), greedy, up to {c.options.max_tokens} tokens{kld}")
+    t = Table(
+        title=f"{plural(len(c.prompts), 'prompt')} ({c.prompts_name}), greedy, "
+        f"up to {plural(c.options.max_tokens, 'token')}{kld}"
+    )
     for i, col in enumerate(columns(c)):
         right = i >= 2
         t.add_column(col, justify="right" if right else "left", overflow="fold", no_wrap=right)

@@ -8,13 +8,14 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from .._fs import write_text_atomic
+from .._fs import check_outputs, write_text_atomic
 from .._units import human_bytes as _gb
+from .._units import plural
 from ..errors import ExpoError
 from ..measure.perplexity import EvalOptions, FileScore, Report, evaluate
 from ..runtime.options import RunOptions
 from ._options import run_options
-from ._output import progress, table_console, warn
+from ._output import print_table, progress, warn
 
 PLOT_HINT = "pip install matplotlib (or pip install 'expo-gguf[plot]')"
 
@@ -27,9 +28,8 @@ def _labels(scores: list[FileScore]) -> list[str]:
 
 def render_table(report: Report) -> Table:
     t = Table(
-        title=f"{report.text.name}: {report.reference.ppl.n} tokens scored "
-        f"({report.n_chunks} chunk{'s' * (report.n_chunks != 1)} of {report.n_ctx}), "
-        f"KLD against {report.reference.path.name}"
+        title=f"{report.text.name}: {plural(report.reference.ppl.n, 'token')} scored "
+        f"({plural(report.n_chunks, 'chunk')} of {report.n_ctx}), KLD against {report.reference.path.name}"
     )
     for col, right in (
         ("file", False),
@@ -40,7 +40,7 @@ def render_table(report: Report) -> Table:
         ("KLD p99", True),
         ("same top", True),
     ):
-        t.add_column(col, justify="right" if right else "left", overflow="fold", no_wrap=right)
+        t.add_column(col, justify="right" if right else "left", no_wrap=True)
     for s in (report.reference, *report.candidates):
         ppl = f"{s.ppl.ppl:.4f} ± {s.ppl.ppl_unc:.4f}"
         if s.kld is None:
@@ -77,7 +77,7 @@ def write_png(report: Report, path: Path) -> None:
     ax2.axvline(report.reference.ppl.ppl, color="gray", linestyle="--", linewidth=1)
     ax2.set_xlabel("perplexity (lower is better)")
     ax2.invert_yaxis()
-    fig.suptitle(f"{report.text.name}, {report.reference.ppl.n} tokens, ctx {report.n_ctx}")
+    fig.suptitle(f"{report.text.name}, {plural(report.reference.ppl.n, 'token')}, ctx {report.n_ctx}")
     fig.tight_layout()
     try:
         fig.savefig(path, dpi=110)
@@ -102,14 +102,14 @@ def write_png(report: Report, path: Path) -> None:
 @click.option(
     "--json",
     "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     default=None,
     help="Also write every file's figures as JSON.",
 )
 @click.option(
     "--png",
     "png_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     default=None,
     help="Also draw a bar chart (needs matplotlib).",
 )
@@ -134,6 +134,7 @@ def eval_(
     \b
       expo-gguf eval F32.gguf Q8_0.gguf Q4_K_M.gguf --text scripts/data/sample.txt
     """
+    check_outputs({"--json": json_path, "--png": png_path}, [reference, *candidates, text_path])  # before scoring
     if png_path:
         _pyplot()  # a missing matplotlib should not cost a whole evaluation first
     opts = EvalOptions(RunOptions(n_ctx=ctx, n_gpu_layers=n_gpu_layers, threads=threads, verbose=verbose), chunks)
@@ -142,7 +143,7 @@ def eval_(
         warn(warning)
     with progress() as bar:
         report = evaluate(reference, candidates, text_path, opts, bar)
-    table_console().print(render_table(report))
+    print_table(render_table(report))
     if json_path:
         write_text_atomic(json_path, json.dumps(report.to_json(), indent=2) + "\n")
     if png_path:

@@ -10,15 +10,19 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .._fs import default_place
 from .._units import human_bytes
 from ..gguf_file.info import GGUFInfo, describe
-from ..gguf_file.modelfile import known_template, write_modelfile
+from ..gguf_file.modelfile import known_template, modelfile_path, write_modelfile
+from ._output import note, print_table
 from ._output import out as console
 
 TEMPLATE_LINES = 16  # a Llama 3.1 template is ~110 lines: the head says which one it is
 
 
 def render_info(info: GGUFInfo, console: Console, full_template: bool = False) -> None:
+    """Key and value side by side on a terminal (a long value folded under itself); piped,
+    ``key<TAB>value`` lines without padding (``print_table``)."""
     t = Table(show_header=False, box=None, pad_edge=False)
     t.add_column(style="bold")
     t.add_column(overflow="fold")
@@ -37,7 +41,10 @@ def render_info(info: GGUFInfo, console: Console, full_template: bool = False) -
     if info.context_length:
         n = min(4096, info.context_length)
         t.add_row("est. RAM", f"{human_bytes(info.ram_estimate(n))} at ctx {n}")
-    console.print(t)
+    if console.is_terminal:
+        console.print(t)
+    else:
+        print_table(t, console)
     console.print("[bold]chat template[/]")
     lines = (info.chat_template or "(none)").splitlines()
     shown = lines if full_template or len(lines) <= TEMPLATE_LINES + 4 else lines[:TEMPLATE_LINES]
@@ -66,12 +73,14 @@ def info(path: Path, full_template: bool, as_json: bool) -> None:
 @click.option(
     "-o",
     "--out",
-    type=click.Path(path_type=Path),
+    type=click.Path(),  # a str: Path() would drop the slash of DIR/
     default=None,
-    help="Output file or folder [default: FILE.Modelfile beside the GGUF].",
+    help="Output file, or a folder (DIR/, made if missing) for the default name [default: FILE.Modelfile "
+    "beside the GGUF, or in the current directory when the GGUF's folder is not writable or belongs to an "
+    "installed package].",
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing Modelfile.")
-def modelfile(gguf_file: Path, out: Path | None, force: bool) -> None:
+def modelfile(gguf_file: Path, out: str | None, force: bool) -> None:
     """Write an Ollama Modelfile for a GGUF, then `ollama create NAME -f FILE.Modelfile`.
 
     FROM points at the GGUF relative to the Modelfile. Where the GGUF's chat template is one
@@ -79,10 +88,15 @@ def modelfile(gguf_file: Path, out: Path | None, force: bool) -> None:
     its stop strings; otherwise Ollama picks a template from the GGUF's own.
     """
     info = describe(gguf_file)
+    place = None
+    if out is None:
+        out, place = default_place(gguf_file, modelfile_path(gguf_file).name)
+    if place:
+        note(place)
     path = write_modelfile(gguf_file, force=force, out=out, info=info)
     known = known_template(info.chat_template)
     what = f"template: {known.name}" if known else "no TEMPLATE: the GGUF's template is not one expo-gguf knows"
-    console.print(f"wrote {escape(str(path))} ({what})")
+    console.print(f"wrote {escape(str(path))} ({what})", soft_wrap=True)
     console.print(f"  ollama create NAME -f {escape(str(path))}", soft_wrap=True)
 
 

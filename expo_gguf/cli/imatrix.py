@@ -9,6 +9,8 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
+from .._fs import check_output, default_place
+from .._units import plural
 from ..errors import ExpoError
 from ..gguf_file.imatrix import ImatrixInput, write_imatrix
 from ..measure.imatrix import ImatrixOptions, collect_imatrix, compute_and_keep, read_text
@@ -16,8 +18,8 @@ from ..progress import Progress
 from ..quant.requantize import imatrix_beside
 from ..runtime.options import RunOptions
 from ._options import run_options
+from ._output import note, progress, warn
 from ._output import out as console
-from ._output import progress, warn
 
 AUTO_CTX = 512
 
@@ -29,6 +31,7 @@ def auto_maker(
     opts = ImatrixOptions(RunOptions(n_ctx=AUTO_CTX, threads=threads), chunks)
 
     def make(model: Path, keep: Path) -> ImatrixInput:
+        bar.task("importance matrix: reading the text", unit="chunks")  # a stage of its own, after the pass's
         bar.note(f"--imatrix auto: computing the importance matrix of {keep.stem.removesuffix('.imatrix')}")
         return compute_and_keep(model, keep, calibration, opts, bar)
 
@@ -50,9 +53,10 @@ def check_auto_options(imatrix: str | None, calibration: Path | None, chunks: in
 @click.option(
     "-o",
     "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     default=None,
-    help="Output file [default: MODEL's name without its quant suffix, .imatrix.gguf, beside it].",
+    help="Output file [default: MODEL's name without its quant suffix, .imatrix.gguf, beside it, or in the "
+    "current directory when MODEL's folder is not writable or belongs to an installed package].",
 )
 @click.option("--chunks", type=click.IntRange(min=1), default=None, help="Use at most N chunks [default: all].")
 @click.option("--force", is_flag=True, help="Overwrite the output file.")
@@ -80,11 +84,12 @@ def imatrix(
       expo-gguf imatrix models/X-F16.gguf --text my.txt -o X.imatrix.gguf
       expo-gguf quantize models/X-F16.gguf -q iq4_xs --imatrix X.imatrix.gguf
     """
-    dst = out or imatrix_beside(model)
-    if dst.exists() and not force:
-        raise ExpoError(f"{dst} exists; use --force to overwrite")
+    dst, place = (out, None) if out is not None else default_place(model, imatrix_beside(model).name)
     if dst.suffix != ".gguf":
         raise ExpoError(f"{dst}: output name must end in .gguf (llama.cpp's imatrix format)")
+    check_output(dst, "-o", force, inputs=[model, text_path])  # before the run: at 7B, an hour
+    if place:
+        note(place)
     text = read_text(text_path)
     opts = ImatrixOptions(
         RunOptions(n_ctx=ctx, n_gpu_layers=n_gpu_layers, threads=threads, verbose=verbose), chunks, str(text_path)
@@ -97,8 +102,9 @@ def imatrix(
     write_imatrix(dst, result.imatrix)
     im = result.imatrix
     console.print(
-        f"{escape(str(dst))}  {len(im.sums)} matrices, {im.chunk_count} chunks of {im.chunk_size} "
-        f"({result.tokens} tokens, {result.seconds:.1f}s, {result.tokens_per_second:,.0f} tok/s), "
+        f"{escape(str(dst))}  {plural(len(im.sums), 'matrix', 'matrices')}, {plural(im.chunk_count, 'chunk')} of "
+        f"{im.chunk_size} ({plural(result.tokens, 'token')}, {result.seconds:.1f}s, "
+        f"{result.tokens_per_second:,.0f} tok/s), "
         f"PPL {result.ppl:.2f}",
         soft_wrap=True,
     )

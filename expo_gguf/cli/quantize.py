@@ -6,16 +6,26 @@ from pathlib import Path
 
 import click
 from rich.markup import escape
+from rich.table import Table
 
-from .._units import human_bytes
+from .._units import human_bytes, plural
 from ..gguf_file.imatrix import ImatrixInput, load_imatrix
-from ..gguf_file.modelfile import write_modelfile
-from ..quant.llama import check_imatrix, parse_overrides
-from ..quant.requantize import dry_run_job, imatrix_beside, model_tensors, plan_requantize, run_requantize, size_of
+from ..gguf_file.modelfile import modelfile_path, refresh_modelfile
+from ..quant.llama import DryRun, check_imatrix, parse_overrides
+from ..quant.requantize import (
+    Requantization,
+    check_ready,
+    dry_run_job,
+    imatrix_beside,
+    model_tensors,
+    plan_requantize,
+    planned_tensors,
+    run_requantize,
+)
 from ..quant.types import parse_quants, quant_help
 from ..runtime.options import usable_cores
 from ._options import imatrix_options, override_options, threads_option
-from ._output import note, progress, warn
+from ._output import note, print_table, progress, warn
 from ._output import out as console
 from .build import print_quant_choices
 from .imatrix import auto_maker, check_auto_options
@@ -78,6 +88,8 @@ def quantize(
     if imatrix is not None and imatrix != "auto":
         given = load_imatrix(Path(imatrix))  # a damaged file is refused before any work
     job = plan_requantize(src, quants[0], out, force, overrides=overrides, have_imatrix=imatrix is not None)
+    if not dry_run:
+        check_ready(job)  # before any work; a dry run prints its plan first, then fails as the run would
     keep = imatrix_beside(job.dst) if imatrix == "auto" else None  # beside the output: SRC's folder may not be ours
     if keep is not None and keep.exists():
         given = load_imatrix(keep)
@@ -93,15 +105,10 @@ def quantize(
         warn(f"{job.quant.name} does not use an importance matrix; --imatrix ignored")
     print_quant_choices(overrides, job.changed)
     if dry_run:
-        plan = dry_run_job(job, threads, given if job.uses_imatrix else None)
-        counts: dict[str, int] = {}
-        for t in plan.types.values():
-            counts[t.name] = counts.get(t.name, 0) + 1
-        mix = ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-        console.print(f"{job.dst}  {job.quant.label}  {human_bytes(size_of(src, plan.types))} of tensors ({mix})")
-        console.print("  [dim]types and size from llama.cpp's own dry run; nothing written[/]")
+        print_dry_run(job, dry_run_job(job, threads, given if job.uses_imatrix else None))
         if keep is not None and given is None and job.uses_imatrix:
             console.print(f"  importance matrix: would be computed over the calibration text -> {keep}")
+        check_ready(job)
         return
     with progress() as bar:
         get = (lambda: given) if given is not None else None
@@ -109,12 +116,41 @@ def quantize(
             make = auto_maker(calibration, imatrix_chunks, threads, bar)
             get = lambda: make(src, keep)  # noqa: E731
         result = run_requantize(job, threads, get)
-    modelfile = write_modelfile(result.path, force=True)  # derived from the file just written, as build's
+    kept = refresh_modelfile(result.path)  # derived from the file just written, as build's; the user's edits kept
+    if kept:
+        note(kept)
+    modelfile = modelfile_path(result.path)
     console.print(
         f"{result.path}  {result.quant}  {human_bytes(result.nbytes)}  {result.seconds:.1f}s  sha256 {result.sha256}",
         soft_wrap=True,
     )
     console.print(f"  ollama create NAME -f {escape(str(modelfile))}", soft_wrap=True)
+
+
+def _size(n: int) -> str:
+    """``human_bytes``, with kB for the small tensors (norms) that would all read 0.0 MB."""
+    return human_bytes(n) if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def print_dry_run(job: Requantization, plan: DryRun) -> None:
+    """Every tensor's name, shape, type and size as llama.cpp's quantizer would write it, then the total."""
+    tensors = planned_tensors(job.src, plan.types)
+    t = Table(box=None, pad_edge=False)
+    for col, right in (("tensor", False), ("shape", True), ("type", False), ("size", True)):
+        t.add_column(col, justify="right" if right else "left", no_wrap=True)
+    for x in tensors:
+        t.add_row(x.name, " x ".join(map(str, x.shape)), x.type.name, _size(x.nbytes))
+    print_table(t)
+    counts: dict[str, int] = {}
+    for x in tensors:
+        counts[x.type.name] = counts.get(x.type.name, 0) + 1
+    mix = ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    console.print(
+        f"{escape(str(job.dst))}  {job.quant.label}  {human_bytes(sum(x.nbytes for x in tensors))} in "
+        f"{plural(len(tensors), 'tensor')} ({mix})",
+        soft_wrap=True,
+    )
+    console.print("  [dim]types and sizes from llama.cpp's own dry run; nothing written[/]")
 
 
 COMMANDS = (quantize,)

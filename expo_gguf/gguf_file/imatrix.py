@@ -89,8 +89,10 @@ def write_imatrix(path: Path, im: Imatrix) -> None:
         w.write_tensors_to_file()
         w.close()
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):  # checked before the run; a folder removed or a disk full since
+            raise ExpoError(f"cannot write {path}: {e.strerror or e}", exit_code=1) from None
         raise
 
 

@@ -17,21 +17,26 @@ Conventions followed, from Ollama's own repository and docs:
   as ``GPT4 Correct System: ...<|end_of_turn|>``, which is also what the Jinja template does.
 - No BOS in a TEMPLATE: Ollama's runner tokenizes the prompt with special tokens on, so llama.cpp
   adds BOS when the GGUF's ``tokenizer.ggml.add_bos_token`` says so.
+- Our last line is a hash of the lines above it: ``build`` and ``quantize`` rewrite a Modelfile
+  beside the GGUF they wrote only while that hash matches, so a user's edits are never lost
+  (``expo-gguf modelfile --force`` rewrites any).
 - A ``SYSTEM`` line only for a template that has a default system message (SmolLM2's ChatML):
   Ollama sends it only when a conversation has no system message, as that Jinja template does.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
 
 from .._data import openchat_template
-from .._fs import write_text_atomic
+from .._fs import read_capped, unwritable_reason, write_text_atomic
 from ..errors import ExpoError
 from .info import GGUFInfo, describe
 
@@ -134,16 +139,40 @@ def _from_path(gguf_path: Path, from_dir: Path) -> str:
     return rel if rel.startswith("..") else f"./{rel}"
 
 
-def modelfile_text(gguf_path: Path, info: GGUFInfo | None = None, *, from_dir: Path | None = None) -> str:
-    """The Modelfile for ``gguf_path``, its FROM relative to ``from_dir`` (default: the GGUF's folder)."""
+_SIGNATURE = re.compile(r"(?m)^# expo-gguf sha256 ([0-9a-f]{16})\b[^\n]*\n\Z")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _signed(text: str) -> str:
+    """``text`` and a last line holding its hash: how ``refresh_modelfile`` tells a file it wrote,
+    unedited since, from one the user changed."""
+    return (
+        text + f"# expo-gguf sha256 {_digest(text)} of the lines above: build and quantize rewrite this file"
+        " while it matches, and keep it once edited\n"
+    )
+
+
+def is_unedited(text: str) -> bool:
+    """Whether ``text`` is a Modelfile expo-gguf wrote, unchanged since."""
+    m = _SIGNATURE.search(text)
+    return m is not None and _digest(text[: m.start()]) == m.group(1)
+
+
+def modelfile_text(gguf_path: Path, info: GGUFInfo | None = None, *, at: Path | None = None) -> str:
+    """The Modelfile for ``gguf_path`` to be written at ``at`` (default: beside the GGUF); FROM
+    and the header name the GGUF relative to that folder, the header the Modelfile's own name."""
     gguf_path = Path(gguf_path)
+    at = Path(at) if at is not None else modelfile_path(gguf_path)
     info = info or describe(gguf_path)
-    src = _from_path(gguf_path, from_dir or gguf_path.parent)
+    src = _from_path(gguf_path, at.parent)
     known = known_template(info.chat_template)
     create_name = re.sub(r"[^a-z0-9._-]+", "-", gguf_path.stem.lower()).strip("-.") or "model"
     lines = [
-        f"# Ollama Modelfile for {gguf_path.name}, written by expo-gguf. From this folder:",
-        f"#   ollama create {create_name} -f {modelfile_path(gguf_path).name}",
+        f"# Ollama Modelfile for {src}, written by expo-gguf. From this folder:",
+        f"#   ollama create {create_name} -f {shlex.quote(at.name)}",
         f"FROM {_quote(src, 'path')}",
     ]
     if known is None:
@@ -162,22 +191,43 @@ def modelfile_text(gguf_path: Path, info: GGUFInfo | None = None, *, from_dir: P
     if is_starling(info):
         lines.append("# Nexusflow's model card for Starling-LM-7B-beta: temperature 0, as it can be verbose.")
         lines.append("PARAMETER temperature 0")
-    return "\n".join(lines) + "\n"
+    return _signed("\n".join(lines) + "\n")
 
 
 def write_modelfile(
-    gguf_path: Path, force: bool = False, out: Path | None = None, info: GGUFInfo | None = None
+    gguf_path: Path, force: bool = False, out: Path | str | None = None, info: GGUFInfo | None = None
 ) -> Path:
     """Write the Modelfile (default: beside the GGUF) via a temporary name, so a reader never
-    sees half a file; an existing one is kept unless ``force``."""
+    sees half a file; an existing one is kept unless ``force``. ``out`` is a file, or a folder
+    (one that exists, or a name ending in a slash: made if missing) for the default name."""
     gguf_path = Path(gguf_path)
     target = Path(out) if out is not None else modelfile_path(gguf_path)
-    if target.is_dir():
+    if target.is_dir() or str(out).endswith(("/", os.sep)):
         target = target / modelfile_path(gguf_path).name
-    if not target.parent.is_dir():
-        raise ExpoError(f"no such folder: {target.parent}")
+    why = unwritable_reason(target.parent)
+    if why:
+        raise ExpoError(f"cannot write {target}: {why}")
+    if target.is_dir():
+        raise ExpoError(f"{target} is a folder; give a file name")
     if target.exists() and not force:
         raise ExpoError(f"{target} exists; use --force to overwrite it")
-    text = modelfile_text(gguf_path, info, from_dir=target.parent)
+    text = modelfile_text(gguf_path, info, at=target)
+    target.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(target, text)
     return target
+
+
+def refresh_modelfile(gguf_path: Path, info: GGUFInfo | None = None) -> str | None:
+    """The Modelfile beside a GGUF ``build`` or ``quantize`` just wrote: written, or rewritten
+    where it is one expo-gguf wrote and nobody edited since. A Modelfile the user edited (or any
+    file not ours) is kept: the note saying so is returned, else None."""
+    target = modelfile_path(gguf_path)
+    if target.exists():
+        try:
+            ours = is_unedited(read_capped(target, "a Modelfile"))
+        except ExpoError:
+            ours = False
+        if not ours:
+            return f"kept your edited {target.name}; `expo-gguf modelfile {gguf_path} --force` rewrites it"
+    write_text_atomic(target, modelfile_text(gguf_path, info, at=target))
+    return None

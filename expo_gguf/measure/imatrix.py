@@ -26,6 +26,7 @@ import llama_cpp
 import numpy as np
 
 from .._data import calibration_file
+from .._units import plural
 from ..errors import ExpoError
 from ..gguf_file.header import check_header
 from ..gguf_file.imatrix import Imatrix, ImatrixInput, write_imatrix
@@ -227,14 +228,15 @@ def collect_imatrix(path: Path, text: bytes, opts: ImatrixOptions, progress: Pro
     tokens = tokenize(path, text, vocab.bos)
     if len(tokens) < 2 * n_ctx:  # llama-imatrix's own minimum
         raise ExpoError(
-            f"the text is {len(tokens)} tokens; the importance matrix needs at least {2 * n_ctx} at --ctx {n_ctx}"
+            f"the text is {plural(len(tokens), 'token')}; the importance matrix needs at least {2 * n_ctx} "
+            f"at --ctx {n_ctx}"
         )
     chunks = make_chunks(tokens, n_ctx, opts.chunks, vocab.bos)
     collector = Collector()
     first = n_ctx // 2
     nll, count = 0.0, 0
     t0 = time.perf_counter()
-    progress.task(f"imatrix over {len(chunks)} chunks of {n_ctx}", len(chunks))
+    progress.task(f"imatrix over {plural(len(chunks), 'chunk')} of {n_ctx}", len(chunks), unit="chunks")
     with _interrupts_as_flag(collector), _context(path, opts, collector) as ctx:
         n_vocab = vocab.n_vocab
         memory = llama_cpp.llama_get_memory(ctx)
@@ -293,7 +295,7 @@ def compute_and_keep(
     result = collect_imatrix(model, read_text(text_path), dataclasses.replace(opts, dataset=dataset), progress)
     write_imatrix(keep, result.imatrix)
     progress.note(
-        f"importance matrix: {result.tokens} tokens in {result.seconds:.1f}s "
+        f"importance matrix: {plural(result.tokens, 'token')} in {result.seconds:.1f}s "
         f"({result.tokens_per_second:,.0f} tok/s, PPL {result.ppl:.2f}) -> {keep.name}"
     )
     return ImatrixInput(result.imatrix, str(keep))

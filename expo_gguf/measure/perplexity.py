@@ -26,6 +26,7 @@ import llama_cpp
 import numpy as np
 
 from .._fs import read_capped
+from .._units import plural
 from ..errors import ExpoError
 from ..gguf_file.header import check_header
 from ..progress import SILENT, Progress
@@ -227,7 +228,7 @@ def prepare(
     tokens = tokenize(ref.path, text, ref.bos)
     if len(tokens) < opts.n_ctx:
         raise ExpoError(
-            f"{text_path} is {len(tokens)} tokens, shorter than one chunk of --ctx "
+            f"{text_path} is {plural(len(tokens), 'token')}, shorter than one chunk of --ctx "
             f"{opts.n_ctx}; use a longer text or a smaller --ctx"
         )
     return make_chunks(tokens, opts.n_ctx, opts.max_chunks, ref.bos), len(tokens), ref.n_vocab

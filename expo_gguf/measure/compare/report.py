@@ -8,38 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import os
-from collections.abc import Sequence
-from pathlib import Path
 
-from ..._units import human_bytes
-from ...errors import ExpoError
+from ..._units import human_bytes, plural
 from .metrics import THRESHOLDS, pct, thresholds_text, verdict
 from .run import Comparison, ModelRun
-
-
-def check_outputs(outputs: dict[str, Path | None], inputs: Sequence[Path | None]) -> None:
-    """Refuse, before the long run, an output whose folder is missing or unwritable, which is a
-    folder, or which is one of the inputs (a model, the prompt file) or the other output."""
-    taken: dict[Path, str] = {_same(p): "an input" for p in inputs if p is not None}
-    for option, path in outputs.items():
-        if path is None:
-            continue
-        parent = path.parent if str(path.parent) else Path(".")
-        if path.is_dir():
-            raise ExpoError(f"{option} {path} is a folder; give a file name")
-        if not parent.is_dir():
-            raise ExpoError(f"{option} {path}: no such folder {parent}")
-        if not os.access(parent, os.W_OK):
-            raise ExpoError(f"{option} {path}: cannot write in {parent}")
-        if _same(path) in taken:
-            raise ExpoError(f"{option} {path} is {taken[_same(path)]}; give another file name")
-        taken[_same(path)] = f"also {option}"
-
-
-def _same(path: Path) -> Path:
-    """One key per file, however it is spelled (relative, through a link)."""
-    return Path(os.path.realpath(path))
 
 
 def to_json(c: Comparison) -> dict[str, object]:
@@ -152,7 +124,7 @@ def markdown(c: Comparison) -> str:
     o = c.options
     ref = f", KL divergence against `{c.reference.name}`" if c.reference else ""
     out = [
-        f"# expo-gguf compare: {len(c.runs)} models, {len(c.prompts)} prompts",
+        f"# expo-gguf compare: {plural(len(c.runs), 'model')}, {plural(len(c.prompts), 'prompt')}",
         "",
         f"Prompts: {c.prompts_name}. Greedy, seed {o.seed}, at most {o.max_tokens} tokens per reply, "
         f"context {o.n_ctx}{ref}.",
@@ -178,7 +150,7 @@ def _reply_note(r: ModelRun, i: int) -> str:
     x = r.replies[i]
     stop = "runaway" if x.stop == "max_tokens" else "ended"
     kld = f", KLD {x.kld_mean:.4f}" if x.kld_mean is not None else ""
-    return f"*{x.tokens} tokens, {stop}{kld}*"
+    return f"*{plural(x.tokens, 'token')}, {stop}{kld}*"
 
 
 def _cell(text: str) -> str:
