@@ -76,19 +76,6 @@ def test_bad_alpha_lists(pair, tmp_path, alpha, needle):
     assert_clean_failure(res, tmp_path / "o", needle, code=2)
 
 
-def test_presets_list_the_data_file():
-    rows = json.loads((Path(__file__).parent.parent / "expo_gguf" / "data" / "presets.json").read_text())["presets"]
-    res = run_cli("presets")
-    assert res.exit_code == 0, res.output
-    text = " ".join(res.output.split())
-    assert len(rows) >= 6 and f"{rows[0]['name']} (default)" in text
-    for row in rows:
-        for field in ("name", "sft", "rlhf", "source"):
-            assert row[field] in text
-        assert f"{row['name']}{' (default)' if row is rows[0] else ''} alpha {row['alpha']:g}" in text
-        assert row["source"].startswith("https://huggingface.co/")
-
-
 def test_preset_fills_pair_alpha_and_name_from_the_hf_cache(tmp_path, tmp_path_factory, monkeypatch):
     """--preset zephyr-7b-beta: the repo ids resolve in a fake local HF cache, the card's alpha and
     the authors' model name are used; every one of them can still be overridden."""

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import click
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .._units import human_bytes
+from .._units import human_bytes, plural
 from ..convert.execute import compiled_kernels, run_build
 from ..convert.plan import MATHS, BuildRequest, Plan, check_ready, make_plan
+from ..convert.summary import built_json, plan_json
 from ..errors import ExpoError
 from ..gguf_file.modelfile import write_modelfile
 from ..quant.llama import TensorOverrides, parse_overrides
@@ -18,57 +22,89 @@ from ..quant.types import parse_quants, quant_help
 from ..runtime.options import usable_cores
 from ..source.presets import find_preset, load_presets
 from ._options import imatrix_options, override_options, threads_option
+from ._output import err, print_table, progress, warn
 from ._output import out as console
-from ._output import progress, warn
 from .imatrix import auto_maker, check_auto_options
 
 
-def print_plan(plan: Plan) -> None:
+def print_plan(plan: Plan, console: Console = console) -> None:
+    """The plan for a person: no line breaks a name or a path (long lines run on, as the terminal
+    wraps them), and the files as a table that never splits a cell (tab-separated when piped)."""
     r = plan.request
     title = plan.outputs[0].name if len(r.alphas) == 1 and plan.outputs else plan.name  # the model's name at it
     console.print(
         f"[bold]{escape(title)}[/]  alpha={','.join(f'{a:g}' for a in r.alphas)}  ({plan.hparams.architecture}, "
-        f"{plan.hparams.block_count} layers, vocab {plan.hparams.vocab_size})"
+        f"{plural(plan.hparams.block_count, 'layer')}, vocab {plan.hparams.vocab_size})",
+        soft_wrap=True,
     )
     for role, ckpt in (("RLHF", plan.rlhf), ("SFT ", plan.sft)):
         where = f"hub, revision {ckpt.revision}" if ckpt.remote else str(ckpt.path)
         if ckpt.revision and not ckpt.remote:
             where += f", revision {ckpt.revision}"
-        console.print(f"  {role} {ckpt.label}  ({where})", soft_wrap=True)
+        console.print(f"  {role} {escape(ckpt.label)}  ({escape(where)})", soft_wrap=True)
     console.print(
-        f"  {len(plan.tensors)} tensors, input {human_bytes(plan.input_bytes)} read once, "
-        f"{r.threads} threads, peak RAM ~{human_bytes(plan.peak_ram)}"
+        f"  {plural(len(plan.tensors), 'tensor')}, input {human_bytes(plan.input_bytes)} read once, "
+        f"{plural(r.threads, 'thread')}, peak RAM ~{human_bytes(plan.peak_ram)}",
+        soft_wrap=True,
     )
-    console.print(f"  math: {_math_line(plan)}")
+    console.print(f"  math: {_math_line(plan)}", soft_wrap=True)
     console.print(
-        f"  writing into {r.outdir}/" + (f"  [red]cannot: {escape(plan.unwritable)}[/]" if plan.unwritable else "")
+        f"  writing into {escape(str(r.outdir))}/"
+        + (f"  [red]cannot: {escape(plan.unwritable)}[/]" if plan.unwritable else ""),
+        soft_wrap=True,
     )
-    t = Table(box=None, pad_edge=False)
-    for col in ("  file", "written by", "size"):
-        t.add_column(col, overflow="fold")
-    for o in plan.outputs:
-        who = "llama.cpp quantize" if o.types is None else "stream pass"
-        t.add_row(
-            "  " + o.path.name + (" (temporary)" if o.temporary else ""),
-            who,
-            ("~" if o.types is None else "") + human_bytes(o.nbytes),
-        )
-    console.print(t)
-    print_quant_choices(r.overrides, plan.overridden)
+    _print_files(plan, console)
+    print_quant_choices(r.overrides, plan.overridden, console)
     for im in plan.imatrix.values():
-        console.print(f"  importance matrix: {im.file} ({len(im.data.sums)} matrices, {im.data.chunk_count} chunks)")
+        console.print(
+            f"  importance matrix: {escape(str(im.file))} ({plural(len(im.data.sums), 'matrix', 'matrices')}, "
+            f"{plural(im.data.chunk_count, 'chunk')})",
+            soft_wrap=True,
+        )
     for keep in plan.imatrix_keep.values():
-        console.print(f"  importance matrix: computed from the 16-bit file over the calibration text -> {keep.name}")
-    if any(o.types is None for o in plan.derived):
-        console.print("  [dim]~ sizes of llama.cpp's files are estimates (its mix is decided from the 16-bit file)[/]")
+        console.print(
+            f"  importance matrix: computed from the 16-bit file over the calibration text -> {escape(keep.name)}",
+            soft_wrap=True,
+        )
+    if any(o.estimate for o in plan.derived):
+        console.print(
+            "  [dim]~ an estimate: the keys an importance matrix adds (or llama.cpp's mix, where its dry run "
+            "could not be asked)[/]",
+            soft_wrap=True,
+        )
     replace = "exists, replaced (--force)" if r.force else "[red]exists, --force to replace[/]"
     for path in plan.existing:
         console.print(f"  {escape(path.name)} {replace}", soft_wrap=True)
     ok = plan.disk_free >= plan.disk_needed
     console.print(
-        f"  disk: needs ~{human_bytes(plan.disk_needed)}, {human_bytes(plan.disk_free)} free "
-        + ("[green]ok[/]" if ok else "[red]NOT ENOUGH[/]")
+        f"  disk: needs {'~' if any(o.estimate for o in plan.outputs) else ''}{human_bytes(plan.disk_needed)}, "
+        f"{human_bytes(plan.disk_free)} free " + ("[green]ok[/]" if ok else "[red]NOT ENOUGH[/]"),
+        soft_wrap=True,
     )
+
+
+def _print_files(plan: Plan, console: Console) -> None:
+    """The files, one line each: on a terminal names padded to one column, each line whole (a long
+    one runs on, never broken inside a name); piped, tab-separated (``print_table``)."""
+    rows = [
+        (
+            o.path.name,
+            ("llama.cpp quantize" if o.types is None else "stream pass") + (" (temporary)" if o.temporary else ""),
+            ("~" if o.estimate else "") + human_bytes(o.nbytes),
+        )
+        for o in plan.outputs
+    ]
+    if not console.is_terminal:
+        t = Table()
+        for col in ("file", "written by", "size"):
+            t.add_column(col)
+        for row in rows:
+            t.add_row(*(escape(c) for c in row))
+        print_table(t, console)
+        return
+    wide = [max(len(r[k]) for r in rows) for k in (0, 1)]
+    for name, who, size in rows:
+        console.print(f"  {escape(name.ljust(wide[0]))}   {who.ljust(wide[1])}   {size}", soft_wrap=True)
 
 
 def _math_line(plan: Plan) -> str:
@@ -79,10 +115,13 @@ def _math_line(plan: Plan) -> str:
     if plan.math == "f32":
         return "f32, rounded once (the two checkpoints do not both store their tensors in bf16)"
     n = sum(j.math == "bf16" for j in plan.tensors)
-    return f"mixed: bf16 for the {n} tensors both checkpoints store in bf16, f32 for the other {len(plan.tensors) - n}"
+    return (
+        f"mixed: bf16 for {plural(n, 'tensor')} both checkpoints store in bf16, "
+        f"f32 for the other {len(plan.tensors) - n}"
+    )
 
 
-def print_quant_choices(ov: TensorOverrides, overridden: dict[str, list[str]]) -> None:
+def print_quant_choices(ov: TensorOverrides, overridden: dict[str, list[str]], console: Console = console) -> None:
     """Which tensors the overrides change, from the names alone."""
     if ov.output_tensor_type is not None:
         console.print(f"  output.weight -> {ov.output_tensor_type.name}")
@@ -91,7 +130,9 @@ def print_quant_choices(ov: TensorOverrides, overridden: dict[str, list[str]]) -
     for pattern, qtype in ov.tensor_types:
         names = overridden.get(pattern, [])
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        console.print(f"  --tensor-type {pattern}={qtype.name.lower()}: {len(names)} tensors ({shown})", soft_wrap=True)
+        console.print(
+            f"  --tensor-type {pattern}={qtype.name.lower()}: {plural(len(names), 'tensor')} ({shown})", soft_wrap=True
+        )
     if ov.pure:
         console.print("  --pure: every quantized tensor in the main type, no mix")
 
@@ -182,6 +223,14 @@ def parse_alphas(text: str) -> tuple[float, ...]:
     help="Check everything and print the whole plan (files, sizes, RAM, disk); write nothing. Exits "
     "non-zero, after the plan, where the build would refuse (outputs exist, folder not writable, disk short).",
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object on stdout instead of the plan and table: every file written (path, quant, "
+    "alpha, bytes, sha256, seconds), the alphas and the total seconds; with --dry-run, the plan (every "
+    "output with its planned size). Warnings and progress stay on stderr.",
+)
 @imatrix_options
 @override_options
 @threads_option
@@ -199,6 +248,7 @@ def build(
     keep_cache: bool,
     remote: bool,
     dry_run: bool,
+    as_json: bool,
     imatrix: str | None,
     calibration: Path | None,
     imatrix_chunks: int | None,
@@ -238,12 +288,16 @@ def build(
         remote=remote,
     )
     compiled_kernels()  # an EXPO_GGUF_KERNELS that cannot be met is refused before any work
+    t0 = time.perf_counter()
     plan = make_plan(req)
     if not dry_run:
         check_ready(plan)
     for w in plan.warnings:
         warn(w)
-    print_plan(plan)
+    if as_json and dry_run:
+        click.echo(json.dumps(plan_json(plan), indent=2, ensure_ascii=False))
+    else:
+        print_plan(plan, err if as_json else console)  # with --json, stdout is the JSON alone
     if dry_run:
         check_ready(plan)  # a check: what would stop the build, after the whole plan
         return
@@ -251,12 +305,15 @@ def build(
         built = run_build(plan, bar, auto_maker(calibration, imatrix_chunks, req.threads, bar))
     for b in built:  # for `ollama create -f NAME-QUANT.Modelfile`; derived from the file just written
         write_modelfile(b.path, force=True)
-    t = Table(title=f"built in {plan.request.outdir}")
+    if as_json:
+        click.echo(json.dumps(built_json(plan, built, time.perf_counter() - t0), indent=2, ensure_ascii=False))
+        return
+    t = Table(title=f"built in {escape(str(plan.request.outdir))}")
     for col in ("file", "type", "size", "seconds", "sha256"):
-        t.add_column(col, overflow="fold")
+        t.add_column(col, no_wrap=True)
     for b in built:
-        t.add_row(b.path.name, b.quant, human_bytes(b.nbytes), f"{b.seconds:.1f}", b.sha256)
-    console.print(t)
+        t.add_row(escape(b.path.name), b.quant, human_bytes(b.nbytes), f"{b.seconds:.1f}", b.sha256)
+    print_table(t)
 
 
 COMMANDS = (build,)

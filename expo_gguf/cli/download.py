@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import click
+from rich.markup import escape
+from rich.table import Table
 
 from ..source.presets import find_preset, load_presets
 from ..source.remote_repo import BUILD_PATTERNS, download
 from ._output import out as console
+from ._output import print_table
 
 
 @click.command(name="download")
@@ -41,11 +44,21 @@ def download_command(repos: tuple[str, ...], preset: str | None, revision: str) 
 @click.command()
 def presets() -> None:
     """The published ExPO models `build --preset NAME` reproduces, with the alpha of each model card."""
-    for i, p in enumerate(load_presets()):
-        console.print(
-            f"[bold]{p.name}[/]{' (default)' if i == 0 else ''}  alpha {p.alpha:g}  -> {p.output_name}-QUANT.gguf"
-        )
-        console.print(f"  SFT   {p.sft}\n  RLHF  {p.rlhf}\n  card  {p.source}", soft_wrap=True)
+    rows = load_presets()
+    if not console.is_terminal:  # one line per preset, tab-separated, for scripts
+        t = Table()
+        for col in ("name", "alpha", "sft", "rlhf", "file", "card", "default"):
+            t.add_column(col)
+        for i, p in enumerate(rows):
+            file = f"{p.output_name}-QUANT.gguf"
+            t.add_row(p.name, f"{p.alpha:g}", p.sft, p.rlhf, file, p.source, "default" if i == 0 else "")
+        print_table(t)
+        return
+    for i, p in enumerate(rows):  # a line per item: a long one runs on, no name is broken by a wrap
+        console.print(f"[bold]{escape(p.name)}[/]{' (default)' if i == 0 else ''}  alpha {p.alpha:g}", soft_wrap=True)
+        items = (("SFT ", p.sft), ("RLHF", p.rlhf), ("file", f"{p.output_name}-QUANT.gguf"), ("card", p.source))
+        for label, value in items:
+            console.print(f"  {label}  {escape(value)}", soft_wrap=True)
         if p.chat_template:
             console.print("  template  its model card's, if the RLHF checkpoint ships none", soft_wrap=True)
 

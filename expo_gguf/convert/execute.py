@@ -165,6 +165,8 @@ def run_build(
     check_ready(plan)
     parts = [part_path(o.path) for o in plan.streamed + plan.derived]
     _remove_stale_parts(plan)
+    created = _missing_folders(plan.request.outdir)
+    done = False
     try:
         built = stream_pass(plan, progress)
         imatrix = dict(plan.imatrix)
@@ -200,7 +202,29 @@ def run_build(
         kept = [b for b in built if b.path not in temporary]
         for b in kept:
             part_path(b.path).replace(b.path)
+        done = True
     finally:
         for p in parts:
             p.unlink(missing_ok=True)
+        if not done:
+            _remove_empty(created)
     return kept
+
+
+def _missing_folders(outdir: Path) -> list[Path]:
+    """The output folder and those above it that do not exist yet (the build creates them), deepest first."""
+    missing = []
+    while not outdir.exists() and outdir != outdir.parent:
+        missing.append(outdir)
+        outdir = outdir.parent
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """A failed or interrupted build takes back the folders it created, deepest first, where they
+    are empty (something else may have put a file there meanwhile: then they stay)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return

@@ -20,6 +20,7 @@ from ..quant.llama import check_imatrix
 from ..quant.types import INTERMEDIATE, QUANTS, refuse_without_imatrix
 from ..source import remote
 from ..source.checkpoint import Checkpoint, load_checkpoint
+from ..source.hub import require_pair_cached
 from ..source.reader import BLOCK_BYTES, DEPTH
 from ..source.vocab import Vocab, load_vocab
 from .mapping import (
@@ -201,6 +202,8 @@ def check_ready(plan: Plan) -> None:
 
 def make_plan(req: BuildRequest) -> Plan:
     check_request(req)
+    if not req.remote:
+        require_pair_cached(req.sft, req.rlhf)
     rlhf = load_checkpoint(req.rlhf, "--rlhf", req.remote)
     sft = load_checkpoint(req.sft, "--sft", req.remote)
     if sft.same_files(rlhf):

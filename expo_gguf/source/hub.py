@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from ..errors import ExpoError
+from .presets import load_presets
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
@@ -63,8 +64,18 @@ def resolve_source(spec: str, what: str = "a checkpoint") -> tuple[Path, str | N
         )
     if not REPO_ID.match(spec) or spec.startswith((".", "/", "~")):
         raise ExpoError(f"{spec}: no such directory (and not a Hugging Face repo id)")
-    cache = hub_cache_dir()
-    repo_dir = cache / ("models--" + spec.replace("/", "--"))
+    snapshot = cached_snapshot(spec)
+    if snapshot is None:
+        raise ExpoError(
+            f"{spec} is not in the Hugging Face cache ({hub_cache_dir()}); download it first with: "
+            f"expo-gguf download {spec} (or build with --remote to read it from the hub)"
+        )
+    return snapshot, spec
+
+
+def cached_snapshot(repo_id: str) -> Path | None:
+    """The HF cache's snapshot of ``repo_id`` (``refs/main``, else the newest), or None."""
+    repo_dir = hub_cache_dir() / ("models--" + repo_id.replace("/", "--"))
     snapshot = None
     ref = repo_dir / "refs" / "main"
     if ref.is_file():
@@ -72,9 +83,21 @@ def resolve_source(spec: str, what: str = "a checkpoint") -> tuple[Path, str | N
     elif (repo_dir / "snapshots").is_dir():
         snaps = sorted((repo_dir / "snapshots").iterdir(), key=lambda p: p.stat().st_mtime)
         snapshot = snaps[-1] if snaps else None
-    if snapshot is None or not snapshot.is_dir():
-        raise ExpoError(
-            f"{spec} is not in the Hugging Face cache ({cache}); download it first with: "
-            f"expo-gguf download {spec} (or build with --remote to read it from the hub)"
-        )
-    return snapshot, spec
+    return snapshot if snapshot is not None and snapshot.is_dir() else None
+
+
+def require_pair_cached(sft: str, rlhf: str) -> None:
+    """A pair named by repo ids must both be in the HF cache: one error for what is missing, with
+    the one command that downloads the pair (``download --preset NAME`` for a preset's pair)."""
+    repos = [s for s in (sft, rlhf) if not Path(s).expanduser().exists() and REPO_ID.match(s)]
+    missing = [s for s in repos if cached_snapshot(s) is None]
+    if not missing:
+        return
+    preset = next((p for p in load_presets() if (p.sft, p.rlhf) == (sft, rlhf)), None)
+    how = f"expo-gguf download --preset {preset.name}" if preset else f"expo-gguf download {' '.join(repos)}"
+    are = "is" if len(missing) == 1 else "are"
+    raise ExpoError(
+        f"{' and '.join(missing)} {are} not in the Hugging Face cache ({hub_cache_dir()}); download "
+        f"{'the pair' if len(repos) == 2 else 'it'} first with: {how} "
+        f"(or build with --remote to read {'them' if len(repos) == 2 else 'it'} from the hub)"
+    )
