@@ -30,7 +30,9 @@ LLAMA_FREE = [
     "chat/render.py",
     "chat/line_editor.py",
     "chat/userdata.py",
+    "chat/commands.py",
     "chat/store.py",
+    "chat/keeping.py",
     "chat/logs.py",
 ]
 

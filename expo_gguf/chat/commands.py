@@ -19,6 +19,7 @@ from rich.table import Table
 from .._units import plural
 from ..errors import ExpoError
 from .conversation import load_conversation, load_threads, save_conversation
+from .keeping import ChatLog, NoLog
 from .messages import RANDOM_SEED, Message
 
 if TYPE_CHECKING:
@@ -114,6 +115,10 @@ class Commands:
         """The conversations a command acts on: one per model."""
         return [self.messages]
 
+    def logs(self) -> list[ChatLog | NoLog]:
+        """Where each of ``threads`` is kept."""
+        return [self.backend.log]
+
     def note(self, text: str) -> None:
         self.console.print(text, style="dim", markup=False, highlight=False)
 
@@ -138,8 +143,9 @@ class Commands:
         return text if len(self.threads()) == 1 else f"{text} for both models"
 
     def clear(self, _: str) -> None:
-        for thread in self.threads():
+        for thread, log in zip(self.threads(), self.logs()):
             thread[:] = [m for m in thread[:1] if m["role"] == "system"]
+            log.start(thread)  # a new conversation in the store too
         self.own_saves.clear()  # a new conversation: the files the old one wrote are not its own
         self.note("conversation cleared" if len(self.threads()) == 1 else "both conversations cleared")
 
@@ -153,8 +159,9 @@ class Commands:
                 self.note("(no system message to clear)")
                 return
             text = ""
-        for thread in self.threads():
+        for thread, log in zip(self.threads(), self.logs()):
             set_system(thread, text)
+            log.set_system(text or None)
         self.note(self._for_each("system message set" if text else "system message cleared"))
 
     def set(self, arg: str) -> None:
@@ -213,10 +220,16 @@ class Commands:
         self._table(rows) if rows else self.note("no reply yet")
 
     def regen(self, _: str) -> None:
-        before = list(self.messages)
+        before, replaced = list(self.messages), self.backend.log.last_reply
         self.drop_reply()
         self.respond()
         self.restore_if_unanswered(before)
+        self.kept_as_alternative(replaced)
+
+    def kept_as_alternative(self, replaced: int | None) -> None:
+        """After ``/regen``: the reply it replaced stays in the store, marked as an alternative."""
+        if self.backend.log.last_reply != replaced:
+            self.backend.log.replaced(replaced)
 
     def restore_if_unanswered(self, before: list[Message]) -> None:
         """A /regen that could not answer (the question no longer fits) keeps the old answer."""
@@ -279,4 +292,6 @@ class Commands:
             raise ExpoError("usage: /load FILE")
         what = self.read(Path(arg).expanduser())
         self.own_saves.clear()  # another conversation now; its own file is the one it came from
+        for thread, log in zip(self.threads(), self.logs()):
+            log.start(thread)
         self.note(f"loaded {what} from {arg}")

@@ -13,7 +13,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
@@ -22,8 +22,10 @@ from .._fs import utf8_text
 from .._units import plural
 from ..errors import ExpoError
 from .commands import Commands, Exit
+from .keeping import ChatLog, NoLog
 from .messages import Message
 from .render import MarkdownStream, PlainStream
+from .store import Figures
 
 try:
     import termios
@@ -48,6 +50,8 @@ class Backend:
     show: Callable[[], dict[str, str]] = dict
     cut: Callable[[], int | None] = lambda: None  # tokens, when the last reply hit max_tokens or the context
     template: Callable[[], str | None] = lambda: None  # the chat template, for /show template
+    figures: Callable[[], Figures | None] = lambda: None  # the last reply's, for the log
+    log: ChatLog | NoLog = field(default_factory=NoLog)  # where this model's thread is kept
 
 
 @contextmanager
@@ -165,6 +169,7 @@ class Repl(Commands):
             kept, dropped = self.backend.fit(self.messages)
         except ExpoError as e:
             self.messages.pop()
+            self.backend.log.unsent()
             self.error(str(e))
             return
         if dropped:
@@ -176,7 +181,7 @@ class Repl(Commands):
                     " (older turns will keep being dropped as needed)"
                 )
         chunks: list[str] = []
-        interrupted = False
+        interrupted, failed = False, False
         try:
             flag = nullcontext(stop) if stop is not None else sigint_flag()
             with flag as pressed, closing(self.backend.reply(self.messages)) as reply:
@@ -191,11 +196,17 @@ class Repl(Commands):
             self.error(str(e))
             if not chunks:
                 self.messages.pop()
+                self.backend.log.unsent()
                 return
-        self.messages.append({"role": "assistant", "content": "".join(chunks)})
+            failed = True
+        text = "".join(chunks)
+        self.messages.append({"role": "assistant", "content": text})
+        cut = None if interrupted or failed else self.backend.cut()
+        reason = "interrupted" if interrupted else "error" if failed else "length" if cut else None
+        self.backend.log.reply(text, self.backend.figures(), reason)
         if interrupted:
             self.note("(interrupted)")
-        elif cut := self.backend.cut():
+        elif cut:
             self.note(f"(cut at {plural(cut, 'token')})")
         status = self.backend.status()
         if status:
@@ -235,6 +246,7 @@ class Repl(Commands):
     def drop_dangling(self) -> None:
         if self.messages and self.messages[-1]["role"] == "user":
             self.messages.pop()
+            self.backend.log.unsent()
 
     def handle(self, text: str) -> bool:
         """Act on one input, as typed or piped, for this REPL and ``--vs`` alike; False to leave."""
@@ -257,6 +269,7 @@ class Repl(Commands):
     def ask(self, text: str) -> None:
         """Send a message (checked by ``handle``) and answer it."""
         self.messages.append({"role": "user", "content": text})
+        self.backend.log.user(text)
         self.respond()
 
 

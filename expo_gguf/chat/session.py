@@ -7,23 +7,51 @@ This is where the chat layer meets the runtime; ``repl``, ``vs``, ``conversation
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 
 from .._units import human_bytes, plural
+from ..errors import ExpoError
+from ..gguf_file.info import describe
 from ..runtime.loader import CPU_ONLY_NOTE
 from ..runtime.model import ChatModel
 from . import userdata, vs
 from .commands import command_table
+from .keeping import ChatLog, NoLog
 from .messages import Message, Sampling
 from .repl import Backend, run_repl
+from .store import Figures, ModelRecord, Store
 
 
-def backend(session: ChatModel, sampling: Sampling) -> Backend:
-    """Bind a loaded model to the REPL's callbacks; ``sampling`` is shared, so /set applies."""
+def chat_log(
+    path: Path, sampling: Sampling, source: str, say: Callable[[str], None], resume: str | None = None
+) -> ChatLog:
+    """Where a conversation with the model at ``path`` is kept (the store opens with the first message)."""
+    try:
+        info = describe(path)
+        name, expo = info.name, dict(info.expo) or None
+    except ExpoError:  # the model loaded; its metadata is a nicety here
+        name, expo = None, None
+    record = ModelRecord(path.name, str(path.resolve()), path.stat().st_size, name, expo)
+    return ChatLog(Store, record, lambda: dataclasses.asdict(sampling), source, say, resume=resume)
+
+
+def figures(session: ChatModel) -> Figures | None:
+    """The last reply's figures as the store keeps them."""
+    s = session.last_stats
+    return (
+        None if s is None else Figures(tokens=s.generated, ttft_s=round(s.ttft_s, 4), tokens_per_s=round(s.gen_tps, 2))
+    )
+
+
+def backend(session: ChatModel, sampling: Sampling, log: ChatLog | NoLog | None = None) -> Backend:
+    """Bind a loaded model to the REPL's callbacks; ``sampling`` is shared, so /set applies;
+    ``log`` keeps this model's thread."""
     info = session.info
 
     def stats() -> dict[str, str]:
@@ -58,6 +86,8 @@ def backend(session: ChatModel, sampling: Sampling) -> Backend:
         show=show,
         cut=lambda: _cut(session),
         template=lambda: session.prompt_format.template,
+        figures=lambda: figures(session),
+        log=log or NoLog(),
     )
 
 
@@ -87,15 +117,37 @@ def _say_cut(session: ChatModel, err: Console, capped: bool) -> None:
     err.print(f"(cut at {plural(cut, 'token')}{why})", style="dim", markup=False, highlight=False, soft_wrap=True)
 
 
+def _stream_kept(session: ChatModel, sampling: Sampling, messages: list[Message], log: ChatLog | NoLog) -> None:
+    """One reply streamed to stdout, the question and the reply kept as each is complete (a reply
+    Ctrl+C stopped is kept too, marked interrupted)."""
+    kept, _ = session.fit(messages, sampling)
+    log.user(messages[-1]["content"])
+    chunks: list[str] = []
+    try:
+        for chunk in session.stream(kept, sampling):
+            chunks.append(chunk)
+            _echo(chunk)
+    except KeyboardInterrupt:
+        log.reply("".join(chunks), figures(session), "interrupted")
+        raise
+    _echo("\n")
+    stop = session.last_stats.stop if session.last_stats else None
+    cut = {"max_tokens": "length", "context": "length", "interrupted": "interrupted"}.get(stop or "")
+    log.reply("".join(chunks), figures(session), cut)
+
+
 def answer_once(
-    session: ChatModel, sampling: Sampling, messages: list[Message], err: Console, verbose: bool, capped: bool = False
+    session: ChatModel,
+    sampling: Sampling,
+    messages: list[Message],
+    err: Console,
+    verbose: bool,
+    capped: bool = False,
+    log: ChatLog | NoLog | None = None,
 ) -> None:
     """The reply alone on stdout, streamed, so it pipes cleanly into other tools; ``capped``: the
     reply length is the one-shot default, not the user's."""
-    kept, _ = session.fit(messages, sampling)
-    for chunk in session.stream(kept, sampling):
-        _echo(chunk)
-    _echo("\n")
+    _stream_kept(session, sampling, messages, log or NoLog())
     _say_cut(session, err, capped)
     if verbose and session.last_stats:
         err.print(session.last_stats.line(), style="dim", markup=False)
@@ -108,14 +160,12 @@ def answer_once_each(
     threads: Sequence[list[Message]],
     err: Console,
     capped: bool = False,
+    logs: Sequence[ChatLog | NoLog] | None = None,
 ) -> None:
     """Each model's reply on stdout under its name, first model first (each to its own thread)."""
     for i, (session, name, messages) in enumerate(zip(sessions, names, threads)):
         _echo(f"{'' if i == 0 else chr(10)}## {name}\n")
-        kept, _ = session.fit(messages, sampling)
-        for chunk in session.stream(kept, sampling):
-            _echo(chunk)
-        _echo("\n")
+        _stream_kept(session, sampling, messages, logs[i] if logs else NoLog())
         _say_cut(session, err, capped)
 
 
@@ -149,7 +199,9 @@ def _print_notes(console: Console, notes: Sequence[str]) -> None:
         console.print(f"note: {note}", style="dim", markup=False, soft_wrap=True)
 
 
-def chat_interactive(session: ChatModel, sampling: Sampling, messages: list[Message], plain: bool) -> None:
+def chat_interactive(
+    session: ChatModel, sampling: Sampling, messages: list[Message], plain: bool, log: ChatLog | NoLog | None = None
+) -> None:
     console = Console(highlight=False)
     info = session.info
     console.print(
@@ -161,7 +213,7 @@ def chat_interactive(session: ChatModel, sampling: Sampling, messages: list[Mess
         console.print(f"{plural(len(messages), 'message')} loaded", style="dim")
     console.print("/help for commands, Ctrl+D or /exit to leave", style="dim")
     run_repl(
-        backend(session, sampling),
+        backend(session, sampling, log),
         sampling,
         console=console,
         messages=messages,
@@ -171,7 +223,12 @@ def chat_interactive(session: ChatModel, sampling: Sampling, messages: list[Mess
 
 
 def chat_interactive_vs(
-    sessions: Sequence[ChatModel], names: list[str], sampling: Sampling, threads: list[list[Message]], plain: bool
+    sessions: Sequence[ChatModel],
+    names: list[str],
+    sampling: Sampling,
+    threads: list[list[Message]],
+    plain: bool,
+    logs: Sequence[ChatLog | NoLog] | None = None,
 ) -> None:
     console = Console(highlight=False)
     for line in vs.banner(sessions, names):
@@ -183,7 +240,8 @@ def chat_interactive_vs(
         style="dim",
         soft_wrap=True,
     )
-    sides = [(name, s.info.path, backend(s, sampling)) for name, s in zip(names, sessions)]
+    logs = logs or [NoLog() for _ in sessions]
+    sides = [(name, s.info.path, backend(s, sampling, log)) for name, s, log in zip(names, sessions, logs)]
     vs.run_vs(
         sides,
         sampling,

@@ -23,6 +23,7 @@ from ..errors import ExpoError
 from ..gguf_file.info import describe
 from ..runtime.options import cap_context
 from .conversation import load_threads, save_conversation
+from .keeping import ChatLog, NoLog
 from .messages import Message, Sampling
 from .repl import Backend, Repl, sigint_flag
 
@@ -110,10 +111,14 @@ class VsRepl(Repl):
                     continue
                 if side.messages and side.messages[-1]["role"] == "user":
                     side.messages.append({"role": "assistant", "content": ""})
+                    side.backend.log.reply("", None, "interrupted")
                 self.note("(skipped)")
 
     def threads(self) -> list[list[Message]]:
         return [side.messages for side in self.sides]
+
+    def logs(self) -> list[ChatLog | NoLog]:
+        return [side.backend.log for side in self.sides]
 
     def ask(self, text: str) -> None:
         question = {"role": "user", "content": text}
@@ -125,6 +130,7 @@ class VsRepl(Repl):
                 return
         for side in self.sides:
             side.messages.append(dict(question))
+            side.backend.log.user(text)
         self._turn(lambda side, stop: side.respond(stop))
 
     def drop_dangling(self) -> None:
@@ -133,11 +139,13 @@ class VsRepl(Repl):
 
     def regen(self, _: str) -> None:
         before = [list(side.messages) for side in self.sides]
+        replaced = [side.backend.log.last_reply for side in self.sides]
         for side in self.sides:
             side.drop_reply()
         self._turn(lambda side, stop: side.respond(stop))
-        for side, kept in zip(self.sides, before):
+        for side, kept, old in zip(self.sides, before, replaced):
             side.restore_if_unanswered(kept)
+            side.kept_as_alternative(old)
 
     def show(self, arg: str) -> None:
         if arg == "template":

@@ -10,11 +10,13 @@ from rich.console import Console
 
 from .._fs import read_stdin_capped, utf8_text
 from .._units import file_labels
+from ..chat import keeping, vs
 from ..chat import session as chat_session
-from ..chat import vs
 from ..chat.conversation import load_conversation, load_threads
+from ..chat.keeping import ChatLog, NoLog
 from ..chat.messages import Message, Sampling
 from ..chat.serve import serve as serve_model
+from ..chat.store import logging_disabled
 from ..errors import ExpoError
 from ..gguf_file.header import check_header, trained_context_length
 from ..runtime.loader import load_model
@@ -34,6 +36,22 @@ def _run_options(ctx: int, n_gpu_layers: str, threads: int | None, verbose: bool
     """The run options, knowing whether --ctx was given: only what the user asked for is warned about."""
     given = click.get_current_context().get_parameter_source("ctx") is not click.core.ParameterSource.DEFAULT
     return RunOptions(n_ctx=ctx, n_gpu_layers=n_gpu_layers, threads=threads, verbose=verbose, ctx_asked=given)
+
+
+def _logs(
+    paths: list[Path], histories: list[list[Message]], sampling: Sampling, source: str, no_log: bool, resume: str | None
+) -> list[ChatLog | NoLog]:
+    """Where each model's thread is kept: a new conversation each (starting with what --load
+    gave), or the resumed one; nothing with --no-log or EXPO_GGUF_NO_LOG."""
+    if no_log or logging_disabled():
+        return [NoLog() for _ in paths]
+    logs: list[ChatLog | NoLog] = []
+    for p, history in zip(paths, histories):
+        log = chat_session.chat_log(p, sampling, source, warn, resume=resume)
+        if resume is None:
+            log.start(history)
+        logs.append(log)
+    return logs
 
 
 def find_default_model(models_dir: Path = Path("models")) -> Path:
@@ -79,6 +97,9 @@ def find_default_model(models_dir: Path = Path("models")) -> Path:
 )
 @click.option("--seed", type=int, default=-1, help="Sampling seed (default: random).")
 @click.option("--plain", is_flag=True, help="Print replies as plain text, not markdown.")
+@click.option("-c", "--continue", "continue_", is_flag=True, help="Carry on the newest kept conversation.")
+@click.option("--resume", metavar="ID", help="Carry on a kept conversation (`expo-gguf logs` lists their ids).")
+@click.option("--no-log", is_flag=True, help="Keep nothing of this chat (also: EXPO_GGUF_NO_LOG=1).")
 @click.option(
     "--vs",
     "vs_model",
@@ -104,6 +125,9 @@ def chat(
     max_tokens: int | None,
     seed: int,
     plain: bool,
+    continue_: bool,
+    resume: str | None,
+    no_log: bool,
     vs_model: Path | None,
 ) -> None:
     """Chat with a GGUF model (default: the newest under ./models).
@@ -114,6 +138,10 @@ def chat(
       echo "hi" | expo-gguf chat MODEL                        piped stdin: one reply too
       expo-gguf chat A.gguf --vs B.gguf                       both answer, A first
       expo-gguf chat MODEL --load chat.json                   carry on from a /save
+      expo-gguf chat --continue                               carry on the newest chat
+
+    Every conversation is kept, each message as it is complete (`expo-gguf logs` lists,
+    searches and exports them), unless --no-log or EXPO_GGUF_NO_LOG=1.
     """
     one_shot = prompt is not None or (not sys.stdin.isatty() and not interactive)
     capped = one_shot and max_tokens is None  # a pipe gets a reply of sane length, and is told
@@ -129,6 +157,14 @@ def chat(
         seed=seed,
     )
     options = _run_options(ctx, n_gpu_layers, threads, verbose)
+    resumed = None
+    if continue_ or resume is not None:
+        if load_file is not None or vs_model is not None or (continue_ and resume is not None):
+            raise click.UsageError("--continue and --resume carry on one kept conversation: not with --load or --vs")
+        resumed = keeping.resume(resume)
+        if model is None and resumed.model_path is None:
+            raise ExpoError(f"the conversation's model {resumed.model_file} is gone; give the MODEL to carry on with")
+        model = model if model is not None else resumed.model_path
     path = check_header(model if model is not None else find_default_model())
     paths = [path] + ([check_header(vs_model)] if vs_model is not None else [])
     names = file_labels(paths)
@@ -138,8 +174,10 @@ def chat(
         question = "\n\n".join(part for part in (prompt and utf8_text(prompt, "-p"), piped.strip()) if part)
         if not question.strip():
             raise ExpoError("nothing to answer: give -p TEXT or pipe text on stdin")
-    if load_file is None:
-        histories: list[list[Message]] = [[] for _ in paths]  # one per model
+    if resumed is not None:
+        histories: list[list[Message]] = [resumed.messages]
+    elif load_file is None:
+        histories = [[] for _ in paths]  # one per model
     elif len(paths) == 1:
         histories = [load_conversation(load_file)]
     else:
@@ -151,6 +189,7 @@ def chat(
     if len(paths) > 1 and not one_shot:  # before loading: the user may not have the memory for both
         Console(highlight=False).print(vs.estimate_memory(paths, ctx).line(), markup=False, soft_wrap=True)
     sessions: list[ChatModel] = []
+    logs: list[ChatLog | NoLog] = []
     said: set[str] = set()  # a warning both models give (-ngl on a CPU-only build) is said once
     try:
         for p, name in zip(paths, names):  # one at a time: a second model that fails to load closes the first
@@ -161,20 +200,26 @@ def chat(
                 if warning not in said:
                     said.add(warning)
                     warn(warning)
+        source = "one-shot" if one_shot else "vs" if len(paths) > 1 else "chat"
+        logs = _logs(paths, histories, sampling, source, no_log, resumed.id if resumed else None)
+        if resumed is not None and system:
+            logs[0].set_system(system)
         asked: list[Message] = messages + [{"role": "user", "content": question}]
         if len(sessions) > 1:
             if one_shot:
                 asked_each = [h + asked[-1:] for h in histories]
-                chat_session.answer_once_each(sessions, names, sampling, asked_each, err, capped)
+                chat_session.answer_once_each(sessions, names, sampling, asked_each, err, capped, logs)
             else:
-                chat_session.chat_interactive_vs(sessions, names, sampling, histories, plain)
+                chat_session.chat_interactive_vs(sessions, names, sampling, histories, plain, logs)
         elif one_shot:
-            chat_session.answer_once(sessions[0], sampling, asked, err, verbose, capped)
+            chat_session.answer_once(sessions[0], sampling, asked, err, verbose, capped, logs[0])
         else:
-            chat_session.chat_interactive(sessions[0], sampling, messages, plain)
+            chat_session.chat_interactive(sessions[0], sampling, messages, plain, logs[0])
     finally:
         for session in sessions:
             session.close()
+        for log in logs:
+            log.close()
 
 
 @click.command()
