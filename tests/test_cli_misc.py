@@ -56,6 +56,10 @@ def test_compare_limit_runs_the_first_n_prompts(tmp_path):
     assert [x["prompt"] for x in data["models"][0]["replies"]] == [p["id"] for p in shipped[:2]]
     assert data["prompts"] == "built-in prompts, the first 2"
     assert "2 prompts (built-in prompts, the first 2)" in " ".join(res.output.split())
+    res = run_cli("compare", smollm2(), "--limit", "1", "--max-tokens", "1", "--ctx", "512", "--threads", "1")
+    assert res.exit_code == 0 and "1 prompt (built-in prompts, the first 1), greedy, up to 1 token" in " ".join(
+        res.output.split()
+    ), res.output  # singular counts (issue 26)
     res = run_cli("compare", smollm2(), "--limit", "0")
     assert res.exit_code == 2 and "--limit" in res.output
 
@@ -70,3 +74,34 @@ def test_did_you_mean(tmp_path):
         "no preset 'zephyr-beta' (did you mean zephyr-7b-beta?)",
     )
     one_error_line(run_cli("build", "-q", "xyz", "--dry-run"), "unknown quant xyz; choose from: f32")  # nothing close
+
+
+def test_info_piped_and_on_an_80_column_terminal(monkeypatch):
+    """Issue 26: piped, `key<TAB>value` lines with no trailing whitespace; on a terminal, keys in a
+    column and each value beside its key."""
+    import io
+
+    from rich.console import Console
+
+    from expo_gguf.cli import gguf as command
+
+    src = smollm2()
+    res = run_cli("info", src)
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert all(line == line.rstrip() for line in lines), [line for line in lines if line != line.rstrip()]
+    fields = dict(line.split("\t", 1) for line in lines if "\t" in line)
+    assert fields["architecture"] == "llama" and fields["file type"] == "Q4_1"
+    assert fields["file"].startswith(f"{src}  (") and fields["tensors"].startswith("272: ")
+
+    buf = io.StringIO()
+    monkeypatch.setattr(command, "console", Console(file=buf, force_terminal=True, width=80, color_system=None))
+    assert run_cli("info", src).exit_code == 0
+    shown = buf.getvalue().splitlines()
+    starts = set()
+    for key, value in (("architecture", "llama"), ("file type", "Q4_1"), ("context length", "8192")):
+        (line,) = [line for line in shown if line.startswith(key + " ")]
+        assert line[len(key) :].strip() == value, line
+        starts.add(line.index(value, len(key)))
+    assert len(starts) == 1, shown  # values in one column
+    assert "\t" not in buf.getvalue()

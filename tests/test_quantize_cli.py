@@ -80,3 +80,38 @@ def test_source_in_a_folder_that_cannot_be_written(tmp_path, monkeypatch):
         one_error_line(run_cli("quantize", mnt / "smol-Q4_1.gguf", "-q", "q5_1", "-o", mnt / "x.gguf"), "not writable")
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_dry_run_prints_every_tensor_then_fails_where_the_run_would(tmp_path):
+    """Issue 26, as --help promises: per tensor its name, shape, type and size (tab-separated when
+    piped), then the total; an output that exists is refused after the plan, as build --dry-run does."""
+    import gguf
+
+    src = smollm2()
+    out = tmp_path / "x.gguf"
+    res = run_cli("quantize", src, "-q", "q4_k_m", "-o", out, "--dry-run")
+    assert res.exit_code == 0, res.output
+    rows = [line.split("\t") for line in res.output.splitlines() if "\t" in line]
+    tensors = gguf.GGUFReader(src).tensors
+    assert [r[0] for r in rows] == [t.name for t in tensors]
+    for (_, shape, qtype, size), t in zip(rows, tensors, strict=True):
+        assert shape == " x ".join(str(int(d)) for d in t.shape)
+        block, nbytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[qtype]]
+        expected = int(t.n_elements) // block * nbytes
+        value, unit = size.split()
+        scale = {"kB": 1e3, "MB": 1e6, "GB": 1e9}[unit]
+        assert float(value) == pytest.approx(expected / scale, abs=0.051), (t.name, size)
+        if len(t.shape) == 1 or t.shape[1] == 1:
+            assert qtype == "F32", t.name  # norms stay F32
+    assert {"Q4_K", "Q6_K"} <= {r[2] for r in rows}  # Q4_K_M's mix, as llama.cpp decides it
+    assert f"{out}  Q4_K_M" in res.output and f"in {len(tensors)} tensors (" in " ".join(res.output.split())
+    assert not out.exists()
+
+    out.write_bytes(b"mine")
+    res = run_cli("quantize", src, "-q", "q4_k_m", "-o", out, "--dry-run")
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len([line for line in lines if "\t" in line]) == len(tensors)  # the plan first
+    assert lines[-1] == f"error: {out} exists; use --force to overwrite" and res.output.count("error:") == 1
+    assert out.read_bytes() == b"mine"
+    one_error_line(run_cli("quantize", src, "-q", "q4_k_m", "-o", out), "exists; use --force")

@@ -21,6 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.segment import Segments
 from rich.table import Table
 from rich.text import Text
 
@@ -49,8 +50,9 @@ def print_table(table: Table, console: Console | None = None) -> None:
         return
     for column in table.columns:
         column.no_wrap = True
-    widest = Measurement.get(console, console.options, table).maximum
-    console.print(table, width=max(console.width, widest), crop=False)
+    widest = Measurement.get(console, console.options.update_width(1 << 20), table).maximum  # unclamped
+    options = console.options.update_width(max(console.width, widest))  # print(width=) is clamped to the terminal's
+    console.print(Segments(console.render(table, options)), soft_wrap=True)
 
 
 def _plain(cell: object) -> str:
