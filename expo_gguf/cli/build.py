@@ -16,13 +16,13 @@ from ..convert.execute import compiled_kernels, run_build
 from ..convert.plan import MATHS, BuildRequest, Plan, check_ready, make_plan
 from ..convert.summary import built_json, plan_json
 from ..errors import ExpoError
-from ..gguf_file.modelfile import write_modelfile
+from ..gguf_file.modelfile import refresh_modelfile
 from ..quant.llama import TensorOverrides, parse_overrides
 from ..quant.types import parse_quants, quant_help
 from ..runtime.options import usable_cores
 from ..source.presets import find_preset, load_presets
 from ._options import imatrix_options, override_options, threads_option
-from ._output import err, print_table, progress, warn
+from ._output import err, note, print_table, progress, warn
 from ._output import out as console
 from .imatrix import auto_maker, check_auto_options
 
@@ -116,7 +116,7 @@ def _math_line(plan: Plan) -> str:
         return "f32, rounded once (the two checkpoints do not both store their tensors in bf16)"
     n = sum(j.math == "bf16" for j in plan.tensors)
     return (
-        f"mixed: bf16 for {plural(n, 'tensor')} both checkpoints store in bf16, "
+        f"mixed: bf16 for the {plural(n, 'tensor')} both checkpoints store in bf16, "
         f"f32 for the other {len(plan.tensors) - n}"
     )
 
@@ -304,7 +304,8 @@ def build(
     with progress("bytes", keep=True) as bar:
         built = run_build(plan, bar, auto_maker(calibration, imatrix_chunks, req.threads, bar))
     for b in built:  # for `ollama create -f NAME-QUANT.Modelfile`; derived from the file just written
-        write_modelfile(b.path, force=True)
+        if kept := refresh_modelfile(b.path):  # a Modelfile the user edited is kept, with a note
+            note(kept)
     if as_json:
         click.echo(json.dumps(built_json(plan, built, time.perf_counter() - t0), indent=2, ensure_ascii=False))
         return
