@@ -166,7 +166,7 @@ def test_repo_ids_resolve_from_a_fake_hf_cache(pair, tmp_path, monkeypatch):
     assert res.exit_code == 2
     assert (
         "not in the Hugging Face cache" in res.output
-        and "expo-gguf download Nexusflow/Starling-LM-7B-beta (or build with --remote" in res.output
+        and "expo-gguf download --preset starling-lm-7b-beta (or build with --remote" in res.output
     )
 
 

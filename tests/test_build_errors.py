@@ -187,7 +187,7 @@ CASES = {
     # both checkpoints agree, but not with what llama.cpp will look for: refused, not built
     "layers vs config": (_both_configs(num_hidden_layers=3), "missing 9 tensors (first blk.2."),
     "ffn vs config": (_both_configs(intermediate_size=1024), "config.json implies [1024, 256]"),
-    "tensor missing in both": (_norm_missing_in_both, "missing 1 tensors (first output_norm.weight)"),
+    "tensor missing in both": (_norm_missing_in_both, "missing 1 tensor (first output_norm.weight)"),
     "zero heads": (_both_configs(num_attention_heads=0), "non-positive head_count=0"),
     "heads do not group": (_both_configs(num_key_value_heads=3), "do not group into 3 KV heads"),
     "rope scaling yarn": (

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._fs import unwritable_reason
+from .._units import plural
 from ..errors import ExpoError
 from ..gguf_file.imatrix import ImatrixInput, load_imatrix
 from ..quant.llama import check_imatrix
@@ -133,9 +134,9 @@ def _check_pair(sft: Checkpoint, rlhf: Checkpoint) -> HParams:
     only_r = sorted(set(rlhf.tensors) - set(sft.tensors))
     only_s = sorted(set(sft.tensors) - set(rlhf.tensors))
     if only_r:
-        problems.append(f"{len(only_r)} tensors only in RLHF (first {only_r[0]})")
+        problems.append(f"{plural(len(only_r), 'tensor')} only in RLHF (first {only_r[0]})")
     if only_s:
-        problems.append(f"{len(only_s)} tensors only in SFT (first {only_s[0]})")
+        problems.append(f"{plural(len(only_s), 'tensor')} only in SFT (first {only_s[0]})")
     for name in sorted(set(rlhf.tensors) & set(sft.tensors)):
         if rlhf.tensors[name].shape != sft.tensors[name].shape:
             problems.append(
@@ -160,8 +161,8 @@ def _check_against_config(rlhf: Checkpoint, names: dict[str, str], hp: HParams) 
         if have[n] != want[n]
     ]
     problems = (
-        ([f"missing {len(missing)} tensors (first {missing[0]})"] if missing else [])
-        + ([f"{len(extra)} unexpected tensors (first {extra[0]})"] if extra else [])
+        ([f"missing {plural(len(missing), 'tensor')} (first {missing[0]})"] if missing else [])
+        + ([f"{plural(len(extra), 'unexpected tensor')} (first {extra[0]})"] if extra else [])
         + wrong
     )
     if problems:

@@ -86,10 +86,18 @@ def cached_snapshot(repo_id: str) -> Path | None:
     return snapshot if snapshot is not None and snapshot.is_dir() else None
 
 
+def _repo_id(spec: str) -> bool:
+    """What ``resolve_source`` looks up in the cache: no local path, no GGUF, a repo id's form."""
+    local = Path(spec).expanduser()
+    if local.exists() or local.suffix.lower() == ".gguf" or spec.startswith((".", "/", "~")):
+        return False
+    return REPO_ID.match(spec) is not None
+
+
 def require_pair_cached(sft: str, rlhf: str) -> None:
     """A pair named by repo ids must both be in the HF cache: one error for what is missing, with
     the one command that downloads the pair (``download --preset NAME`` for a preset's pair)."""
-    repos = [s for s in (sft, rlhf) if not Path(s).expanduser().exists() and REPO_ID.match(s)]
+    repos = [s for s in (sft, rlhf) if _repo_id(s)]
     missing = [s for s in repos if cached_snapshot(s) is None]
     if not missing:
         return
