@@ -14,6 +14,8 @@
    the KV cache kept between turns (the REPL) and with a fresh context each turn
    (``Llama.reset()``: what a client that resends the history to a fresh model pays), on the same
    messages.
+3. The conversation store: one REPL turn (the question and the reply kept as each is complete, the
+   store opened on the first) against the same turn with ``--no-log``, runs paired and alternated.
 
 Medians over ``--reps`` runs; the spread is (max - min) / median. On a shared machine a busy
 neighbour slows single runs by 30% or more; tokens per CPU-second (process time: with one
@@ -25,11 +27,13 @@ takes every core, and the figures then measure the neighbours.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +44,9 @@ from rich.console import Console
 from rich.table import Table
 
 from expo_gguf import ChatModel, RunOptions, Sampling, load_model
+from expo_gguf.chat.keeping import NoLog
+from expo_gguf.chat.repl import run_repl
+from expo_gguf.chat.session import backend, chat_log
 
 PROMPT = "Write a long story about a dragon who learns to bake bread."
 TURNS = (
@@ -208,6 +215,42 @@ def bench_turns(session: ChatModel, reply_tokens: int, reps: int) -> list[dict]:
     return rows
 
 
+def _one_line(text: str):  # noqa: ANN202
+    lines = [text]
+
+    def read(_: str) -> str:
+        if not lines:
+            raise EOFError
+        return lines.pop()
+
+    return read
+
+
+def bench_store(session: ChatModel, reply_tokens: int, reps: int) -> dict:
+    """One REPL turn with the store and without, paired: the turn's wall time, ttft and tokens/s."""
+    s = Sampling(temp=0, max_tokens=reply_tokens, seed=0)
+    console = Console(file=io.StringIO(), width=80)
+    runs: dict[str, dict[str, list[float]]] = {k: {"turn_s": [], "ttft_s": [], "tps": []} for k in ("kept", "not")}
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["EXPO_GGUF_LOGS_DB"] = str(Path(tmp) / "logs.db")
+        for i in range(reps):
+            for side in ("kept", "not") if i % 2 == 0 else ("not", "kept"):
+                session.llama.reset()
+                log = chat_log(session.info.path, s, "chat", print) if side == "kept" else NoLog()
+                log.start([])
+                start = time.perf_counter()
+                run_repl(backend(session, s, log), s, console=console, read_line=_one_line(TURNS[0]), markdown=False)
+                runs[side]["turn_s"].append(time.perf_counter() - start)
+                log.close()
+                assert session.last_stats is not None
+                runs[side]["ttft_s"].append(session.last_stats.ttft_s)
+                runs[side]["tps"].append(session.last_stats.gen_tps)
+        del os.environ["EXPO_GGUF_LOGS_DB"]
+    out = {side: {k: summary(v) for k, v in r.items()} for side, r in runs.items()}
+    out["ratio"] = {k: statistics.median(a / b for a, b in zip(runs["kept"][k], runs["not"][k])) for k in runs["kept"]}
+    return out
+
+
 def report(result: dict, console: Console) -> None:
     gen, env = result["generation"], result["env"]
     t = Table(
@@ -249,6 +292,21 @@ def report(result: dict, console: Console) -> None:
             f"{fresh / kv:.1f}x" if kv else "-",
         )
     console.print(t)
+    store = result["store"]
+    t = Table(title="One REPL turn with the conversation store and without (--no-log), medians")
+    for col in ("", "turn (ms)", "ttft (ms)", "tok/s"):
+        t.add_column(col, justify="right")
+    for side, label in (("kept", "kept"), ("not", "--no-log")):
+        r = store[side]
+        t.add_row(
+            label,
+            f"{r['turn_s']['median'] * 1000:.1f}",
+            f"{r['ttft_s']['median'] * 1000:.1f}",
+            f"{r['tps']['median']:.1f}",
+        )
+    q = store["ratio"]
+    t.add_row("kept / --no-log", f"{q['turn_s']:.3f}", f"{q['ttft_s']:.3f}", f"{q['tps']:.3f}")
+    console.print(t)
     console.print(
         f"{env['model']} · {env['quant']} · {env['device']} · llama-cpp-python"
         f" {env['llama_cpp_python']} · {env['cpus']} CPUs, load {env['load_before']} -> {env['load_after']}",
@@ -276,6 +334,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         generation = bench_generation(session, args.max_tokens, args.reps)
         turns = bench_turns(session, args.reply_tokens, args.reps)
+        store = bench_store(session, args.reply_tokens, args.reps)
     finally:
         session.close()
     info = session.info
@@ -284,6 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
         "reps": args.reps,
         "generation": generation,
         "turns": turns,
+        "store": store,
         "env": {
             "model": str(model),
             "quant": info.quant,
