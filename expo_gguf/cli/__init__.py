@@ -106,6 +106,7 @@ def cli() -> None:
       expo-gguf quantize FILE.gguf -q q4_k_m
       expo-gguf imatrix FILE.gguf --text T  importance matrix for better quants
       expo-gguf chat                      talk to the newest model in ./models
+      expo-gguf logs -q WORD              search every kept conversation
       expo-gguf compare A.gguf B.gguf     same prompts through each: which to keep
     """
 
