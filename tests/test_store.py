@@ -192,3 +192,22 @@ def test_four_writers_at_once_all_land(db: Path) -> None:
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert con.execute("SELECT COUNT(*) FROM conversations").fetchone()[0] == 100
     assert con.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 200
+
+
+def test_a_store_locked_past_the_timeout_is_said_once(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import expo_gguf.chat.store as store_module
+    from expo_gguf.chat.keeping import ChatLog
+
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_S", 0.2)
+    Store(db).close()
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process, mid-write for longer than the timeout
+    said: list[str] = []
+    log = ChatLog(lambda: Store(db), MODEL, dict, "chat", said.append)
+    log.start([])
+    log.user("first")
+    log.reply("an answer", None, None)
+    log.user("second")
+    assert len(said) == 1 and "locked" in said[0] and "not being kept" in said[0], said
+    holder.execute("ROLLBACK")
+    assert logs.summaries(Store(db), 5) == []
