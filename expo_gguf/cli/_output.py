@@ -77,7 +77,7 @@ class _ByUnit(ProgressColumn):
 
     def render(self, task: Task) -> RenderableType:
         column = self.in_bytes if task.fields.get("unit") == "bytes" else self.counted
-        return column.render(task) if column is not None else Text()
+        return column.render(task) if column is not None and task.total is not None else Text()  # no "0/?"
 
 
 def _columns() -> tuple[ProgressColumn, ...]:

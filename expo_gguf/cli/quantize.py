@@ -111,10 +111,17 @@ def quantize(
         check_ready(job)
         return
     with progress() as bar:
+        quantizing = f"llama.cpp quantize -> {job.dst.name}"
+        bar.task(quantizing)
         get = (lambda: given) if given is not None else None
         if keep is not None and given is None:
             make = auto_maker(calibration, imatrix_chunks, threads, bar)
-            get = lambda: make(src, keep)  # noqa: E731
+
+            def get() -> ImatrixInput:
+                made = make(src, keep)
+                bar.task(quantizing, unit="tensors")  # a stage of its own: the matrix's finished bar goes
+                return made
+
         result = run_requantize(job, threads, get)
     kept = refresh_modelfile(result.path)  # derived from the file just written, as build's; the user's edits kept
     if kept:

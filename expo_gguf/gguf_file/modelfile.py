@@ -149,10 +149,7 @@ def _digest(text: str) -> str:
 def _signed(text: str) -> str:
     """``text`` and a last line holding its hash: how ``refresh_modelfile`` tells a file it wrote,
     unedited since, from one the user changed."""
-    return (
-        text + f"# expo-gguf sha256 {_digest(text)} of the lines above: build and quantize rewrite this file"
-        " while it matches, and keep it once edited\n"
-    )
+    return text + f"# expo-gguf sha256 {_digest(text)} (the lines above): rewritten with the GGUF until you edit them\n"
 
 
 def is_unedited(text: str) -> bool:
