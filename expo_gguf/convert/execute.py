@@ -77,7 +77,7 @@ def stream_pass(plan: Plan, progress: Progress) -> list[BuiltFile]:
     """The extrapolation pass; writes every block-format output (and any K-quant intermediate)
     under its ``.part`` name, checked and hashed; ``run_build`` moves them into place."""
     t0 = time.perf_counter()
-    progress.task("extrapolating", plan.input_bytes)
+    progress.task("extrapolating", plan.input_bytes, unit="bytes")
     streams: list[GGUFStream] = []
     remote = RemoteFiles({**plan.rlhf.remote, **plan.sft.remote})
     readers = open_streams(plan, remote)
@@ -178,6 +178,7 @@ def run_build(
                     raise ExpoError("--imatrix auto needs a way to run the model: pass make_imatrix to run_build")
                 imatrix[out.alpha] = make_imatrix(part_path(out.source), plan.imatrix_keep[out.alpha])
             progress.note(f"llama.cpp quantize -> {out.path.name}")
+            progress.task(f"llama.cpp quantize -> {out.path.name}", unit="tensors")  # the pass's bar goes
             t0 = time.perf_counter()
             tmp = part_path(out.path)
             interruptible(
