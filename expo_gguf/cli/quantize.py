@@ -31,7 +31,7 @@ from .build import print_quant_choices
 from .imatrix import auto_maker, check_auto_options
 
 
-@click.command()
+@click.command(short_help="GGUF to GGUF through llama.cpp's quantizer (any type it has).")
 @click.argument("src", type=click.Path(path_type=Path))
 @click.option(
     "-q", "--quant", "quant_text", required=True, help=f"Target type, by llama-quantize's names. {quant_help()}."
