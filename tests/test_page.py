@@ -46,6 +46,8 @@ def driver() -> Iterator[object]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager downloads nothing: both paths are given
+
     profile = tempfile.mkdtemp(prefix="page-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
@@ -408,3 +410,17 @@ def test_screenshot_mid_conversation(driver: object, server: str, tmp_path: Path
     finally:
         driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})  # type: ignore[attr-defined]
     assert out.stat().st_size > 10_000
+
+
+def test_dark_theme_follows_the_system(driver: object, server: str) -> None:
+    new_chat(driver, server)
+    background = "return getComputedStyle(document.body).backgroundColor"
+    light = js(driver, background)
+    dark_media = {"features": [{"name": "prefers-color-scheme", "value": "dark"}]}
+    driver.execute_cdp_cmd("Emulation.setEmulatedMedia", dark_media)  # type: ignore[attr-defined]
+    try:
+        dark = js(driver, background)
+    finally:
+        light_media = {"features": [{"name": "prefers-color-scheme", "value": "light"}]}
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", light_media)  # type: ignore[attr-defined]
+    assert light == "rgb(255, 255, 255)" and dark != light, (light, dark)

@@ -659,6 +659,9 @@ async function start() {
   input.addEventListener("input", () => grow(input));
   if (matchMedia("(max-width: 760px)").matches) input.placeholder = "Message";
   $("stop").addEventListener("click", stop);
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && busy()) stop();
+  });
   $("new-chat").addEventListener("click", newChat);
   $("open-side").addEventListener("click", openSide);
   $("close-side").addEventListener("click", closeSide);
