@@ -40,13 +40,14 @@ function button(label, cls, onClick, title) {
 const INLINE = new RegExp(
   [
     "(`+)([^`]|[^`][\\s\\S]*?[^`])\\1(?!`)", // 1,2 code span
-    "\\*\\*(?=\\S)([\\s\\S]*?\\S)\\*\\*", // 3 strong
+    "\\*\\*(?=\\S)([\\s\\S]*?\\S)\\*\\*(?!\\*)", // 3 strong
     "__(?=\\S)([\\s\\S]*?\\S)__(?!\\w)", // 4 strong
     "\\*(?=[^\\s*])([\\s\\S]*?[^\\s*])\\*", // 5 em
     "(?<![\\w])_(?=[^\\s_])([\\s\\S]*?[^\\s_])_(?!\\w)", // 6 em
     "~~(?=\\S)([\\s\\S]*?\\S)~~", // 7 strike
     "\\[([^\\]\\n]+)\\]\\(\\s*<?([^\\s)>]+)>?(?:\\s+\"[^\"\\n]*\")?\\s*\\)", // 8,9 link
     "(https?:\\/\\/[^\\s<>\"'`]*[^\\s<>\"'`.,;:!?)\\]])", // 10 bare URL
+    "<(https?:\\/\\/[^\\s<>]+)>", // 11 autolink
   ].join("|"),
   "g",
 );
@@ -67,7 +68,7 @@ function link(label, href, noLinks) {
   a.href = url;
   a.rel = "noopener noreferrer";
   a.target = "_blank";
-  if (label === null) a.textContent = url;
+  if (label === null) a.textContent = href;
   else renderInline(label, a, true);
   return a;
 }
@@ -86,6 +87,7 @@ function renderInline(text, parent, noLinks = false) {
     else if (m[7] !== undefined) renderInline(m[7], (node = el("del")), noLinks);
     else if (m[8] !== undefined) node = link(m[8], m[9], noLinks);
     else if (m[10] !== undefined) node = link(null, m[10], noLinks);
+    else if (m[11] !== undefined) node = link(null, m[11], noLinks);
     parent.append(node ?? m[0]);
     last = m.index + m[0].length;
   }
