@@ -424,3 +424,23 @@ def test_dark_theme_follows_the_system(driver: object, server: str) -> None:
         light_media = {"features": [{"name": "prefers-color-scheme", "value": "light"}]}
         driver.execute_cdp_cmd("Emulation.setEmulatedMedia", light_media)  # type: ignore[attr-defined]
     assert light == "rgb(255, 255, 255)" and dark != light, (light, dark)
+
+
+def test_search_and_delete_in_the_side_list(driver: object, server: str) -> None:
+    new_chat(driver, server)
+    ask(driver, "echo zebra crossing")
+    click(driver, "#new-chat")
+    ask(driver, "echo giraffe neck")
+
+    def listed() -> list[str]:
+        return js(driver, "return [...document.querySelectorAll('#conv-list .first')].map(e => e.textContent)")  # type: ignore[return-value]
+
+    wait(driver, lambda: listed()[:2] == ["echo giraffe neck", "echo zebra crossing"], 10, str(listed()))
+    js(driver, "const s = document.getElementById('search'); s.value = 'zebra'; s.dispatchEvent(new Event('input'))")
+    wait(driver, lambda: listed() == ["echo zebra crossing"], 10, str(listed()))
+    click(driver, "#conv-list .conv .delete")
+    driver.switch_to.alert.accept()  # type: ignore[attr-defined]
+    wait(driver, lambda: listed() == [], 10, str(listed()))
+    assert "No conversation holds these words." in js(driver, "return document.getElementById('conv-note').textContent")
+    remaining = get_json(f"{server}/api/conversations?n=50&q=zebra")
+    assert remaining == []
