@@ -239,6 +239,14 @@ def test_stop_ends_the_reply_marked_interrupted(driver: object, server: str) -> 
     assert "interrupted" in reply["meta"]
     time.sleep(0.5)
     assert messages(driver)[1]["text"] == reply["text"]  # nothing more arrives
+    cid = js(driver, "return document.querySelector('#conv-list .current')?.dataset.id")
+    assert cid
+
+    def kept_cut() -> object:
+        replies = [m for m in get_json(f"{server}/api/conversations/{cid}")["messages"] if m["role"] == "assistant"]  # type: ignore[index]
+        return replies and replies[-1]["cut"]
+
+    wait(driver, lambda: kept_cut() == "interrupted", 10, "the server did not keep the stopped reply as interrupted")
     # the page can go on at once
     assert ask(driver, "echo thanks")["text"].strip()
 
