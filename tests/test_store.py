@@ -211,3 +211,22 @@ def test_a_store_locked_past_the_timeout_is_said_once(db: Path, monkeypatch: pyt
     assert len(said) == 1 and "locked" in said[0] and "not being kept" in said[0], said
     holder.execute("ROLLBACK")
     assert logs.summaries(Store(db), 5) == []
+
+
+def test_logs_on_an_80_column_terminal(db: Path) -> None:
+    import sys
+
+    from pty_terminal import Terminal
+
+    store = Store(db)
+    cid = _chat(store, "a question " * 20)
+    os.environ["EXPO_GGUF_LOGS_DB"] = str(db)  # the pty child inherits it
+    try:
+        term = Terminal([sys.executable, "-m", "expo_gguf", "logs"], columns=80)
+        assert term.wait() == 0
+    finally:
+        del os.environ["EXPO_GGUF_LOGS_DB"]
+    lines = [line for line in term.transcript() if line.strip()]
+    assert lines[0].startswith(f"{cid}  ") and lines[0].endswith("  1 turn") and len(lines) == 2
+    assert lines[1].startswith(f"  {MODEL.file}: a question a question") and lines[1].endswith("…")
+    assert len(lines[1]) == 80

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 from rich.markdown import Markdown
+from rich.markup import escape
 from rich.table import Table
 
 from .._fs import write_text_atomic
@@ -18,8 +19,6 @@ from ..chat.store import Store, StoreError, default_path
 from ..errors import ExpoError
 from ._output import note, print_table
 from ._output import out as console
-
-FIRST_LINE = 60  # characters of the first message a terminal row shows
 
 
 def _store() -> Store | None:
@@ -80,13 +79,18 @@ def logs(ctx: click.Context, count: int, query: str | None, model: str | None, a
         if console.is_terminal:
             console.print("no conversations" + (" match" if query or model else " kept yet"), style="dim")
         return
+    if console.is_terminal:  # two lines each, within 80 columns: what names it, then what it was
+        for s in found:
+            console.print(f"[bold]{s.id}[/]  {_when(s.updated)}  {plural(s.turns, 'turn')}", highlight=False)
+            line = _clip(f"{s.model}: {s.first_line}", max(20, console.width - 2))
+            model, _, first = line.partition(": ")
+            console.print(f"  [cyan]{escape(model)}[/]" + (f"[dim]: {escape(first)}[/]" if first else ""))
+        return
     t = Table(box=None, pad_edge=False, show_header=False)
-    for name in ("id", "when", "model", "turns", "first message"):
-        t.add_column(name, style="bold" if name == "id" else None)
-    narrow = console.is_terminal
-    for s in found:
-        first = _clip(s.first_line, FIRST_LINE) if narrow else s.first_line
-        t.add_row(s.id, _when(s.updated), s.model, plural(s.turns, "turn") if narrow else str(s.turns), first)
+    for _ in range(5):
+        t.add_column()
+    for s in found:  # piped: id, when, model, turns, first line; tab-separated
+        t.add_row(s.id, _when(s.updated), s.model, str(s.turns), s.first_line)
     print_table(t, console)
 
 
