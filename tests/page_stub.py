@@ -93,6 +93,9 @@ def make_app(api_key: str | None = None) -> Starlette:
         else:
             kept.append({"role": "user", "content": asked[-1]["content"], "created": time.time()})
         pieces, pause = reply_for(messages)
+        most = body.get("max_tokens")
+        finish_reason = "length" if most and len(pieces) > most else "stop"
+        pieces = pieces[:most] if most else pieces
         started = time.time()
 
         async def events() -> AsyncIterator[bytes]:
@@ -109,12 +112,12 @@ def make_app(api_key: str | None = None) -> Starlette:
                     }
                     yield f"data: {json.dumps(chunk)}\n\n".encode()
                     await asyncio.sleep(pause)
-                finish = "stop"
+                finish = finish_reason
                 spent = max(time.time() - started, 1e-3)
                 last = {
                     "id": "chatcmpl-stub",
                     "object": "chat.completion.chunk",
-                    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
                     "conversation_id": cid,
                     "usage": {"prompt_tokens": 20, "completion_tokens": len(pieces), "total_tokens": 20 + len(pieces)},
                     "timings": {
@@ -134,7 +137,7 @@ def make_app(api_key: str | None = None) -> Starlette:
                         "created": time.time(),
                         "tokens": len(text.split()),
                         "tokens_per_s": 50.0,
-                        "cut": None if finish else "interrupted",
+                        "cut": {"stop": None, "length": "length", None: "interrupted"}[finish],
                     }
                 )
                 conv["updated"] = time.time()

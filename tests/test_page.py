@@ -197,9 +197,13 @@ def click(d: object, css: str) -> None:
     d.find_element(By.CSS_SELECTOR, css).click()  # type: ignore[attr-defined]
 
 
-def new_chat(d: object, url: str) -> None:
+def new_chat(d: object, url: str, max_tokens: int | None = 40) -> None:
+    """The page afresh, nothing kept in the browser; replies bounded by the page's "Longest reply"
+    setting (SmolLM2 can ramble for a thousand tokens)."""
     open_page(d, url)
     js(d, "sessionStorage.clear(); localStorage.clear()")
+    if max_tokens:
+        js(d, "localStorage.setItem('expo-gguf.max-tokens', arguments[0])", str(max_tokens))
     open_page(d, url)
 
 
@@ -230,7 +234,7 @@ def test_send_streams_an_answer_with_its_figures(driver: object, server: str) ->
 
 
 def test_stop_ends_the_reply_marked_interrupted(driver: object, server: str) -> None:
-    new_chat(driver, server)
+    new_chat(driver, server, max_tokens=None)
     type_and_send(driver, "Write a long story about a dragon, with many chapters. Make it long.")
     wait(driver, lambda: len(messages(driver)) == 2 and len(messages(driver)[1]["text"]) > 20, 60)
     click(driver, "#stop")
@@ -248,6 +252,7 @@ def test_stop_ends_the_reply_marked_interrupted(driver: object, server: str) -> 
 
     wait(driver, lambda: kept_cut() == "interrupted", 10, "the server did not keep the stopped reply as interrupted")
     # the page can go on at once
+    js(driver, "const m = document.getElementById('max-tokens'); m.value = '20'; m.dispatchEvent(new Event('input'))")
     assert ask(driver, "echo thanks")["text"].strip()
 
 

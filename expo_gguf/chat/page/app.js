@@ -7,6 +7,7 @@ const $ = (id) => document.getElementById(id);
 const KEY_ITEM = "expo-gguf.api-key";
 const SYSTEM_ITEM = "expo-gguf.system";
 const TEMP_ITEM = "expo-gguf.temperature";
+const MAX_ITEM = "expo-gguf.max-tokens";
 
 const state = {
   info: { model: "", n_ctx: 0, auth: false, logging: true },
@@ -448,6 +449,8 @@ async function generate() {
     stream: true,
     temperature: parseFloat($("temperature").value),
   };
+  const most = parseInt($("max-tokens").value, 10);
+  if (most > 0) body.max_tokens = most;
   if (state.conv.id) body.conversation_id = state.conv.id;
   const reply = { role: "assistant", content: "", pending: true };
   const controller = new AbortController();
@@ -687,6 +690,8 @@ async function start() {
     localStorage.setItem(TEMP_ITEM, $("temperature").value);
     showTemperature();
   });
+  $("max-tokens").value = localStorage.getItem(MAX_ITEM) || "";
+  $("max-tokens").addEventListener("input", () => localStorage.setItem(MAX_ITEM, $("max-tokens").value));
   $("key-form").addEventListener("submit", () => {
     const key = $("key-input").value.trim();
     if (key) sessionStorage.setItem(KEY_ITEM, key);
