@@ -409,14 +409,18 @@ def test_the_key_is_asked_once_and_again_after_a_401(driver: object, tmp_path: P
 
 
 def test_screenshot_mid_conversation(driver: object, server: str, tmp_path: Path) -> None:
-    """The page at 1100x800, light theme, a conversation with markdown; EXPO_PAGE_SCREENSHOT=1
-    writes it to docs/chat-page.png."""
-    new_chat(driver, server)
+    """The page at 1100x800, light theme, a conversation with markdown. The one in the docs:
+    ``EXPO_PAGE_SCREENSHOT=1 pytest tests/test_page.py -k screenshot`` (alone, so the side list
+    holds this conversation only) writes docs/chat-page.png."""
+    new_chat(driver, server, max_tokens=320)
+    js(driver, "localStorage.setItem('expo-gguf.temperature', '0')")
+    open_page(driver, server)
     metrics = {"width": 1100, "height": 800, "deviceScaleFactor": 1, "mobile": False}
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)  # type: ignore[attr-defined]
     ask(driver, "How do I read a file line by line in Python? Show a short example.")
     ask(driver, "And how do I count the lines?")
-    js(driver, "document.activeElement.blur()")
+    js(driver, "document.activeElement.blur(); document.querySelector('#messages > li:nth-child(3)').scrollIntoView()")
+    js(driver, "document.getElementById('thread').scrollTop -= 24")
     out = ROOT / "docs" / "chat-page.png" if os.environ.get("EXPO_PAGE_SCREENSHOT") == "1" else tmp_path / "page.png"
     try:
         driver.save_screenshot(str(out))  # type: ignore[attr-defined]
