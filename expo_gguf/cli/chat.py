@@ -15,7 +15,6 @@ from ..chat import session as chat_session
 from ..chat.conversation import load_conversation, load_threads
 from ..chat.keeping import ChatLog, NoLog
 from ..chat.messages import Message, Sampling
-from ..chat.serve import serve as serve_model
 from ..chat.store import logging_disabled
 from ..errors import ExpoError
 from ..gguf_file.header import check_header, trained_context_length
@@ -237,8 +236,9 @@ def chat(
     metavar="KEY",
     envvar="EXPO_GGUF_API_KEY",
     show_envvar=True,
-    help="Require 'Authorization: Bearer KEY' on every request.",
+    help="Require 'Authorization: Bearer KEY' on the API (the page asks for it once).",
 )
+@click.option("--no-log", is_flag=True, help="Keep none of the conversations (also: EXPO_GGUF_NO_LOG=1).")
 def serve(
     model: Path | None,
     verbose: bool,
@@ -248,14 +248,19 @@ def serve(
     host: str,
     port: int,
     api_key: str | None,
+    no_log: bool,
 ) -> None:
-    """Serve a GGUF over an OpenAI-compatible HTTP API (llama-cpp-python's server).
+    """Serve a GGUF: a chat page at / and an OpenAI-compatible API at /v1.
 
-    The prompt comes from the GGUF's own chat template. Needs the server extra:
+    Replies are the same as `chat`'s (the GGUF's template, the same sampling defaults), one
+    request at a time. Every conversation is kept, as `chat` keeps them, unless --no-log.
 
     \b
-      pip install 'llama-cpp-python[server]'
+      expo-gguf serve MODEL                          http://127.0.0.1:8000/
+      expo-gguf serve MODEL --host 0.0.0.0 --api-key KEY
     """
+    from ..chat.server.run import serve as serve_model
+
     options = _run_options(ctx, n_gpu_layers, threads, verbose)
     serve_model(
         model if model is not None else find_default_model(),
@@ -263,8 +268,9 @@ def serve(
         host,
         port,
         api_key,
+        keep=not (no_log or logging_disabled()),
         warn=warn,
-        say=lambda text: err.print(text, soft_wrap=True, markup=False),
+        say=lambda text: err.print(text, soft_wrap=True, markup=False, highlight=False),
     )
 
 

@@ -9,6 +9,7 @@ of its KV cache: only the new message is evaluated. Loading (GPU layers, context
 from __future__ import annotations
 
 import codecs
+import json
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,21 @@ from .tokens import Messages, PromptFormat, token_piece, tokenize_text
 # Turn terminators some vocabularies carry without flagging them end-of-generation.
 EXTRA_STOP_TEXTS = ("<|end_of_turn|>", "<|im_end|>", "<|eot_id|>", "<end_of_turn>")
 MIN_REPLY_TOKENS = 8
+
+
+def json_grammar(schema: object | None) -> str:
+    """A GBNF grammar for any JSON object (``schema`` None) or for JSON matching ``schema``, through
+    llama-cpp-python's JSON-schema converter; a schema it cannot convert is one ``ExpoError`` line."""
+    from llama_cpp import llama_grammar
+
+    if schema is None:
+        return llama_grammar.JSON_GBNF
+    if not isinstance(schema, dict):
+        raise ExpoError(f"the JSON schema is a {type(schema).__name__}, not an object")
+    try:
+        return llama_grammar.json_schema_to_gbnf(json.dumps(schema))
+    except (AssertionError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+        raise ExpoError(f"the JSON schema cannot be used: {str(e).splitlines()[0][:200] if str(e) else e}") from None
 
 
 class SamplingSettings(Protocol):
@@ -153,8 +169,17 @@ class ChatModel:
             )
         return head + rest, dropped
 
-    def stream(self, messages: Messages, sampling: SamplingSettings) -> Iterator[str]:
+    def check_grammar(self, grammar: str) -> None:
+        """Refuse a GBNF grammar llama.cpp cannot parse, before it reaches a sampler (which would
+        take the null pointer llama.cpp returns for it)."""
+        sampler = llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
+        if not sampler:
+            raise ExpoError("the grammar cannot be compiled by llama.cpp (--verbose shows its log)")
+        llama_cpp.llama_sampler_free(sampler)
+
+    def stream(self, messages: Messages, sampling: SamplingSettings, grammar: str | None = None) -> Iterator[str]:
         """Yield the reply's text as it is generated; ``last_stats`` is set when it ends.
+        ``grammar`` (GBNF, checked with ``check_grammar``) constrains what may be sampled.
 
         Stops on any stop id, ``max_tokens`` or a full context. Closing the iterator early
         (Ctrl+C in the REPL) keeps the KV cache consistent: the next prompt starts with this one.
@@ -175,6 +200,7 @@ class ChatModel:
                 top_k=sampling.top_k,
                 min_p=sampling.min_p,
                 repeat_penalty=sampling.repeat_penalty,
+                grammar=llama_cpp.LlamaGrammar.from_string(grammar, verbose=False) if grammar else None,
             )
             for token in tokens:
                 self.last_tokens.append(token)
