@@ -79,6 +79,9 @@ def make_app(api_key: str | None = None) -> Starlette:
             return refuse()
         body = await request.json()
         messages = body["messages"]
+        if sum(len(m["content"].split()) for m in messages) > N_CTX:
+            message = f"the messages need more than the context's {N_CTX} tokens"
+            return JSONResponse({"error": {"message": message, "code": "context_length_exceeded"}}, status_code=400)
         cid = body.get("conversation_id") or uuid.uuid4().hex[:26]
         conv = conversations.setdefault(
             cid, {"id": cid, "model": MODEL, "created": time.time(), "updated": time.time(), "messages": []}

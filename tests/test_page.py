@@ -290,6 +290,21 @@ def test_edit_an_earlier_message_resends_from_there(driver: object, server: str)
     assert shown[0]["text"] == "echo plums" and shown[1]["text"].strip()
 
 
+def test_a_refused_request_is_shown_and_the_chat_goes_on(driver: object, server: str) -> None:
+    new_chat(driver, server)
+    type_and_send(driver, "word " * 5000)
+    wait(driver, lambda: len(messages(driver)) == 2 and idle(driver), 30)
+    error = js(driver, "return document.querySelector('#messages > li.error .body')?.textContent")
+    assert error and "context" in error, error
+    click(driver, "#messages > li:first-child .edit")
+    area = driver.find_element("css selector", ".edit-box textarea")  # type: ignore[attr-defined]
+    area.clear()
+    area.send_keys("echo shorter")
+    click(driver, ".edit-box .save-edit")
+    wait(driver, lambda: idle(driver) and len(messages(driver)) == 2, 60)
+    assert messages(driver)[1]["text"].strip() and "tokens/s" in messages(driver)[1]["meta"]
+
+
 def test_reload_reopens_and_continues_a_kept_conversation(driver: object, server: str) -> None:
     new_chat(driver, server)
     first = ask(driver, "Name a colour.")
