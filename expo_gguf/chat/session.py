@@ -117,14 +117,16 @@ def _say_cut(session: ChatModel, err: Console, capped: bool) -> None:
     err.print(f"(cut at {plural(cut, 'token')}{why})", style="dim", markup=False, highlight=False, soft_wrap=True)
 
 
-def _stream_kept(session: ChatModel, sampling: Sampling, messages: list[Message], log: ChatLog | NoLog) -> None:
+def _stream_kept(
+    session: ChatModel, sampling: Sampling, messages: list[Message], log: ChatLog | NoLog, grammar: str | None = None
+) -> None:
     """One reply streamed to stdout, the question and the reply kept as each is complete (a reply
     Ctrl+C stopped is kept too, marked interrupted)."""
     kept, _ = session.fit(messages, sampling)
     log.user(messages[-1]["content"])
     chunks: list[str] = []
     try:
-        for chunk in session.stream(kept, sampling):
+        for chunk in session.stream(kept, sampling, grammar):
             chunks.append(chunk)
             _echo(chunk)
     except KeyboardInterrupt:
@@ -144,10 +146,12 @@ def answer_once(
     verbose: bool,
     capped: bool = False,
     log: ChatLog | NoLog | None = None,
+    grammar: str | None = None,
 ) -> None:
     """The reply alone on stdout, streamed, so it pipes cleanly into other tools; ``capped``: the
-    reply length is the one-shot default, not the user's."""
-    _stream_kept(session, sampling, messages, log or NoLog())
+    reply length is the one-shot default, not the user's; ``grammar`` (GBNF, ``--json-schema``)
+    constrains it."""
+    _stream_kept(session, sampling, messages, log or NoLog(), grammar)
     _say_cut(session, err, capped)
     if verbose and session.last_stats:
         err.print(session.last_stats.line(), style="dim", markup=False)

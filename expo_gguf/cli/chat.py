@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from ..chat.store import logging_disabled
 from ..errors import ExpoError
 from ..gguf_file.header import check_header, trained_context_length
 from ..runtime.loader import load_model
-from ..runtime.model import ChatModel
+from ..runtime.model import ChatModel, json_grammar
 from ..runtime.options import RunOptions
 from ._options import run_options
 from ._output import err, warn
@@ -51,6 +52,26 @@ def _logs(
             log.start(history)
         logs.append(log)
     return logs
+
+
+def _json_schema_grammar(value: str) -> str:
+    """``--json-schema``: a file holding a JSON schema, or the schema itself, as a grammar; ``{}``
+    is any JSON object. A schema that cannot be read or used is one line, before loading."""
+    path = Path(value)
+    try:
+        text = path.read_text(encoding="utf-8") if value.strip()[:1] not in ("{", "[") and path.is_file() else value
+    except (OSError, UnicodeDecodeError) as e:
+        raise ExpoError(f"--json-schema: cannot read {value}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as e:
+        looks = value.strip()[:1] in ("{", "[")
+        what = f"{value} is not JSON" if text is not value else "not JSON" if looks else "no such file, and not JSON"
+        raise ExpoError(f"--json-schema: {what} ({e.msg} at line {e.lineno} column {e.colno})") from None
+    try:
+        return json_grammar(schema or None)
+    except ExpoError as e:
+        raise ExpoError(f"--json-schema: {e}") from None
 
 
 def find_default_model(models_dir: Path = Path("models")) -> Path:
@@ -95,6 +116,11 @@ def find_default_model(models_dir: Path = Path("models")) -> Path:
     f" {ONE_SHOT_MAX_TOKENS} for a one-shot reply.",
 )
 @click.option("--seed", type=int, default=-1, help="Sampling seed (default: random).")
+@click.option(
+    "--json-schema",
+    metavar="FILE|JSON",
+    help="A one-shot reply as JSON matching this schema (a file or the schema itself; {} for any JSON object).",
+)
 @click.option("--plain", is_flag=True, help="Print replies as plain text, not markdown.")
 @click.option("-c", "--continue", "continue_", is_flag=True, help="Carry on the newest kept conversation.")
 @click.option("--resume", metavar="ID", help="Carry on a kept conversation (`expo-gguf logs` lists their ids).")
@@ -123,6 +149,7 @@ def chat(
     repeat_penalty: float,
     max_tokens: int | None,
     seed: int,
+    json_schema: str | None,
     plain: bool,
     continue_: bool,
     resume: str | None,
@@ -156,6 +183,9 @@ def chat(
         seed=seed,
     )
     options = _run_options(ctx, n_gpu_layers, threads, verbose)
+    if json_schema is not None and (not one_shot or vs_model is not None):
+        raise click.UsageError("--json-schema shapes one reply: use it with -p or piped text, without --vs")
+    grammar = _json_schema_grammar(json_schema) if json_schema is not None else None
     resumed = None
     if continue_ or resume is not None:
         if load_file is not None or vs_model is not None or (continue_ and resume is not None):
@@ -211,7 +241,9 @@ def chat(
             else:
                 chat_session.chat_interactive_vs(sessions, names, sampling, histories, plain, logs)
         elif one_shot:
-            chat_session.answer_once(sessions[0], sampling, asked, err, verbose, capped, logs[0])
+            if grammar is not None:
+                sessions[0].check_grammar(grammar)
+            chat_session.answer_once(sessions[0], sampling, asked, err, verbose, capped, logs[0], grammar)
         else:
             chat_session.chat_interactive(sessions[0], sampling, messages, plain, logs[0])
     finally:
