@@ -96,7 +96,8 @@ def serve(tmp: Path, api_key: str | None = None) -> Iterator[str]:
 
     port = free_port()
     cmd = [sys.executable, "-c", "from expo_gguf.cli import main; main()", "serve", str(smollm2())]
-    cmd += ["--port", str(port), "--threads", "1"] + (["--api-key", api_key] if api_key else [])
+    cmd += ["--port", str(port), "--threads", "1", "-ngl", "0"]  # the CPU's pace: a reply long enough to stop
+    cmd += ["--api-key", api_key] if api_key else []
     env = {**os.environ, "EXPO_GGUF_LOGS_DB": str(tmp / "logs.db")}
     log = open(tmp / "serve.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -215,7 +216,7 @@ def test_send_streams_an_answer_with_its_figures(driver: object, server: str) ->
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    new_chat(driver, server)
+    new_chat(driver, server, max_tokens=120)
     box = driver.find_element(By.ID, "input")  # type: ignore[attr-defined]
     box.send_keys("first line", Keys.SHIFT, Keys.ENTER, Keys.SHIFT, "second line")
     assert box.get_attribute("value") == "first line\nsecond line"
