@@ -84,3 +84,20 @@ def test_the_chat_layer_does_not_import_llama_cpp_or_click() -> None:
         assert not {m for m in mods if m.split(".")[0] in ("llama_cpp", "click")}, name
         if name != "chat/line_editor.py":  # the REPL reads lines through a callable, never the editor itself
             assert not {m for m in mods if m.split(".")[0] == "prompt_toolkit"}, name
+
+
+def test_every_data_file_is_package_data() -> None:
+    """Files the package reads at run time (presets, prompts, templates, the chat page) go into the
+    wheel: each matches a package-data glob in pyproject.toml."""
+    import re
+    from fnmatch import fnmatch
+
+    section = (ROOT / "pyproject.toml").read_text().split("[tool.setuptools.package-data]")[1]
+    globs = re.findall(r'"([^"]+)"', re.search(r"expo_gguf = \[(.*?)\]", section).group(1))
+    skip = {".py", ".c", ".h", ".so", ".pyc"}
+    files = [p for p in PACKAGE.rglob("*") if p.is_file() and p.suffix not in skip and "__pycache__" not in p.parts]
+    assert files, "no data files found"
+    missing = [
+        str(p.relative_to(PACKAGE)) for p in files if not any(fnmatch(str(p.relative_to(PACKAGE)), g) for g in globs)
+    ]
+    assert missing == []
