@@ -385,8 +385,10 @@ def test_phone_width_is_one_column(driver: object, server: str) -> None:
     from selenium.webdriver.common.by import By
 
     new_chat(driver, server)
-    driver.set_window_size(380, 760)  # type: ignore[attr-defined]
+    phone = {"width": 380, "height": 760, "deviceScaleFactor": 1, "mobile": False}
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", phone)  # type: ignore[attr-defined]
     try:
+        assert js(driver, "return window.innerWidth") == 380
         ask(driver, "echo a fairly wide line of text that has to wrap at the width of a phone screen, " * 3)
         width = js(driver, "return [document.documentElement.scrollWidth, window.innerWidth]")
         assert isinstance(width, list) and width[0] <= width[1], width
@@ -397,7 +399,7 @@ def test_phone_width_is_one_column(driver: object, server: str) -> None:
         click(driver, "#conv-list .conv .open")
         wait(driver, lambda: side.rect["x"] + side.rect["width"] <= 0, 5)
     finally:
-        driver.set_window_size(1100, 800)  # type: ignore[attr-defined]
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})  # type: ignore[attr-defined]
 
 
 def test_the_key_is_asked_once_and_again_after_a_401(driver: object, tmp_path: Path) -> None:
