@@ -482,3 +482,17 @@ def test_search_and_delete_in_the_side_list(driver: object, server: str) -> None
     assert "No conversation holds these words." in js(driver, "return document.getElementById('conv-note').textContent")
     remaining = get_json(f"{server}/api/conversations?n=50&q=zebra")
     assert remaining == []
+
+
+def test_copy_puts_a_code_block_on_the_clipboard(driver: object, server: str) -> None:
+    new_chat(driver, server)
+    grant = {"permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"], "origin": server}
+    driver.execute_cdp_cmd("Browser.grantPermissions", grant)  # type: ignore[attr-defined]
+    copied = driver.execute_async_script(  # type: ignore[attr-defined]
+        """const done = arguments[arguments.length - 1];
+        const box = document.createElement('div'); document.getElementById('messages').append(box);
+        window.expoMarkdown('Run:\\n\\n```sh\\necho "a <b>"\\nls -l\\n```\\n', box);
+        const b = box.querySelector('.code .copy'); b.click();
+        setTimeout(async () => done([b.textContent, await navigator.clipboard.readText()]), 300);""",
+    )
+    assert copied == ["Copied", 'echo "a <b>"\nls -l'], copied
