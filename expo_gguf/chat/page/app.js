@@ -495,7 +495,6 @@ async function generate() {
   } finally {
     clearInterval(timer);
     delete reply.pending;
-    if (!reply.content && !reply.error && reply.cut === "interrupted") reply.content = "";
     setBusy(null);
     const follow = nearBottom();
     renderThread();
