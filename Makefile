@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml setup.py $(KERNELS) Makefile scripts/build_llama_cpp_wh
 	touch $(STAMP)
 
 test: lint  # one pytest worker per core (pytest-xdist); PYTEST_WORKERS=0 runs them in this process
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup  # the browser tests share one worker
 
 quick: venv  # the fast loop: everything but the slow tests
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow"

@@ -20,7 +20,7 @@ from urllib.request import Request, urlopen
 import pytest
 from page_stub import StubServer, free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("browser")]  # one Chromium and server per run
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
