@@ -13,6 +13,7 @@ import hmac
 import re
 import threading
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -55,16 +56,38 @@ POLL_S = 0.25  # how often a request waiting on the worker checks that its clien
 
 @dataclass(eq=False)
 class Job:
-    """One request on its way through the worker: what it asked, and the pieces coming back."""
+    """One request on its way through the worker: what it asked, and the pieces coming back.
+
+    The worker appends to ``items`` and wakes the event loop only when it is not already woken:
+    a loop that falls behind takes the pieces waiting in one go (one SSE chunk), so the serving
+    side costs the model less, not more, when the CPU is busy."""
 
     request: ChatRequest
     grammar: str | None
     loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
+    items: deque[tuple[str, Any]] = field(default_factory=deque)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    woken: bool = False
     cancel: threading.Event = field(default_factory=threading.Event)
 
     def post(self, kind: str, value: Any = None) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, value))
+        self.items.append((kind, value))
+        if not self.woken:
+            self.woken = True
+            self.loop.call_soon_threadsafe(self.ready.set)
+
+    def take(self) -> tuple[str, Any] | None:
+        """The next item, consecutive pieces of text joined; None when there is none yet."""
+        if not self.items:
+            self.ready.clear()
+            self.woken = False
+            if not self.items:  # nothing came between the check and the reset
+                return None
+        kind, value = self.items.popleft()
+        if kind == "text":
+            while self.items and self.items[0][0] == "text":
+                value += self.items.popleft()[1]
+        return kind, value
 
 
 class Server:
@@ -146,8 +169,11 @@ class Server:
     async def next_item(self, job: Job, request: Request) -> tuple[str, Any]:
         """The worker's next item; meanwhile a client that left cancels the job."""
         while True:
+            item = job.take()
+            if item is not None:
+                return item
             try:
-                return await asyncio.wait_for(job.queue.get(), POLL_S)
+                await asyncio.wait_for(job.ready.wait(), POLL_S)
             except asyncio.TimeoutError:
                 if not job.cancel.is_set() and await request.is_disconnected():
                     job.cancel.set()
