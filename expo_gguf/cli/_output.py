@@ -21,7 +21,6 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
-from rich.segment import Segments
 from rich.table import Table
 from rich.text import Text
 
@@ -38,10 +37,10 @@ def note(text: str) -> None:
 
 
 def print_table(table: Table, console: Console | None = None) -> None:
-    """A table on stdout that never splits a cell: on a terminal, drawn at least as wide as its
-    widest row (the terminal wraps a too-long row; no name or hash is cut over two lines); piped
-    or redirected, one tab-separated line per row, no header, no padding, for ``cut -f`` and
-    scripts. Give names and hashes ``no_wrap=True`` columns."""
+    """A table on stdout that never splits a cell: on a terminal, drawn whole where it fits, else a
+    block per row (``_print_records``: no name or hash cut over two lines, no border wrapped by
+    the terminal); piped or redirected, one tab-separated line per row, no header, no padding,
+    for ``cut -f`` and scripts."""
     console = console or out
     if not console.is_terminal:
         for row in zip(*(c.cells for c in table.columns)):
@@ -51,8 +50,32 @@ def print_table(table: Table, console: Console | None = None) -> None:
     for column in table.columns:
         column.no_wrap = True
     widest = Measurement.get(console, console.options.update_width(1 << 20), table).maximum  # unclamped
-    options = console.options.update_width(max(console.width, widest))  # print(width=) is clamped to the terminal's
-    console.print(Segments(console.render(table, options)), soft_wrap=True)
+    if widest > console.width:  # too wide to draw: a block per row, whole cells packed into lines
+        _print_records(table, console)
+        return
+    console.print(table)
+
+
+def _print_records(table: Table, console: Console) -> None:
+    """A table on a terminal narrower than it: each row's first cell on a line of its own, then
+    ``header value`` pairs packed into indented lines that fit, never split (a pair longer than the
+    terminal, a path say, gets a line to itself)."""
+    if table.title:
+        console.print(table.title, style="italic", highlight=False)
+    headers = [_plain(c.header) for c in table.columns]
+    for row in zip(*(c.cells for c in table.columns)):
+        console.print(Text(_plain(row[0]), style="bold"), soft_wrap=True)
+        lines: list[str] = []
+        for header, cell in zip(headers[1:], row[1:]):
+            pair = f"{header} {_plain(cell)}".strip()
+            if not _plain(cell):
+                continue
+            if lines and len(lines[-1]) + 3 + len(pair) <= console.width:
+                lines[-1] += " · " + pair
+            else:
+                lines.append("  " + pair)
+        for line in lines:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _plain(cell: object) -> str:
