@@ -68,3 +68,34 @@ def test_logs_starts_without_llama_cpp_or_numpy(tmp_path) -> None:
         [sys.executable, "-c", code.replace("'logs', '-n', '1'", "'info', '--help'")], capture_output=True, text=True
     )
     assert "llama_cpp" in info.stdout, info.stdout + info.stderr
+
+
+def test_a_table_too_wide_for_the_terminal_splits_no_cell() -> None:
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from expo_gguf.cli._output import print_table
+
+    digest = "ab" * 32
+    t = Table(title="built in out")
+    for col in ("file", "type", "size", "sha256"):
+        t.add_column(col)
+    t.add_row("Starling-LM-7B-beta-ExPO-Q8_0.gguf", "Q8_0", "19.4 MB", digest)
+    for width, table in ((200, True), (80, False)):
+        buf = io.StringIO()
+        print_table(t, Console(file=buf, force_terminal=True, width=width, color_system=None))
+        lines = buf.getvalue().splitlines()
+        assert all(len(line) <= width for line in lines), lines
+        assert any(digest in line for line in lines) and any("Starling-LM-7B-beta-ExPO-Q8_0.gguf" in x for x in lines)
+        assert ("┃" in buf.getvalue()) is table  # a box where it fits, else a block per row
+    assert lines == [
+        "built in out",
+        "Starling-LM-7B-beta-ExPO-Q8_0.gguf",
+        "  type Q8_0 · size 19.4 MB",
+        f"  sha256 {digest}",
+    ]
+    buf = io.StringIO()
+    print_table(t, Console(file=buf, force_terminal=False, width=80))
+    assert buf.getvalue() == f"Starling-LM-7B-beta-ExPO-Q8_0.gguf\tQ8_0\t19.4 MB\t{digest}\n"  # piped
