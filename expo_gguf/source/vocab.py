@@ -17,6 +17,7 @@ from pathlib import Path
 
 import gguf
 
+from .._units import plural
 from ..errors import ExpoError
 from .chat_template import END_OF_TURN, chat_template
 from .checkpoint import read_json
@@ -197,7 +198,7 @@ def _place_added(
     while len(p.tokens) < vocab_size:
         p.append(f"[PAD{len(p.tokens)}]".encode(), UNUSED)
     if len(p.tokens) > vocab_size:
-        raise ExpoError(f"{root}: tokenizer has {len(p.tokens)} tokens, config.json vocab_size {vocab_size}")
+        raise ExpoError(f"{root}: tokenizer has {plural(len(p.tokens), 'token')}, config.json vocab_size {vocab_size}")
 
 
 def _eos_ids(root: Path, tok_config: dict, ids: dict[str, int], vocab_size: int, warnings: list[str]) -> list[int]:

@@ -126,7 +126,7 @@ def markdown(c: Comparison) -> str:
     out = [
         f"# expo-gguf compare: {plural(len(c.runs), 'model')}, {plural(len(c.prompts), 'prompt')}",
         "",
-        f"Prompts: {c.prompts_name}. Greedy, seed {o.seed}, at most {o.max_tokens} tokens per reply, "
+        f"Prompts: {c.prompts_name}. Greedy, seed {o.seed}, at most {plural(o.max_tokens, 'token')} per reply, "
         f"context {o.n_ctx}{ref}.",
         "",
     ]
