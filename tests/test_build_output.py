@@ -46,6 +46,9 @@ def test_plan_at_80_columns_breaks_no_name(pair, tmp_path):
     for file in (f"{name}-Q8_0.gguf", f".{name}-BF16.intermediate.gguf", f"{name}-Q4_K_M.gguf"):
         assert any(file in line for line in lines), shown
     assert any(str(pair.rlhf) in line for line in lines), shown
+    # no line longer than the terminal (a name too long for it is the only exception), wrapped between words
+    assert all(len(line) <= 80 or len(line.split()) == 1 for line in lines), shown
+    assert any(line.startswith("    ") and "in bf16)" in line for line in lines), shown  # the math line, wrapped
 
 
 def test_plan_and_built_files_piped_are_tab_separated(pair, tmp_path):

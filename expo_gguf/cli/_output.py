@@ -126,6 +126,7 @@ class RichProgress:
     def __init__(self, bar: Progress, unit: str = "items", keep: bool = False) -> None:
         self.bar, self.keep = bar, keep
         self.id = bar.add_task("starting", total=None, unit=unit)
+        self.noted = False  # a note during a stage is its summary: the finished bar is then not kept
 
     def task(self, description: str, total: float | None = None, unit: str | None = None) -> None:
         if unit is not None:
@@ -136,16 +137,24 @@ class RichProgress:
 
     def _new(self, description: str, total: float | None, unit: str) -> None:
         old = self.bar.tasks[[t.id for t in self.bar.tasks].index(self.id)]
-        if self.keep and not self.bar.disable and old.total is not None and old.completed:
+        if self.keep and not self.noted and not self.bar.disable and old.total is not None and old.completed:
             self.bar.console.print(self.bar.make_tasks_table([old]))
         self.bar.remove_task(self.id)
         self.id = self.bar.add_task(escape(description), total=total, unit=unit)
+        self.noted = False
+
+    def finish(self) -> None:
+        """At the end: a bar that only pulsed (no total) or that a note summed up is not left behind."""
+        task = self.bar.tasks[[t.id for t in self.bar.tasks].index(self.id)]
+        if task.total is None or self.noted:
+            self.bar.remove_task(self.id)
 
     def advance(self, n: float = 1) -> None:
         self.bar.advance(self.id, n)
 
     def note(self, text: str) -> None:
         self.bar.console.print(text, style="dim", markup=False, highlight=False, soft_wrap=True)
+        self.noted = True
 
 
 @contextmanager
@@ -153,4 +162,6 @@ def progress(unit: str = "items", keep: bool = False) -> Iterator[RichProgress]:
     """The bar's first stage counts ``unit`` ("bytes" shows sizes and speed, anything else a count
     and an ETA); ``keep`` leaves the finished bars on screen."""
     with Progress(*_columns(), console=err, transient=not keep, disable=not err.is_terminal) as bar:
-        yield RichProgress(bar, unit, keep)
+        shown = RichProgress(bar, unit, keep)
+        yield shown
+        shown.finish()

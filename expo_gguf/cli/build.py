@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from .._units import human_bytes, plural
 from ..convert.execute import compiled_kernels, run_build
@@ -27,59 +29,76 @@ from ._output import out as console
 from .imatrix import auto_maker, check_auto_options
 
 
+def _say(console: Console, markup: str) -> None:
+    """A plan line: on a terminal wrapped between words with a hanging indent, never inside a word
+    (a name longer than the terminal runs on whole); piped, one line."""
+    if not console.is_terminal:
+        console.print(markup, soft_wrap=True)
+        return
+    text, width = Text.from_markup(markup), max(20, console.width - 4)
+    cuts, start = [], 0
+    for word in re.finditer(r"\S+", text.plain):
+        if word.start() > start and word.end() - start > (width if cuts else console.width):
+            cuts.append(word.start())
+            start = word.start()
+    for i, line in enumerate(text.divide(cuts)):
+        line.rstrip()
+        console.print(Text("    ") + line if i else line, soft_wrap=True)
+
+
 def print_plan(plan: Plan, console: Console = console) -> None:
     """The plan for a person: no line breaks a name or a path (long lines run on, as the terminal
     wraps them), and the files as a table that never splits a cell (tab-separated when piped)."""
     r = plan.request
     title = plan.outputs[0].name if len(r.alphas) == 1 and plan.outputs else plan.name  # the model's name at it
-    console.print(
+    _say(
+        console,
         f"[bold]{escape(title)}[/]  alpha={','.join(f'{a:g}' for a in r.alphas)}  ({plan.hparams.architecture}, "
         f"{plural(plan.hparams.block_count, 'layer')}, vocab {plan.hparams.vocab_size})",
-        soft_wrap=True,
     )
     for role, ckpt in (("RLHF", plan.rlhf), ("SFT ", plan.sft)):
         where = f"hub, revision {ckpt.revision}" if ckpt.remote else str(ckpt.path)
         if ckpt.revision and not ckpt.remote:
             where += f", revision {ckpt.revision}"
-        console.print(f"  {role} {escape(ckpt.label)}  ({escape(where)})", soft_wrap=True)
-    console.print(
+        _say(console, f"  {role} {escape(ckpt.label)}  ({escape(where)})")
+    _say(
+        console,
         f"  {plural(len(plan.tensors), 'tensor')}, input {human_bytes(plan.input_bytes)} read once, "
         f"{plural(r.threads, 'thread')}, peak RAM ~{human_bytes(plan.peak_ram)}",
-        soft_wrap=True,
     )
-    console.print(f"  math: {_math_line(plan)}", soft_wrap=True)
-    console.print(
+    _say(console, f"  math: {_math_line(plan)}")
+    _say(
+        console,
         f"  writing into {escape(str(r.outdir))}/"
         + (f"  [red]cannot: {escape(plan.unwritable)}[/]" if plan.unwritable else ""),
-        soft_wrap=True,
     )
     _print_files(plan, console)
     print_quant_choices(r.overrides, plan.overridden, console)
     for im in plan.imatrix.values():
-        console.print(
+        _say(
+            console,
             f"  importance matrix: {escape(str(im.file))} ({plural(len(im.data.sums), 'matrix', 'matrices')}, "
             f"{plural(im.data.chunk_count, 'chunk')})",
-            soft_wrap=True,
         )
     for keep in plan.imatrix_keep.values():
-        console.print(
+        _say(
+            console,
             f"  importance matrix: computed from the 16-bit file over the calibration text -> {escape(keep.name)}",
-            soft_wrap=True,
         )
     if any(o.estimate for o in plan.derived):
-        console.print(
+        _say(
+            console,
             "  [dim]~ an estimate: the keys an importance matrix adds (or llama.cpp's mix, where its dry run "
             "could not be asked)[/]",
-            soft_wrap=True,
         )
     replace = "exists, replaced (--force)" if r.force else "[red]exists, --force to replace[/]"
     for path in plan.existing:
-        console.print(f"  {escape(path.name)} {replace}", soft_wrap=True)
+        _say(console, f"  {escape(path.name)} {replace}")
     ok = plan.disk_free >= plan.disk_needed
-    console.print(
+    _say(
+        console,
         f"  disk: needs {'~' if any(o.estimate for o in plan.outputs) else ''}{human_bytes(plan.disk_needed)}, "
         f"{human_bytes(plan.disk_free)} free " + ("[green]ok[/]" if ok else "[red]NOT ENOUGH[/]"),
-        soft_wrap=True,
     )
 
 
@@ -103,6 +122,11 @@ def _print_files(plan: Plan, console: Console) -> None:
         print_table(t, console)
         return
     wide = [max(len(r[k]) for r in rows) for k in (0, 1)]
+    if 2 + wide[0] + 3 + wide[1] + 3 + max(len(r[2]) for r in rows) > console.width:  # two lines a file
+        for name, who, size in rows:
+            console.print(f"  {escape(name)}", soft_wrap=True)
+            console.print(f"    {who}, {size}", soft_wrap=True, style="dim")
+        return
     for name, who, size in rows:
         console.print(f"  {escape(name.ljust(wide[0]))}   {who.ljust(wide[1])}   {size}", soft_wrap=True)
 
