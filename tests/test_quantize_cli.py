@@ -104,7 +104,7 @@ def test_dry_run_prints_every_tensor_then_fails_where_the_run_would(tmp_path):
         if len(t.shape) == 1 or t.shape[1] == 1:
             assert qtype == "F32", t.name  # norms stay F32
     assert {"Q4_K", "Q6_K"} <= {r[2] for r in rows}  # Q4_K_M's mix, as llama.cpp decides it
-    assert f"{out}  Q4_K_M" in res.output and f"in {len(tensors)} tensors (" in " ".join(res.output.split())
+    assert f"{out}  Q4_K_M" in res.output and f"in {len(tensors)} tensors: " in " ".join(res.output.split())
     assert not out.exists()
 
     out.write_bytes(b"mine")
@@ -115,3 +115,24 @@ def test_dry_run_prints_every_tensor_then_fails_where_the_run_would(tmp_path):
     assert lines[-1] == f"error: {out} exists; use --force to overwrite" and res.output.count("error:") == 1
     assert out.read_bytes() == b"mine"
     one_error_line(run_cli("quantize", src, "-q", "q4_k_m", "-o", out), "exists; use --force")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", [("-q", "q4_0"), ("-q", "q4_k_m"), ("-q", "q4_k_m", "--tensor-type", "attn_v=q8_0")])
+def test_dry_run_total_is_the_written_size(tmp_path, args):
+    """The dry run's total is the file's size to the byte: the header and each tensor's padding too."""
+    from expo_gguf.quant.llama import parse_overrides
+    from expo_gguf.quant.requantize import dry_run_job, file_size_of, plan_requantize
+    from expo_gguf.quant.types import parse_quants
+
+    src, out = smollm2(), tmp_path / "x.gguf"
+    assert run_cli("quantize", src, *args, "-o", out).exit_code == 0
+    tensor_types = tuple(args[3:4])
+    job = plan_requantize(
+        src,
+        parse_quants(args[1])[0],
+        str(tmp_path / "y.gguf"),
+        False,
+        overrides=parse_overrides(None, None, tensor_types, False),
+    )
+    assert file_size_of(src, dry_run_job(job, 2).types) == out.stat().st_size

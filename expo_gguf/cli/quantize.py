@@ -16,6 +16,7 @@ from ..quant.requantize import (
     Requantization,
     check_ready,
     dry_run_job,
+    file_size_of,
     imatrix_beside,
     model_tensors,
     plan_requantize,
@@ -152,9 +153,10 @@ def print_dry_run(job: Requantization, plan: DryRun) -> None:
     for x in tensors:
         counts[x.type.name] = counts.get(x.type.name, 0) + 1
     mix = ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    approx = "~" if job.uses_imatrix else ""  # the keys an importance matrix adds are not counted
     console.print(
-        f"{escape(str(job.dst))}  {job.quant.label}  {human_bytes(sum(x.nbytes for x in tensors))} in "
-        f"{plural(len(tensors), 'tensor')} ({mix})",
+        f"{escape(str(job.dst))}  {job.quant.label}  {approx}{human_bytes(file_size_of(job.src, plan.types))}"
+        f" ({human_bytes(sum(x.nbytes for x in tensors))} in {plural(len(tensors), 'tensor')}: {mix})",
         soft_wrap=True,
     )
     console.print("  [dim]types and sizes from llama.cpp's own dry run; nothing written[/]")

@@ -180,6 +180,15 @@ def size_of(src: Path, types: dict[str, gguf.GGMLQuantizationType]) -> int:
     return sum(t.nbytes for t in planned_tensors(src, types))
 
 
+def file_size_of(src: Path, types: dict[str, gguf.GGMLQuantizationType]) -> int:
+    """The whole file llama.cpp's quantizer writes from ``src`` with ``types``: ``src``'s header
+    (the quantizer keeps every key and tensor entry, changing values of the same size) and each
+    tensor's data padded to the alignment. Exact without an importance matrix, whose keys it adds."""
+    header = read_gguf_header(src)
+    align = int(header.values.get("general.alignment", 32))  # type: ignore[call-overload]
+    return header.data_start + sum(-(-t.nbytes // align) * align for t in planned_tensors(src, types))
+
+
 def dry_run_job(job: Requantization, threads: int, imatrix: ImatrixInput | None = None) -> DryRun:
     return dry_run(job.src, job.quant, threads, job.requantize, job.overrides, imatrix)
 
