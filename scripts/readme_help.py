@@ -15,14 +15,14 @@ from click.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-BLOCK = re.compile(r"(<!-- help:(?P<cmd>[\w-]+) -->\n)(?P<body>.*?)(<!-- /help -->)", re.DOTALL)
+BLOCK = re.compile(r"(<!-- help:(?P<cmd>[\w -]+) -->\n)(?P<body>.*?)(<!-- /help -->)", re.DOTALL)
 WIDTH = 100
 
 
 def help_text(command: str) -> str:
     from expo_gguf.cli import cli
 
-    args = ["--help"] if command == "expo-gguf" else [command, "--help"]
+    args = ["--help"] if command == "expo-gguf" else [*command.split(), "--help"]  # "logs show": a subcommand
     res = CliRunner().invoke(cli, args, prog_name="expo-gguf", terminal_width=WIDTH)
     assert res.exit_code == 0, res.output
     return res.output
