@@ -111,6 +111,7 @@ def test_presets_piped_one_line_each(pair):
         assert line[4] == f"{row['rlhf'].split('/')[-1]}-ExPO-QUANT.gguf"
         assert row["source"].startswith("https://huggingface.co/")
     assert lines[0][6] == "default" and all(line[6] == "" for line in lines[1:])
+    assert [line[7] == "card" for line in lines] == [bool(row.get("chat_template")) for row in rows]  # tulu's
 
 
 def test_presets_at_80_columns_keep_every_item_on_its_line():

@@ -47,11 +47,12 @@ def presets() -> None:
     rows = load_presets()
     if not console.is_terminal:  # one line per preset, tab-separated, for scripts
         t = Table()
-        for col in ("name", "alpha", "sft", "rlhf", "file", "card", "default"):
+        for col in ("name", "alpha", "sft", "rlhf", "file", "card", "default", "template"):
             t.add_column(col)
         for i, p in enumerate(rows):
             file = f"{p.output_name}-QUANT.gguf"
-            t.add_row(p.name, f"{p.alpha:g}", p.sft, p.rlhf, file, p.source, "default" if i == 0 else "")
+            template = "card" if p.chat_template else ""  # the model card's, where the checkpoint ships none
+            t.add_row(p.name, f"{p.alpha:g}", p.sft, p.rlhf, file, p.source, "default" if i == 0 else "", template)
         print_table(t)
         return
     for i, p in enumerate(rows):  # a line per item: a long one runs on, no name is broken by a wrap
