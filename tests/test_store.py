@@ -219,14 +219,16 @@ def test_logs_on_an_80_column_terminal(db: Path) -> None:
     from pty_terminal import Terminal
 
     store = Store(db)
+    _chat(store, "an older one")
     cid = _chat(store, "a question " * 20)
     os.environ["EXPO_GGUF_LOGS_DB"] = str(db)  # the pty child inherits it
     try:
-        term = Terminal([sys.executable, "-m", "expo_gguf", "logs"], columns=80)
+        term = Terminal([sys.executable, "-m", "expo_gguf", "logs", "-n", "1"], columns=80)
         assert term.wait() == 0
     finally:
         del os.environ["EXPO_GGUF_LOGS_DB"]
     lines = [line for line in term.transcript() if line.strip()]
-    assert lines[0].startswith(f"{cid}  ") and lines[0].endswith("  1 turn") and len(lines) == 2
+    assert lines[0].startswith(f"{cid}  ") and lines[0].endswith("  1 turn") and len(lines) == 3
+    assert lines[2] == "more: expo-gguf logs -n 10, or -n 0 for all"  # -n 1 of 2
     assert lines[1].startswith(f"  {MODEL.file}: a question a question") and lines[1].endswith("…")
     assert len(lines[1]) == 80

@@ -71,7 +71,9 @@ def logs(ctx: click.Context, count: int, query: str | None, model: str | None, a
     store = _store()
     if store is not None and query and not store.fts:
         note("searching without FTS5 (this Python's sqlite3 lacks it): every word as a substring, slower")
-    found = read.summaries(store, count or -1, query, model) if store else []
+    found = read.summaries(store, count + 1 if count else -1, query, model) if store else []
+    more = bool(count) and len(found) > count  # one more asked for: whether to say there are others
+    found = found[:count] if count else found
     if as_json:
         _dump([read.conversation(store, s.id) for s in found] if store else [])
         return
@@ -85,6 +87,8 @@ def logs(ctx: click.Context, count: int, query: str | None, model: str | None, a
             line = _clip(f"{s.model}: {s.first_line}", max(20, console.width - 2))
             model, _, first = line.partition(": ")
             console.print(f"  [cyan]{escape(model)}[/]" + (f"[dim]: {escape(first)}[/]" if first else ""))
+        if more:
+            console.print(f"more: expo-gguf logs -n {count * 10}, or -n 0 for all", style="dim")
         return
     t = Table(box=None, pad_edge=False, show_header=False)
     for _ in range(5):
