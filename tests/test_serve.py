@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from expo_gguf.chat.server.app import CSP, Server, create_app
+from expo_gguf.chat.server.app import Server, create_app
 from expo_gguf.chat.server.keep import Keeper
+from expo_gguf.chat.server.page import CSP
 from expo_gguf.chat.store import ModelRecord
 from expo_gguf.runtime.loader import load_model
 from expo_gguf.runtime.model import ChatModel

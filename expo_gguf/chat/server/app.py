@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import re
 import threading
 import uuid
 from collections import deque
@@ -24,7 +23,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ...errors import ExpoError
@@ -35,21 +34,8 @@ from ..store import Figures
 from . import openai
 from .keep import Keeper, read_store
 from .openai import ApiError, ChatRequest
+from .page import PAGE, page_file
 
-PAGE = Path(__file__).resolve().parent.parent / "page"
-CSP = "default-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'"
-TYPES = {
-    ".html": "text/html; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
-    ".svg": "image/svg+xml",
-    ".png": "image/png",
-    ".ico": "image/x-icon",
-    ".json": "application/json",
-    ".txt": "text/plain; charset=utf-8",
-    ".md": "text/plain; charset=utf-8",
-}
-PAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 CUT = {"max_tokens": "length", "context": "length", "interrupted": "interrupted"}
 POLL_S = 0.25  # how often a request waiting on the worker checks that its client is still there
 
@@ -307,19 +293,11 @@ class Server:
 
     # --- the page
 
-    def page_file(self, name: str) -> Response:
-        path = self.page / name
-        if not PAGE_NAME.fullmatch(name) or ".." in name or not path.is_file() or path.resolve().parent != self.page:
-            raise ApiError(404, f"no page file {name[:80]!r}", code="not_found")
-        media = TYPES.get(path.suffix.lower(), "application/octet-stream")
-        headers = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
-        return FileResponse(path, media_type=media, headers=headers)
-
     async def index(self, request: Request) -> Response:
-        return self.page_file("index.html")
+        return page_file(self.page, "index.html")
 
     async def page_route(self, request: Request) -> Response:
-        return self.page_file(request.path_params["name"])
+        return page_file(self.page, request.path_params["name"])
 
 
 async def _body(request: Request) -> bytes:
