@@ -386,3 +386,21 @@ def test_structured_output(served: Served) -> None:
     unknown = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/nowhere"}}}
     status, _, raw = served.request("POST", "/v1/chat/completions", body | {"response_format": unknown})
     assert status == 400 and "cannot be used" in json.loads(raw)["error"]["message"]
+
+
+def test_requests_are_answered_one_at_a_time_in_order(served: Served) -> None:
+    done: list[int] = []
+
+    def one(i: int) -> None:
+        body = ask(f"Count to {i + 3}.", temperature=0, max_tokens=24)
+        status, _, _ = served.request("POST", "/v1/chat/completions", body)
+        assert status == 200
+        done.append(i)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)  # each request reaches the server before the next
+    for t in threads:
+        t.join(60)
+    assert done == [0, 1, 2, 3]
