@@ -171,6 +171,7 @@ MALFORMED = [
     (json.dumps(ask("hi", temperature="hot")).encode(), 400, "temperature", "number"),
     (json.dumps(ask("hi", temperature=5)).encode(), 400, "temperature", "number"),
     (json.dumps(ask("hi", max_tokens=0)).encode(), 400, "max_tokens", "integer"),
+    (json.dumps(ask("hi", top_p=0)).encode(), 400, None, "top_p must be > 0"),
     (json.dumps(ask("hi", max_tokens=1.5)).encode(), 400, "max_tokens", "integer"),
     (json.dumps(ask("hi", stream="yes")).encode(), 400, "stream", "true or false"),
     (json.dumps(ask("hi", n=2)).encode(), 400, "n", "not supported"),

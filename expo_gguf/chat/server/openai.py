@@ -164,7 +164,7 @@ def parse_request(data: dict[str, Any], model: str) -> ChatRequest:
     try:
         sampling = Sampling(
             temp=_number(data, "temperature", 0, 2, DEFAULTS.temp),
-            top_p=_number(data, "top_p", 0, 1, DEFAULTS.top_p) or DEFAULTS.top_p,
+            top_p=_number(data, "top_p", 0, 1, DEFAULTS.top_p),
             top_k=_integer(data, "top_k", 0, DEFAULTS.top_k),
             min_p=_number(data, "min_p", 0, 1, DEFAULTS.min_p),
             repeat_penalty=_number(data, "repeat_penalty", 0.01, 10, DEFAULTS.repeat_penalty),
