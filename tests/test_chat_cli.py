@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
-import sys
-import types
 from pathlib import Path
 
 import gguf
@@ -190,71 +187,6 @@ def test_trained_context_length_from_the_header(tmp_path: Path) -> None:
         trained_context_length(tmp_path / "missing.gguf")
 
 
-@pytest.fixture
-def fake_server(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict]:
-    """llama-cpp-python's server and uvicorn faked (the extra is not installed): what serve
-    hands them lands in the returned dict."""
-    seen: dict[str, dict] = {}
-    settings = types.ModuleType("llama_cpp.server.settings")
-    settings.ModelSettings = lambda **kw: seen.setdefault("model", kw)
-    settings.ServerSettings = lambda **kw: seen.setdefault("server", kw)
-    app = types.ModuleType("llama_cpp.server.app")
-    app.create_app = lambda **kw: "app"
-    uvicorn = types.ModuleType("uvicorn")
-    uvicorn.run = lambda app, **kw: seen.setdefault("run", kw)
-    for name, module in {
-        "uvicorn": uvicorn,
-        "llama_cpp.server.app": app,
-        "llama_cpp.server.settings": settings,
-    }.items():
-        monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.delenv("EXPO_GGUF_API_KEY", raising=False)
-    return seen
-
-
-def test_serve_caps_ctx_at_trained_length(fake_server: dict[str, dict]) -> None:
-    """serve hands llama-cpp-python's server the capped context."""
-    seen = fake_server
-    result = run("serve", str(smollm2()), "--ctx", "100000", "--port", "8123")
-    assert result.exit_code == 0, result.output
-    assert seen["model"]["n_ctx"] == 8192 and seen["run"]["port"] == 8123
-    assert "--ctx 100000 is above the trained length; using 8192" in result.output
-    seen.clear()
-    assert run("serve", str(smollm2()), "--ctx", "2048").exit_code == 0
-    assert seen["model"]["n_ctx"] == 2048
-
-
-def test_serve_binds_loopback_and_warns_otherwise(fake_server: dict[str, dict]) -> None:
-    seen = fake_server
-    result = run("serve", str(smollm2()))
-    assert result.exit_code == 0, result.output
-    assert seen["run"]["host"] == seen["server"]["host"] == "127.0.0.1"
-    assert seen["server"]["api_key"] is None and "warning" not in result.output
-    for host in ("localhost", "::1", "127.0.0.2"):
-        assert "warning" not in run("serve", str(smollm2()), "--host", host).output
-    for host in ("0.0.0.0", "192.168.1.5", "::", "example.org"):
-        seen.clear()
-        result = run("serve", str(smollm2()), "--host", host)
-        assert result.exit_code == 0 and seen["run"]["host"] == host
-        assert "not just this machine" in result.output and "add --api-key KEY" in result.output
-    assert "every interface (0.0.0.0)" in run("serve", str(smollm2()), "--host", "0.0.0.0").output
-
-
-def test_serve_api_key(fake_server: dict[str, dict], monkeypatch: pytest.MonkeyPatch) -> None:
-    seen = fake_server
-    result = run("serve", str(smollm2()), "--host", "0.0.0.0", "--api-key", "s3cret")
-    assert result.exit_code == 0, result.output
-    assert seen["server"]["api_key"] == "s3cret"
-    assert "requests need the API key" in result.output and "with an API key" in result.output
-    assert "s3cret" not in result.output  # never echoed
-    seen.clear()
-    monkeypatch.setenv("EXPO_GGUF_API_KEY", "from-env")  # kept out of `ps` listings
-    assert run("serve", str(smollm2())).exit_code == 0
-    assert seen["server"]["api_key"] == "from-env"
-    result = run("serve", str(smollm2()), "--api-key", " ")
-    assert result.exit_code == 2 and "the key is empty" in result.output
-
-
 def test_gpu_layers_on_cpu_build_warns() -> None:
     import llama_cpp
 
@@ -263,14 +195,6 @@ def test_gpu_layers_on_cpu_build_warns() -> None:
     result = run("chat", str(smollm2()), "-ngl", "99", "-p", "hi", "--max-tokens", "2", *FAST)
     assert result.exit_code == 0
     assert "no GPU support, -ngl 99 ignored" in result.output and "GGML_CUDA=on" in result.output
-
-
-def test_serve_without_server_extra_says_how_to_install() -> None:
-    if importlib.util.find_spec("uvicorn") and importlib.util.find_spec("fastapi"):
-        pytest.skip("the server extra is installed")
-    result = run("serve", str(smollm2()))
-    assert result.exit_code == 2
-    assert "pip install 'llama-cpp-python[server]'" in result.output
 
 
 def test_context_not_a_multiple_of_256_is_respected() -> None:

@@ -33,6 +33,8 @@ LLAMA_FREE = [
     "chat/commands.py",
     "chat/store.py",
     "chat/keeping.py",
+    "chat/server/openai.py",
+    "chat/server/keep.py",
     "chat/logs.py",
 ]
 
