@@ -12,12 +12,23 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import ExpoError
 from .messages import Message
-from .store import Figures, ModelRecord, Store, StoreError, default_path
+from .store import Figures, ModelRecord, Store, StoreError, kept_path
 
 NOT_KEPT = "this conversation is not being kept"
+CUT_BY_STOP = {"max_tokens": "length", "context": "length", "interrupted": "interrupted"}  # the runtime's stop
+
+
+def kept_figures(stats: object | None) -> tuple[Figures | None, str | None]:
+    """A reply's figures and cut as the store keeps them, from the runtime's ``TurnStats`` (read by
+    attribute: this module does not import the runtime); (None, None) before any reply."""
+    if stats is None:
+        return None, None
+    s: Any = stats
+    return Figures(s.generated, round(s.ttft_s, 4), round(s.gen_tps, 2)), CUT_BY_STOP.get(s.stop)
 
 
 class ChatLog:
@@ -131,10 +142,7 @@ def resume(ref: str | None, path: Path | None = None) -> Resumed:
     read is an ``ExpoError`` here, not a note."""
     from . import logs
 
-    where = path or default_path()
-    if not where.exists():
-        raise ExpoError(f"no conversations kept yet ({where} does not exist)")
-    store = Store(where)
+    store = Store(kept_path(path))
     try:
         cid = logs.resolve(store, ref) if ref is not None else logs.newest(store)
         if cid is None:

@@ -22,7 +22,7 @@ from ..runtime.loader import CPU_ONLY_NOTE
 from ..runtime.model import ChatModel
 from . import userdata, vs
 from .commands import command_table
-from .keeping import ChatLog, NoLog
+from .keeping import ChatLog, NoLog, kept_figures
 from .messages import Message, Sampling
 from .repl import Backend, run_repl
 from .store import Figures, ModelRecord, Store
@@ -43,10 +43,7 @@ def chat_log(
 
 def figures(session: ChatModel) -> Figures | None:
     """The last reply's figures as the store keeps them."""
-    s = session.last_stats
-    return (
-        None if s is None else Figures(tokens=s.generated, ttft_s=round(s.ttft_s, 4), tokens_per_s=round(s.gen_tps, 2))
-    )
+    return kept_figures(session.last_stats)[0]
 
 
 def backend(session: ChatModel, sampling: Sampling, log: ChatLog | NoLog | None = None) -> Backend:
@@ -133,9 +130,7 @@ def _stream_kept(
         log.reply("".join(chunks), figures(session), "interrupted")
         raise
     _echo("\n")
-    stop = session.last_stats.stop if session.last_stats else None
-    cut = {"max_tokens": "length", "context": "length", "interrupted": "interrupted"}.get(stop or "")
-    log.reply("".join(chunks), figures(session), cut)
+    log.reply("".join(chunks), *kept_figures(session.last_stats))
 
 
 def answer_once(

@@ -48,6 +48,14 @@ def default_path() -> Path:
     return Path(os.environ.get("EXPO_GGUF_LOGS_DB") or userdata.data_dir() / "logs.db")
 
 
+def kept_path(path: Path | None = None) -> Path:
+    """The store's file for reading: ``path`` or the default, which must exist (reading never creates it)."""
+    where = path or default_path()
+    if not where.exists():
+        raise ExpoError(f"no conversations kept yet ({where} does not exist)")
+    return where
+
+
 def logging_disabled() -> bool:
     """``EXPO_GGUF_NO_LOG`` set to anything but empty or 0."""
     return os.environ.get("EXPO_GGUF_NO_LOG", "") not in ("", "0")

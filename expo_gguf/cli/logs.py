@@ -15,7 +15,7 @@ from rich.table import Table
 from .._fs import write_text_atomic
 from .._units import plural
 from ..chat import logs as read
-from ..chat.store import Store, StoreError, default_path
+from ..chat.store import Store, StoreError, default_path, kept_path
 from ..errors import ExpoError
 from ._output import note, print_table
 from ._output import out as console
@@ -160,10 +160,8 @@ def export(conversation_ids: tuple[str, ...], fmt: str, output: Path | None, for
 
 
 def _need_store() -> Store:
-    store = _store()
-    if store is None:
-        raise ExpoError(f"no conversations kept yet ({default_path()} does not exist)")
-    return store
+    kept_path()  # nothing kept yet: one line
+    return _store()  # type: ignore[return-value]
 
 
 COMMANDS = (logs,)

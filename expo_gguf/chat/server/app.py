@@ -29,14 +29,12 @@ from starlette.routing import Route
 from ...errors import ExpoError
 from ...runtime.model import json_grammar
 from .. import logs
-from ..keeping import ChatLog, NoLog
-from ..store import Figures
+from ..keeping import ChatLog, NoLog, kept_figures
 from . import openai
 from .keep import Keeper, read_store
 from .openai import ApiError, ChatRequest
 from .page import PAGE, page_file
 
-CUT = {"max_tokens": "length", "context": "length", "interrupted": "interrupted"}
 POLL_S = 0.25  # how often a request waiting on the worker checks that its client is still there
 
 
@@ -137,7 +135,7 @@ class Server:
             job.post("error", ApiError(500, f"generation failed: {e}", type="server_error"))
             return
         s = self.model.last_stats
-        log.reply("".join(chunks), Figures(s.generated, round(s.ttft_s, 4), round(s.gen_tps, 2)), CUT.get(s.stop))
+        log.reply("".join(chunks), *kept_figures(s))
         if replaced is not None:
             log.replaced(replaced)
         job.post("end", s)
