@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,3 +184,17 @@ def chat() -> Iterator[Callable[..., Terminal]]:
         except (ProcessLookupError, ChildProcessError):
             pass
         os.close(t.fd)
+
+
+@contextmanager
+def tmpfs(folder: Path, *options: str) -> Iterator[Path]:
+    """A tmpfs mounted at ``folder`` (``-o`` options: ``size=64k``), unmounted after: a disk that
+    refuses by itself, since root ignores file modes. Skips where a tmpfs cannot be mounted."""
+    folder.mkdir()
+    flags = ["-o", ",".join(options)] if options else []
+    if subprocess.run(["mount", "-t", "tmpfs", *flags, "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("needs root to mount a tmpfs")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)

@@ -23,7 +23,7 @@ from expo_gguf.chat.messages import Sampling
 from expo_gguf.chat.repl import Backend, run_repl
 from expo_gguf.chat.store import Figures, ModelRecord, Store
 
-from conftest import smollm2
+from conftest import smollm2, tmpfs
 from pty_terminal import Terminal
 
 pytestmark = pytest.mark.slow
@@ -108,15 +108,9 @@ def test_a_store_that_cannot_be_used_never_stops_a_chat(tmp_path: Path) -> None:
 
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
-    """A tmpfs of 64 KiB (root ignores file modes: the disk itself must refuse)."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("needs root to mount a tmpfs")
-    try:
+    """A tmpfs of 64 KiB."""
+    with tmpfs(tmp_path / "small", "size=64k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 def test_a_full_disk_is_one_line_and_the_chat_goes_on(full_disk: Path) -> None:

@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import sqlite3
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ import pytest
 from expo_gguf.chat import logs
 from expo_gguf.chat.store import VERSION, Figures, ModelRecord, Store, StoreError
 
-from conftest import run_cli
+from conftest import run_cli, tmpfs
 
 MODEL = ModelRecord("Starling-LM-7B-beta-ExPO-Q8_0.gguf", "/m/x.gguf", 123, "Starling ExPO", {"alpha": 0.5})
 
@@ -147,16 +148,10 @@ def test_a_file_we_cannot_use_is_refused_and_left_alone(db: Path) -> None:
 
 
 @pytest.fixture
-def read_only_dir(tmp_path: Path):
-    """A tmpfs mounted read-only (root ignores file modes, so the disk itself must refuse)."""
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mnt)], capture_output=True).returncode != 0:
-        pytest.skip("needs root to mount a tmpfs")
-    try:
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs, remounted read-only by the test once it holds a store."""
+    with tmpfs(tmp_path / "ro") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 def test_read_only_disk(read_only_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
